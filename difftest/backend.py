@@ -1,0 +1,357 @@
+"""The backend contract: what every pmap implementation plugged into difftest provides.
+
+A backend models one pmap module.  The harness creates one instance per stream run, on a
+``PhysPool`` of its own, and drives it with the pmap(9) calls below (named as in pmap(9)).
+It then *observes* the backend only through:
+
+* ``walk`` / ``walk_range``: the backend's own page tables read as the MMU would read them
+  (never its bookkeeping), giving PA, logical protection and the wired flag;
+* the pool: frames held per use and per owning pmap, frames freed;
+* ``pmap_resident_count`` / ``pmap_wired_count`` (leaf mappings only, see below);
+* the REF/MOD queries;
+* its registered invariant checks (``Invariant``, registered through the plugin host).
+
+Conventions every backend follows:
+
+* pmap ids are chosen by the harness: ``pmap_create(pmap)`` makes the pmap ``pmap`` (ids
+  1, 2, ...); pmap 0 is the kernel pmap, made by ``__init__`` (bootstrap).
+* Page-table memory (every level, the top-level table, anything else) comes from
+  ``self.pool`` with the owning pmap as ``owner``, tagged ``Tag.PT`` / ``Tag.L1`` /
+  ``Tag.META``.  ``Tag.DATA`` frames belong to the VM layer: never allocate or free them.
+* Out of memory: ``pool.alloc`` raises ``OutOfMemory``.  ``pmap_enter`` with ``canfail``
+  returns ``ENOMEM`` and leaves no trace (no half-built table, no count off); without
+  ``canfail`` the exception propagates (the kernel would panic).
+* ``pmap_resident_count`` / ``pmap_wired_count`` count *leaf* mappings (pages), whatever
+  the original counted (some counted PT pages too; normalise here).
+* Logical protection is what the pmap was asked for (after protect/page_protect), not
+  what a PTE currently allows while REF/MOD emulation has it stripped.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterable, Iterator, Literal
+
+from difftest.machine import PAGE_SIZE, PhysPool, Tag
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """What the MMU finds for one virtual page: where it goes and how."""
+
+    pa: int
+    prot: int  # logical PROT_* bits
+    wired: bool
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a page-table tree.
+
+    ``span`` is the VA range one table of this level maps; ``entries`` how many entries it
+    has (so one entry maps ``span // entries``); ``frames`` how many pool frames one table
+    occupies, with ``tag``.
+    """
+
+    name: str
+    span: int
+    entries: int
+    frames: int = 1
+    tag: Tag = Tag.PT
+
+    @property
+    def entry_span(self) -> int:
+        return self.span // self.entries
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The page-table geometry a backend declares, top level first.
+
+    ``top_level`` says when the top-level table exists: ``"create"`` (made with the pmap,
+    freed at destroy) or ``"lazy"`` (made with the first user mapping, freed with the last).
+    The harness computes the frames a pmap *needs* for a set of live mappings from this
+    alone (``needed_pt_frames``), never from the backend's word.
+    """
+
+    levels: tuple[Level, ...]
+    top_level: Literal["create", "lazy"] = "create"
+    page_size: int = PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            raise ValueError("a geometry needs at least one level")
+        if self.top_level not in ("create", "lazy"):
+            raise ValueError(f"top_level must be 'create' or 'lazy', not {self.top_level!r}")
+        leaf = self.levels[-1]
+        if leaf.entry_span != self.page_size:
+            raise ValueError(f"the last level's entries must map one page, not {leaf.entry_span}")
+        for upper, lower in zip(self.levels, self.levels[1:]):
+            if upper.entry_span != lower.span:
+                raise ValueError(
+                    f"level {upper.name} entry maps {upper.entry_span:#x} but level {lower.name} spans {lower.span:#x}"
+                )
+
+    def describe(self) -> str:
+        """Short text such as ``L1 4096x1MiB (4 fr, at create) > PT 1024x4KiB``."""
+        parts = []
+        for i, level in enumerate(self.levels):
+            text = f"{level.name} {level.entries}x{_size(level.entry_span)}"
+            extras = []
+            if level.frames != 1:
+                extras.append(f"{level.frames} frames")
+            if i == 0:
+                extras.append("at create" if self.top_level == "create" else "lazy")
+            if extras:
+                text += f" ({', '.join(extras)})"
+            parts.append(text)
+        return " > ".join(parts)
+
+    def to_json(self) -> dict:
+        return {
+            "top_level": self.top_level,
+            "page_size": self.page_size,
+            "levels": [
+                {"name": l.name, "span": l.span, "entries": l.entries, "frames": l.frames, "tag": str(l.tag)}
+                for l in self.levels
+            ],
+        }
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n}B"
+
+
+def needed_pt_frames(geometry: Geometry, vas: Iterable[int], pmap_alive: bool = True) -> dict[Tag, int]:
+    """Frames (by tag) a pmap with live leaf mappings at ``vas`` needs under ``geometry``.
+
+    For every level below the top: one table per distinct region of that level's span
+    holding a live mapping.  The top level: one table while the pmap lives (``create``)
+    or while it has any mapping (``lazy``).  This is the reference count for the leak check;
+    the harness keeps the same numbers incrementally (``difftest.resources``).
+    """
+    vas = list(vas)
+    needed: dict[Tag, int] = {}
+    top = geometry.levels[0]
+    if (geometry.top_level == "create" and pmap_alive) or (geometry.top_level == "lazy" and vas):
+        needed[top.tag] = needed.get(top.tag, 0) + top.frames
+    for level in geometry.levels[1:]:
+        regions = {va // level.span for va in vas}
+        needed[level.tag] = needed.get(level.tag, 0) + len(regions) * level.frames
+    return needed
+
+
+class Backend(abc.ABC):
+    """Base class of a pmap model.  Subclass it, set the class attributes, implement
+    the abstract methods, and register the class with ``difftest_register_backends``.
+    """
+
+    #: the name users pass to ``--backends`` (lower-case, no spaces)
+    name: ClassVar[str]
+    #: one line for ``difftest backends``
+    description: ClassVar[str] = ""
+    #: the declared page-table geometry (an instance attribute is fine too)
+    geometry: Geometry
+
+    def __init__(self, pool: PhysPool) -> None:
+        """Bootstrap: take the pool and make the kernel pmap 0."""
+        self.pool = pool
+
+    # -- pmap(9) --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def pmap_create(self, pmap: int) -> None:
+        """Make user pmap ``pmap`` with one reference."""
+
+    @abc.abstractmethod
+    def pmap_reference(self, pmap: int) -> None:
+        """Add a reference."""
+
+    @abc.abstractmethod
+    def pmap_destroy(self, pmap: int) -> None:
+        """Drop a reference; at zero the pmap is empty of user mappings (the harness
+        removes any first) and every frame it holds goes back to the pool."""
+
+    @abc.abstractmethod
+    def pmap_enter(
+        self, pmap: int, va: int, pa: int, prot: int, access: int, wired: bool, canfail: bool
+    ) -> str:
+        """Map ``va`` to ``pa``; return ``"OK"`` or (``canfail`` only) ``"ENOMEM"``."""
+
+    @abc.abstractmethod
+    def pmap_remove(self, pmap: int, sva: int, eva: int) -> None:
+        """Remove every mapping in [sva, eva)."""
+
+    @abc.abstractmethod
+    def pmap_protect(self, pmap: int, sva: int, eva: int, prot: int) -> None:
+        """Lower the protection of [sva, eva) to ``prot``; no read removes the mappings."""
+
+    @abc.abstractmethod
+    def pmap_unwire(self, pmap: int, va: int) -> None:
+        """Clear the wired flag of the mapping at ``va``."""
+
+    @abc.abstractmethod
+    def pmap_extract(self, pmap: int, va: int) -> int | None:
+        """The PA ``va`` maps to, or None."""
+
+    @abc.abstractmethod
+    def pmap_kenter_pa(self, va: int, pa: int, prot: int) -> None:
+        """Kernel pmap: an unmanaged, wired mapping with no REF/MOD tracking."""
+
+    @abc.abstractmethod
+    def pmap_kremove(self, va: int, size: int) -> None:
+        """Kernel pmap: remove the kenter'd mappings in [va, va + size)."""
+
+    @abc.abstractmethod
+    def pmap_page_protect(self, pa: int, prot: int) -> None:
+        """Lower every managed mapping of page ``pa``: r/rx removes write, none removes."""
+
+    @abc.abstractmethod
+    def pmap_clear_modify(self, pa: int) -> bool:
+        """Clear MOD of page ``pa``; return its previous value."""
+
+    @abc.abstractmethod
+    def pmap_clear_reference(self, pa: int) -> bool:
+        """Clear REF of page ``pa``; return its previous value."""
+
+    @abc.abstractmethod
+    def pmap_is_modified(self, pa: int) -> bool: ...
+
+    @abc.abstractmethod
+    def pmap_is_referenced(self, pa: int) -> bool: ...
+
+    @abc.abstractmethod
+    def pmap_collect(self, pmap: int) -> None:
+        """Advisory: may remove non-wired user mappings to free page tables."""
+
+    @abc.abstractmethod
+    def pmap_access(self, pmap: int, va: int, kind: str) -> str:
+        """The MMU performs a ``kind`` ("r", "w", "x") access at ``va``: walk the tables;
+        on a fault the pmap's REF/MOD emulation may fix the PTE up and retry.  Return
+        ``"ok"`` or ``"fault"`` (a fault the VM layer would have to handle)."""
+
+    def pmap_update(self, pmap: int) -> None:
+        """Finish deferred work (TLB shootdowns).  Nothing to do in most models."""
+
+    @abc.abstractmethod
+    def pmap_resident_count(self, pmap: int) -> int:
+        """Leaf mappings of ``pmap`` according to the backend's own counter."""
+
+    @abc.abstractmethod
+    def pmap_wired_count(self, pmap: int) -> int:
+        """Wired leaf mappings of ``pmap`` according to the backend's own counter."""
+
+    # -- the MMU's view --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def walk(self, pmap: int, va: int) -> Translation | None:
+        """Read the page tables of ``pmap`` at ``va`` as the MMU would."""
+
+    @abc.abstractmethod
+    def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
+        """Every valid translation in [sva, eva), in VA order, skipping absent tables
+        without visiting their pages (so the cost follows the tables, not the range)."""
+
+    def state_snapshot(self) -> object:
+        """A comparable value capturing the backend's whole state (tables, pv lists,
+        counts, attributes), for "left no trace" checks.  Optional."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Touched:
+    """What an op could have changed: given to incremental invariant checks.
+
+    ``pmaps``: pmap ids; ``vas``: (pmap, va) pairs; ``pas``: physical page addresses.
+    A full audit passes ``None`` instead of a Touched.
+    """
+
+    pmaps: frozenset[int] = frozenset()
+    vas: tuple[tuple[int, int], ...] = ()
+    pas: frozenset[int] = frozenset()
+
+
+InvariantCheck = Callable[[Backend, "Touched | None"], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """A named check of a backend's internal consistency.
+
+    ``check(backend, touched)`` yields one message per violation.  With a ``Touched`` it
+    looks only at what the op touched (it runs after every op, so keep it O(touched));
+    with ``None`` it audits the whole backend (checkpoints, end of stream).
+    ``backends`` names the backends it applies to; ``("*",)`` means every backend (such a
+    check may use only the contract above).
+    """
+
+    name: str
+    check: InvariantCheck
+    backends: tuple[str, ...] = ("*",)
+    description: str = ""
+
+    def applies_to(self, backend_name: str) -> bool:
+        return "*" in self.backends or backend_name in self.backends
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A registered backend: how to build it and how to describe it."""
+
+    name: str
+    factory: Callable[[PhysPool], Backend]
+    geometry: Geometry
+    description: str = ""
+    plugin: str = ""  # filled in by the plugin host
+    distribution: str = ""
+
+    @classmethod
+    def from_class(cls, backend_cls: type[Backend]) -> "BackendSpec":
+        geometry = getattr(backend_cls, "geometry", None)
+        if not isinstance(geometry, Geometry):
+            raise TypeError(f"backend class {backend_cls.__name__} declares no Geometry")
+        name = getattr(backend_cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"backend class {backend_cls.__name__} has no name")
+        return cls(name=name, factory=backend_cls, geometry=geometry,
+                   description=getattr(backend_cls, "description", "") or "")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """A registered stream generator: ``generate(seed, n_ops, phys_pages) -> Stream``."""
+
+    name: str
+    generate: Callable[..., object]
+    description: str = ""
+    plugin: str = ""
+    distribution: str = ""
+
+
+@dataclass(frozen=True)
+class ReporterSpec:
+    """A registered report writer: ``write(report: dict, out: TextIO) -> None``."""
+
+    name: str
+    write: Callable[..., None]
+    extension: str = ".txt"
+    description: str = ""
+    plugin: str = ""
+    distribution: str = ""
+
+
+@dataclass
+class Registry:
+    """Everything the plugins registered, by kind and name."""
+
+    backends: dict[str, BackendSpec] = field(default_factory=dict)
+    invariants: list[Invariant] = field(default_factory=list)
+    generators: dict[str, GeneratorSpec] = field(default_factory=dict)
+    reporters: dict[str, ReporterSpec] = field(default_factory=dict)
+
+    def invariants_for(self, backend_name: str) -> list[Invariant]:
+        return [inv for inv in self.invariants if inv.applies_to(backend_name)]

@@ -1,0 +1,73 @@
+"""Hook specifications: what a difftest plugin may implement.
+
+A plugin is a module (or object) with functions decorated ``@difftest.hookimpl`` and
+named after the hooks below.  difftest finds plugins through the entry-point group
+``difftest`` (the built-in backends, generators and report writers come that way too),
+through ``--plugin MODULE`` and through ``DIFFTEST_PLUGINS=mod1,mod2``.
+
+Every registration hook receives a ``register`` callable.  Call it once per object; the
+host checks each object as it arrives and refuses a name that is already taken, naming
+both plugins (exit 3).  The hooks return nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("difftest")
+
+
+@hookspec
+def difftest_register_backends(register: Callable[..., None]) -> None:
+    """Register pmap backends.
+
+    Called once when the plugin host loads, after every plugin has been imported, in
+    plugin registration order (last registered first, as pluggy calls hooks).
+
+    :param register: call ``register(BackendClass)`` with a ``difftest.Backend`` subclass
+        that sets ``name``, ``description`` and ``geometry``, or
+        ``register(BackendSpec(...))`` for a factory taking a ``PhysPool`` (for example a
+        parametrised variant of a backend).  Names must be unique across all plugins.
+    """
+
+
+@hookspec
+def difftest_register_invariants(register: Callable[..., None]) -> None:
+    """Register invariant checks (``difftest.Invariant``).
+
+    Called once when the plugin host loads, after ``difftest_register_backends``.
+
+    :param register: call ``register(Invariant(name, check, backends=(...)))``.
+        ``check(backend, touched)`` yields violation messages; ``touched`` is a
+        ``difftest.Touched`` after each op (check only that) or ``None`` at checkpoints and
+        at the end of a stream (audit everything).  The harness reports each message as an
+        ``invariant`` divergence of that backend.  Names must be unique per backend.
+    """
+
+
+@hookspec
+def difftest_register_generators(register: Callable[..., None]) -> None:
+    """Register op-stream generators (``difftest.GeneratorSpec``).
+
+    Called once when the plugin host loads.
+
+    :param register: call ``register(GeneratorSpec(name, generate))``, where
+        ``generate(seed: int, n_ops: int, phys_pages: int) -> difftest.Stream`` must be a
+        pure function of its arguments (same seed, same stream, on any machine) and must
+        produce only streams the VM layer could (``difftest.streams.validate_ops`` passes).
+    """
+
+
+@hookspec
+def difftest_register_reporters(register: Callable[..., None]) -> None:
+    """Register report writers (``difftest.ReporterSpec``).
+
+    Called once when the plugin host loads.
+
+    :param register: call ``register(ReporterSpec(name, write, extension))``, where
+        ``write(report: dict, out: TextIO)`` renders a ``difftest.report/1`` document.
+        Everything in the report that came from a plugin or a stream (backend names,
+        messages, tracebacks) is untrusted text: escape it for the output format.
+    """

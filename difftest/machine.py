@@ -1,0 +1,237 @@
+"""The simulated machine: constants of the common ABI and the physical-memory pool.
+
+Every backend instance owns one ``PhysPool``.  Backends allocate and free page-table
+memory only through it, which is how the harness measures from outside what each backend
+holds and frees (MODEL.md section 2).  Each frame carries a tag (its use) and an owner
+(the pmap it was allocated for, or ``NO_OWNER``), so that held frames can be attributed
+per pmap without asking the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Iterable
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+PAGE_MASK = PAGE_SIZE - 1
+
+USER_MIN = 0x00001000
+USER_MAX = 0xEFC00000  # exclusive
+KERNEL_MIN = 0xF0000000
+KERNEL_MAX = 0xFFFFF000  # exclusive
+KERNEL_PMAP = 0
+
+DEFAULT_PHYS_PAGES = 8192  # 32 MiB, the Shark of PR 5666
+
+NO_OWNER = -1
+
+
+class Tag(IntEnum):
+    """What a physical frame is used for."""
+
+    FREE = 0
+    DATA = 1
+    PT = 2
+    L1 = 3
+    META = 4
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+class OutOfMemory(Exception):
+    """The pool has no free frame.  Raised by ``PhysPool.alloc``."""
+
+
+class FrameError(Exception):
+    """A frame was misused: freed twice, freed while free, or freed with the wrong tag.
+
+    The pool also records every such error in ``PhysPool.violations`` so that the harness
+    sees it even when a backend swallows the exception.
+    """
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """A full copy of a pool's state, for exact before/after comparisons."""
+
+    tags: bytes
+    owners: tuple[int, ...]
+    free_list: tuple[int, ...]
+    allocs: int
+    frees: int
+
+
+class PhysPool:
+    """``phys_pages`` frames of 4 KiB; PA = frame * PAGE_SIZE.
+
+    Allocation pops a LIFO free list that starts in ascending order, so the frame numbers
+    a backend gets depend only on its own sequence of allocs and frees: deterministic.
+    """
+
+    __slots__ = (
+        "phys_pages",
+        "_tags",
+        "_owners",
+        "_free",
+        "_counts",
+        "_held",
+        "allocs",
+        "frees",
+        "violations",
+    )
+
+    def __init__(self, phys_pages: int = DEFAULT_PHYS_PAGES) -> None:
+        if phys_pages <= 0:
+            raise ValueError(f"phys_pages must be positive, not {phys_pages}")
+        self.phys_pages = phys_pages
+        self._tags = bytearray(phys_pages)  # all Tag.FREE
+        self._owners = [NO_OWNER] * phys_pages
+        self._free = list(range(phys_pages - 1, -1, -1))
+        self._counts = [0] * len(Tag)
+        self._counts[Tag.FREE] = phys_pages
+        # (owner, tag) -> frames held; only non-free, non-data tags are kept here.
+        self._held: dict[tuple[int, int], int] = {}
+        self.allocs = 0  # monotonic: frames handed out by alloc()
+        self.frees = 0  # monotonic: frames given back by free()
+        self.violations: list[str] = []
+
+    # -- allocation ----------------------------------------------------------------
+
+    def alloc(self, tag: Tag, owner: int = NO_OWNER) -> int:
+        """Take a free frame for ``tag`` on behalf of pmap ``owner``; raise OutOfMemory."""
+        if tag == Tag.FREE:
+            raise ValueError("cannot allocate a frame as free")
+        if not self._free:
+            raise OutOfMemory(f"no free frame for {Tag(tag)} (all {self.phys_pages} in use)")
+        frame = self._free.pop()
+        self._tags[frame] = tag
+        self._owners[frame] = owner
+        counts = self._counts
+        counts[Tag.FREE] -= 1
+        counts[tag] += 1
+        key = (owner, int(tag))
+        self._held[key] = self._held.get(key, 0) + 1
+        self.allocs += 1
+        return frame
+
+    def free(self, frame: int, tag: Tag | None = None) -> None:
+        """Give ``frame`` back.  Freeing a free frame, or with a wrong tag, is a FrameError."""
+        if not 0 <= frame < self.phys_pages:
+            msg = f"free of frame {frame}: outside the pool (0..{self.phys_pages - 1})"
+            self.violations.append(msg)
+            raise FrameError(msg)
+        current = self._tags[frame]
+        if current == Tag.FREE:
+            msg = f"free of frame {frame:#x}: it is already free (double free)"
+            self.violations.append(msg)
+            raise FrameError(msg)
+        if tag is not None and current != tag:
+            msg = f"free of frame {frame:#x} as {Tag(tag)}: it is tagged {Tag(current)}"
+            self.violations.append(msg)
+            raise FrameError(msg)
+        owner = self._owners[frame]
+        key = (owner, current)
+        left = self._held[key] - 1
+        if left:
+            self._held[key] = left
+        else:
+            del self._held[key]
+        self._counts[current] -= 1
+        self._counts[Tag.FREE] += 1
+        self._tags[frame] = Tag.FREE
+        self._owners[frame] = NO_OWNER
+        self._free.append(frame)
+        self.frees += 1
+
+    def has_free(self, n: int = 1) -> bool:
+        """True when ``n`` frames could be allocated now (for rollback-free ENOMEM paths)."""
+        return len(self._free) >= n
+
+    def reserve_data(self, frames: Iterable[int]) -> None:
+        """Tag the given frames ``data`` before a stream runs (same numbers in every pool)."""
+        wanted = set(frames)
+        for frame in wanted:
+            if not 0 <= frame < self.phys_pages:
+                raise ValueError(f"data frame {frame:#x} outside the pool of {self.phys_pages}")
+            if self._tags[frame] != Tag.FREE:
+                raise ValueError(f"data frame {frame:#x} is not free ({Tag(self._tags[frame])})")
+        if not wanted:
+            return
+        self._free = [f for f in self._free if f not in wanted]
+        for frame in wanted:
+            self._tags[frame] = Tag.DATA
+        self._counts[Tag.FREE] -= len(wanted)
+        self._counts[Tag.DATA] += len(wanted)
+
+    # -- reading -------------------------------------------------------------------
+
+    def count(self, tag: Tag) -> int:
+        """Frames currently carrying ``tag``."""
+        return self._counts[tag]
+
+    @property
+    def free_frames(self) -> int:
+        return self._counts[Tag.FREE]
+
+    def held(self, owner: int, tag: Tag) -> int:
+        """Frames tagged ``tag`` allocated on behalf of pmap ``owner``."""
+        return self._held.get((owner, int(tag)), 0)
+
+    def held_by(self, owner: int) -> dict[str, int]:
+        """Every non-data tag held by ``owner``, by tag name."""
+        return {str(Tag(t)): n for (o, t), n in sorted(self._held.items()) if o == owner}
+
+    def tag_of(self, frame: int) -> Tag:
+        return Tag(self._tags[frame])
+
+    def owner_of(self, frame: int) -> int:
+        return self._owners[frame]
+
+    def frames_with(self, tag: Tag, owner: int | None = None) -> list[int]:
+        """All frames with ``tag`` (and ``owner``, if given).  O(phys_pages): audits only."""
+        owners = self._owners
+        return [
+            f
+            for f, t in enumerate(self._tags)
+            if t == tag and (owner is None or owners[f] == owner)
+        ]
+
+    def check_conservation(self) -> list[str]:
+        """Full audit: counts match the tags, the free list matches the free frames."""
+        problems: list[str] = []
+        actual = [0] * len(Tag)
+        for t in self._tags:
+            actual[t] += 1
+        for tag in Tag:
+            if actual[tag] != self._counts[tag]:
+                problems.append(
+                    f"pool count of {tag} frames is {self._counts[tag]} but {actual[tag]} are tagged so"
+                )
+        if sum(self._counts) != self.phys_pages:
+            problems.append(f"frames not conserved: {sum(self._counts)} counted of {self.phys_pages}")
+        if len(self._free) != actual[Tag.FREE] or len(set(self._free)) != len(self._free):
+            problems.append(
+                f"free list holds {len(self._free)} entries for {actual[Tag.FREE]} free frames"
+            )
+        return problems
+
+    def snapshot(self) -> PoolSnapshot:
+        return PoolSnapshot(
+            bytes(self._tags), tuple(self._owners), tuple(self._free), self.allocs, self.frees
+        )
+
+
+def page_of(addr: int) -> int:
+    """Frame (or virtual page) number of an address."""
+    return addr >> PAGE_SHIFT
+
+
+def in_user_range(va: int) -> bool:
+    return USER_MIN <= va < USER_MAX
+
+
+def in_kernel_range(va: int) -> bool:
+    return KERNEL_MIN <= va < KERNEL_MAX

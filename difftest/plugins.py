@@ -1,0 +1,218 @@
+"""The plugin host: discovery, loading, validation and the registries.
+
+Modelled on tox 4's plugin manager: load every entry point of the group ``difftest``
+ourselves (so that a failing import names its distribution), add the modules given with
+``--plugin`` / ``DIFFTEST_PLUGINS``, then ``check_pending()`` so that a hook with a wrong
+name is refused, then call the registration hooks with a ``register`` callable per plugin
+so that every registered object is attributed to its plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from difftest import hookspecs
+from difftest.backend import (
+    Backend,
+    BackendSpec,
+    GeneratorSpec,
+    Invariant,
+    Registry,
+    ReporterSpec,
+)
+from difftest.errors import PluginError
+
+ENTRY_POINT_GROUP = "difftest"
+ENV_PLUGINS = "DIFFTEST_PLUGINS"
+ENV_DISABLE_AUTOLOAD = "DIFFTEST_DISABLE_PLUGIN_AUTOLOAD"
+
+hookimpl = pluggy.HookimplMarker("difftest")
+
+
+class PluginHost:
+    """Loads plugins and holds what they registered (``self.registry``)."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("difftest")
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        # plugin name -> distribution name ("" for local modules)
+        self.distributions: dict[str, str] = {}
+
+    # -- loading --------------------------------------------------------------------------
+
+    def load(self, modules: Iterable[str] = (), autoload: bool | None = None) -> Registry:
+        """Load entry points (unless disabled) and ``modules``; fill and return the registry."""
+        if autoload is None:
+            autoload = not os.environ.get(ENV_DISABLE_AUTOLOAD)
+        if autoload:
+            for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                self._load_entry_point(ep)
+        env_modules = [m.strip() for m in os.environ.get(ENV_PLUGINS, "").split(",") if m.strip()]
+        for module in [*env_modules, *modules]:
+            self.add_module(module)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(self._describe_validation_error(exc)) from None
+        self._collect()
+        return self.registry
+
+    def _load_entry_point(self, ep: EntryPoint) -> None:
+        dist = ep.dist.name if ep.dist is not None else "?"
+        if self.pm.has_plugin(ep.name):
+            raise PluginError(
+                f"plugin {ep.name!r} (distribution {dist}): the name is taken by another plugin "
+                f"(distribution {self.distributions.get(ep.name) or 'local'})"
+            )
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a plugin's import can fail in any way
+            raise PluginError(
+                f"plugin {ep.name!r} (distribution {dist}, {ep.value}) failed to import: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        self._register(obj, ep.name, dist)
+
+    def add_module(self, module: str) -> None:
+        """Import ``module`` and register it as a plugin named after it."""
+        if self.pm.has_plugin(module):
+            return  # already loaded (for example through its entry point)
+        try:
+            obj = importlib.import_module(module)
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {module!r} (local module) failed to import: {type(exc).__name__}: {exc}"
+            ) from None
+        if self.pm.is_registered(obj):
+            return
+        self._register(obj, module, "")
+
+    def _register(self, obj: Any, name: str, dist: str) -> None:
+        try:
+            self.pm.register(obj, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(
+                f"plugin {name!r} ({_dist_text(dist)}): {_first_line(exc)}"
+            ) from None
+        except ValueError as exc:  # pluggy: name or object already registered
+            raise PluginError(f"plugin {name!r} ({_dist_text(dist)}): {exc}") from None
+        self.distributions[name] = dist
+
+    def _describe_validation_error(self, exc: pluggy.PluginValidationError) -> str:
+        name = self.pm.get_name(exc.plugin) or "?"
+        return f"plugin {name!r} ({_dist_text(self.distributions.get(name, ''))}): {_first_line(exc)}"
+
+    # -- registration -----------------------------------------------------------------------
+
+    def _each_impl(self, hook_name: str) -> Iterable[tuple[str, Callable[..., Any]]]:
+        caller = getattr(self.pm.hook, hook_name)
+        # pluggy calls implementations last-registered first; keep that order.
+        for impl in reversed(caller.get_hookimpls()):
+            yield impl.plugin_name, impl.function
+
+    def _call(self, hook_name: str, make_register: Callable[[str, str], Callable[..., None]]) -> None:
+        for plugin_name, function in self._each_impl(hook_name):
+            dist = self.distributions.get(plugin_name, "")
+            try:
+                function(register=make_register(plugin_name, dist))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {plugin_name!r} ({_dist_text(dist)}): {hook_name} raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+
+    def _collect(self) -> None:
+        reg = self.registry
+        owners: dict[tuple[str, str], str] = {}
+
+        def claim(kind: str, name: str, plugin: str, dist: str) -> None:
+            if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+                raise PluginError(
+                    f"plugin {plugin!r} ({_dist_text(dist)}): {kind} name {name!r} is not a non-empty word"
+                )
+            key = (kind, name)
+            if key in owners:
+                raise PluginError(
+                    f"plugin {plugin!r} ({_dist_text(dist)}): {kind} {name!r} is already registered "
+                    f"by plugin {owners[key]!r} ({_dist_text(self.distributions.get(owners[key], ''))})"
+                )
+            owners[key] = plugin
+
+        def backends(plugin: str, dist: str) -> Callable[..., None]:
+            def register(obj: Any) -> None:
+                try:
+                    if isinstance(obj, BackendSpec):
+                        spec = obj
+                    elif isinstance(obj, type) and issubclass(obj, Backend):
+                        spec = BackendSpec.from_class(obj)
+                    else:
+                        raise TypeError(f"{obj!r} is neither a Backend subclass nor a BackendSpec")
+                except TypeError as exc:
+                    raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {exc}") from None
+                claim("backend", spec.name, plugin, dist)
+                reg.backends[spec.name] = _with_origin(spec, plugin, dist)
+
+            return register
+
+        def invariants(plugin: str, dist: str) -> Callable[..., None]:
+            def register(obj: Any) -> None:
+                if not isinstance(obj, Invariant) or not callable(obj.check):
+                    raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not an Invariant")
+                for backend in obj.backends:
+                    claim("invariant", f"{backend}:{obj.name}", plugin, dist)
+                reg.invariants.append(obj)
+
+            return register
+
+        def generators(plugin: str, dist: str) -> Callable[..., None]:
+            def register(obj: Any) -> None:
+                if not isinstance(obj, GeneratorSpec) or not callable(obj.generate):
+                    raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not a GeneratorSpec")
+                claim("generator", obj.name, plugin, dist)
+                reg.generators[obj.name] = _with_origin(obj, plugin, dist)
+
+            return register
+
+        def reporters(plugin: str, dist: str) -> Callable[..., None]:
+            def register(obj: Any) -> None:
+                if not isinstance(obj, ReporterSpec) or not callable(obj.write):
+                    raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not a ReporterSpec")
+                claim("reporter", obj.name, plugin, dist)
+                reg.reporters[obj.name] = _with_origin(obj, plugin, dist)
+
+            return register
+
+        self._call("difftest_register_backends", backends)
+        self._call("difftest_register_invariants", invariants)
+        self._call("difftest_register_generators", generators)
+        self._call("difftest_register_reporters", reporters)
+        # An invariant naming a backend that is not loaded stays inert: harmless.
+
+
+def _with_origin(spec: Any, plugin: str, dist: str) -> Any:
+    from dataclasses import replace
+
+    return replace(spec, plugin=plugin, distribution=dist)
+
+
+def _dist_text(dist: str) -> str:
+    return f"distribution {dist}" if dist else "local module"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return " ".join(text.split())
+
+
+def load_plugins(modules: Iterable[str] = (), autoload: bool | None = None) -> PluginHost:
+    host = PluginHost()
+    host.load(modules, autoload)
+    return host

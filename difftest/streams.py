@@ -1,0 +1,349 @@
+"""Stream files (``difftest.stream/1``, MODEL.md §8): load, validate, write.
+
+A stream is everything needed to run it again: the machine, where it came from, and the
+ops.  Validation is strict, because a stream that the VM layer could never produce finds
+"bugs" that are not there; every refusal names the op index and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from difftest.errors import StreamError
+from difftest.machine import (
+    DEFAULT_PHYS_PAGES,
+    KERNEL_MAX,
+    KERNEL_MIN,
+    KERNEL_PMAP,
+    PAGE_MASK,
+    PAGE_SIZE,
+    USER_MAX,
+    USER_MIN,
+)
+from difftest.ops import (
+    F_ACCESS,
+    F_BOOL,
+    F_KIND,
+    F_PA,
+    F_PMAP,
+    F_PROT,
+    F_SIZE,
+    F_VA,
+    OP_TYPES,
+    Create,
+    Destroy,
+    KEnter,
+    KRemove,
+    Op,
+    Reference,
+    parse_prot,
+    prot_str,
+)
+
+STREAM_FORMAT = "difftest.stream/1"
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A validated op sequence with its machine and origin."""
+
+    ops: tuple[Op, ...]
+    phys_pages: int = DEFAULT_PHYS_PAGES
+    origin: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def data_frames(self) -> set[int]:
+        """Frames the stream names as data pages: reserved in every pool before running."""
+        return {op.pa // PAGE_SIZE for op in self.ops if hasattr(op, "pa")}
+
+    def replace(self, ops: Sequence[Op] | None = None, **changes: Any) -> "Stream":
+        return Stream(
+            ops=tuple(self.ops if ops is None else ops),
+            phys_pages=changes.get("phys_pages", self.phys_pages),
+            origin=changes.get("origin", self.origin),
+        )
+
+
+# -- field codecs -----------------------------------------------------------------------
+
+
+def _encode_field(kind: str, value: Any) -> Any:
+    if kind in (F_VA, F_PA, F_SIZE):
+        return f"{value:#010x}"
+    if kind in (F_PROT, F_ACCESS):
+        return prot_str(value)
+    return value
+
+
+def op_to_json(op: Op) -> dict[str, Any]:
+    out: dict[str, Any] = {"op": op.name}
+    for name, kind in op.FIELDS:
+        out[name] = _encode_field(kind, getattr(op, name))
+    return out
+
+
+def _decode_field(kind: str, value: Any) -> Any:
+    """Decode one field's JSON value; raise ValueError with a short reason."""
+    if kind == F_PMAP:
+        if type(value) is not int:
+            raise ValueError(f"{value!r} is not an integer pmap id")
+        if value < 0:
+            raise ValueError(f"{value} is not a pmap id (ids are >= 0)")
+        return value
+    if kind in (F_VA, F_PA, F_SIZE):
+        if isinstance(value, str):
+            try:
+                number = int(value, 16) if value.lower().startswith("0x") else None
+            except ValueError:
+                number = None
+            if number is None:
+                raise ValueError(f"{value!r} is not a hex address such as '0x00400000'")
+        elif type(value) is int:
+            number = value
+        else:
+            raise ValueError(f"{value!r} is not an address")
+        if number < 0:
+            raise ValueError(f"{value!r} is negative")
+        if number & PAGE_MASK:
+            raise ValueError(f"{value} is not page-aligned ({PAGE_SIZE} bytes)")
+        return number
+    if kind in (F_PROT, F_ACCESS):
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not a protection string such as 'rw'")
+        return parse_prot(value)
+    if kind == F_KIND:
+        if value not in ("r", "w", "x"):
+            raise ValueError(f"{value!r} is not one of 'r', 'w', 'x'")
+        return value
+    if kind == F_BOOL:
+        if type(value) is not bool:
+            raise ValueError(f"{value!r} is not true or false")
+        return value
+    raise AssertionError(kind)
+
+
+def op_from_json(raw: Any, index: int) -> Op:
+    """Decode one op object, checking its shape and each field's own form."""
+    if not isinstance(raw, dict):
+        raise StreamError(f"{raw!r} is not an object", index=index)
+    name = raw.get("op")
+    if name is None:
+        raise StreamError("no 'op' field", index=index, field="op")
+    cls = OP_TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        known = ", ".join(sorted(OP_TYPES))
+        raise StreamError(f"unknown op {name!r} (known: {known})", index=index, field="op")
+    expected = {n for n, _ in cls.FIELDS}
+    extra = sorted(set(raw) - expected - {"op"})
+    if extra:
+        raise StreamError(f"unexpected field for {name}", index=index, op=name, field=extra[0])
+    values = {}
+    for fname, kind in cls.FIELDS:
+        if fname not in raw:
+            raise StreamError("missing", index=index, op=name, field=fname)
+        try:
+            values[fname] = _decode_field(kind, raw[fname])
+        except ValueError as exc:
+            raise StreamError(str(exc), index=index, op=name, field=fname) from None
+    return cls(**values)
+
+
+# -- semantic validation -------------------------------------------------------------------
+
+
+def _check_range(op: Op, index: int, fname: str, va: int, pmap: int, *, end: bool = False) -> None:
+    """Kernel addresses only in pmap 0, user addresses only in user pmaps."""
+    if pmap == KERNEL_PMAP:
+        lo, hi, what = KERNEL_MIN, KERNEL_MAX, "kernel"
+    else:
+        lo, hi, what = USER_MIN, USER_MAX, "user"
+    ok = lo <= va <= hi if end else lo <= va < hi
+    if not ok:
+        side = "kernel pmap 0" if pmap == KERNEL_PMAP else f"user pmap {pmap}"
+        raise StreamError(
+            f"{va:#010x} is outside the {what} range [{lo:#010x}, {hi:#010x}) of {side}",
+            index=index,
+            op=op.name,
+            field=fname,
+        )
+
+
+def validate_ops(ops: Sequence[Op], phys_pages: int) -> None:
+    """Check what a single op's fields cannot show: ranges, ordering, pmap lifetimes.
+
+    pmap ids: 0 is the kernel pmap and always exists; ``create`` makes id 1, 2, 3, ... in
+    order and ids are never reused; ``reference`` adds a reference and ``destroy`` drops
+    one, the pmap dying at zero.  Using an id before its create or after its last destroy
+    is refused.
+    """
+    limit = phys_pages * PAGE_SIZE
+    refs: dict[int, int] = {}
+    next_id = 1
+    for index, op in enumerate(ops):
+        name = op.name
+        if isinstance(op, Create):
+            refs[next_id] = 1
+            next_id += 1
+            continue
+        pmap = getattr(op, "pmap", None)
+        if isinstance(op, (KEnter, KRemove)):
+            pmap = KERNEL_PMAP
+        if pmap is not None and pmap != KERNEL_PMAP and "pmap" in {f for f, _ in op.FIELDS}:
+            if pmap >= next_id:
+                raise StreamError(
+                    f"pmap {pmap} is used before its create", index=index, op=name, field="pmap"
+                )
+            if refs.get(pmap, 0) <= 0:
+                raise StreamError(
+                    f"pmap {pmap} is used after its last destroy", index=index, op=name, field="pmap"
+                )
+        if isinstance(op, (Reference, Destroy)) and op.pmap == KERNEL_PMAP:
+            raise StreamError(
+                "the kernel pmap 0 is never referenced or destroyed", index=index, op=name, field="pmap"
+            )
+        for fname, kind in op.FIELDS:
+            value = getattr(op, fname)
+            if kind == F_PA and value >= limit:
+                raise StreamError(
+                    f"{value:#010x} is beyond physical memory ({phys_pages} pages)",
+                    index=index,
+                    op=name,
+                    field=fname,
+                )
+            if kind == F_VA:
+                _check_range(op, index, fname, value, pmap, end=(fname == "eva"))
+        if hasattr(op, "sva") and op.eva <= op.sva:
+            raise StreamError(
+                f"eva {op.eva:#010x} is not above sva {op.sva:#010x}", index=index, op=name, field="eva"
+            )
+        if hasattr(op, "access") and op.access & ~op.prot:
+            raise StreamError(
+                f"access {prot_str(op.access)!r} is not within prot {prot_str(op.prot)!r}",
+                index=index,
+                op=name,
+                field="access",
+            )
+        if isinstance(op, KRemove):
+            if op.size == 0:
+                raise StreamError("size is zero", index=index, op=name, field="size")
+            if op.va + op.size > KERNEL_MAX:
+                raise StreamError(
+                    f"va + size = {op.va + op.size:#010x} runs past the kernel range end {KERNEL_MAX:#010x}",
+                    index=index,
+                    op=name,
+                    field="size",
+                )
+        if isinstance(op, Reference):
+            refs[op.pmap] += 1
+        elif isinstance(op, Destroy):
+            refs[op.pmap] -= 1
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def stream_from_json(doc: Any, source: str | None = None) -> Stream:
+    """Decode and validate a parsed ``difftest.stream/1`` document."""
+    try:
+        if not isinstance(doc, dict):
+            raise StreamError("the document is not a JSON object")
+        fmt = doc.get("format")
+        if fmt != STREAM_FORMAT:
+            raise StreamError(f"field 'format' is {fmt!r}, expected {STREAM_FORMAT!r}")
+        extra = sorted(set(doc) - {"format", "machine", "origin", "ops"})
+        if extra:
+            raise StreamError(f"unexpected top-level field {extra[0]!r}")
+        machine = doc.get("machine", {})
+        if not isinstance(machine, dict) or set(machine) - {"phys_pages"}:
+            raise StreamError("field 'machine' must be an object with only 'phys_pages'")
+        phys_pages = machine.get("phys_pages", DEFAULT_PHYS_PAGES)
+        if type(phys_pages) is not int or not 16 <= phys_pages <= (1 << 20):
+            raise StreamError(f"machine.phys_pages {phys_pages!r} is not an integer in 16..1048576")
+        origin = doc.get("origin", {})
+        if not isinstance(origin, dict):
+            raise StreamError("field 'origin' must be an object")
+        raw_ops = doc.get("ops")
+        if not isinstance(raw_ops, list):
+            raise StreamError("field 'ops' must be a list")
+        ops = tuple(op_from_json(raw, i) for i, raw in enumerate(raw_ops))
+        validate_ops(ops, phys_pages)
+        return Stream(ops=ops, phys_pages=phys_pages, origin=origin)
+    except StreamError as err:
+        raise err.with_source(source) if source else err
+
+
+def stream_to_json(stream: Stream) -> dict[str, Any]:
+    return {
+        "format": STREAM_FORMAT,
+        "machine": {"phys_pages": stream.phys_pages},
+        "origin": stream.origin,
+        "ops": [op_to_json(op) for op in stream.ops],
+    }
+
+
+def loads(text: str, source: str | None = None) -> Stream:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StreamError(
+            f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source
+        ) from None
+    return stream_from_json(doc, source)
+
+
+def dumps(stream: Stream) -> str:
+    """Canonical text: one op per line, so that diffs of reproducers read well."""
+    doc = stream_to_json(stream)
+    head = json.dumps(
+        {k: doc[k] for k in ("format", "machine", "origin")}, sort_keys=False, allow_nan=False
+    )
+    lines = [json.dumps(op, allow_nan=False) for op in doc["ops"]]
+    body = ",\n  ".join(lines)
+    return head[:-1] + ',\n "ops": [\n  ' + body + ("\n ]}\n" if lines else "]}\n")
+
+
+def load(path: str | os.PathLike[str]) -> Stream:
+    """Read a stream file; every problem is a StreamError naming the file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StreamError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", source=source) from None
+    return loads(text, source)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write then rename, so a reader (or a crash) never sees half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save(stream: Stream, path: str | os.PathLike[str]) -> None:
+    atomic_write_text(path, dumps(stream))
+
+
+def make_stream(ops: Iterable[Op], phys_pages: int = DEFAULT_PHYS_PAGES, **origin: Any) -> Stream:
+    """Build and validate a stream from op values (raises StreamError like the loader)."""
+    ops = tuple(ops)
+    validate_ops(ops, phys_pages)
+    return Stream(ops=ops, phys_pages=phys_pages, origin=dict(origin))
