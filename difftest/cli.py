@@ -144,12 +144,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(f"difftest: error: {message}", err=True)
         return _exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
     except DifftestError as exc:
-        click.echo(f"difftest: error: {exc}", err=True)
+        click.echo(f"difftest: error: {_one_line(str(exc))}", err=True)
         return _exit(exc.exit_code)
     except BrokenPipeError:
         return _exit(EXIT_OK)
+    except Exception as exc:  # a bug: still one line and exit 3, never 1 ("divergences")
+        click.echo(f"difftest: internal error: {_describe_crash(exc)}", err=True)
+        return _exit(EXIT_INTERNAL)
     code = rv if isinstance(rv, int) else EXIT_OK
     return _exit(code)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe_crash(exc: BaseException) -> str:
+    """``KeyError: 'x' (at difftest/foo.py:12 in bar)``: the innermost frame, one line."""
+    import traceback
+
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        where = f" (at {last.filename}:{last.lineno} in {last.name})"
+    return _one_line(f"{type(exc).__name__}: {exc}{where}")
 
 
 def _exit(code: int) -> int:
@@ -164,3 +183,7 @@ def run() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     run()
+
+
+# Subcommands living in their own modules register themselves on ``cli`` when imported.
+from difftest import cli_run  # noqa: E402,F401

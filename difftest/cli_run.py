@@ -1,0 +1,93 @@
+"""``difftest replay``: run stream files on the backends and show what diverged."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import click
+from tabulate import tabulate
+
+from difftest import streams
+from difftest.cli import Context, cli, pass_ctx
+from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
+from difftest.harness import DEFAULT_CHECKPOINT_EVERY, Harness
+from difftest.report import report_from_runs
+
+
+def split_names(values: Sequence[str]) -> list[str]:
+    """``--backends a,b --backends c`` -> ``[a, b, c]``."""
+    names: list[str] = []
+    for value in values:
+        names.extend(n.strip() for n in value.split(",") if n.strip())
+    return names
+
+
+def make_harness(ctx: Context, backends: Sequence[str], reference: str | None, **kwargs) -> Harness:
+    return Harness.from_registry(ctx.registry, split_names(backends) or None, reference, **kwargs)
+
+
+def divergence_table(report: dict, max_width: int = 48) -> str:
+    """Op index, op, kind, backend, then every backend's observation side by side."""
+    backends = report["backends"]
+    rows = []
+    for entry in report["divergences"]:
+        first = entry["first"]
+        obs = [_clip(first["observations"].get(b, ""), max_width) for b in backends]
+        rows.append([first["op_index"], _clip(first["op"], 60), entry["kind"], entry["backend"],
+                     _clip(entry["class"], 32), entry["count"], *obs])
+    headers = ["op", "operation", "kind", "backend", "class", "n", *backends]
+    return tabulate(rows, headers=headers, tablefmt="simple")
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.command("replay")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--backends", "backends", multiple=True, metavar="A,B,...",
+              help="Backends to run (default: every registered one).")
+@click.option("--reference", default=None, metavar="NAME", help="The judge (default: alpha-ref).")
+@click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
+              type=click.IntRange(1), help="Full audit every N ops (and at the end).")
+@click.option("--json", "as_json", is_flag=True, help="Print one difftest.report/1 document.")
+@pass_ctx
+def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], reference: str | None,
+               checkpoint_every: int, as_json: bool) -> int:
+    """Run stream files on the backends; exit 1 when anything diverged."""
+    loaded = [streams.load(path) for path in files]  # every file is checked before any runs
+    harness = make_harness(ctx, backends, reference, checkpoint_every=checkpoint_every)
+    runs = [harness.run(stream) for stream in loaded]
+    report = report_from_runs(runs)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, allow_nan=False))
+    else:
+        _print_replay(report, runs, files)
+    return EXIT_DIVERGENCES if report["divergences"] else EXIT_OK
+
+
+def _print_replay(report: dict, runs, files) -> None:
+    backends = ", ".join(report["backends"])
+    click.echo(f"{len(runs)} stream(s), {report['ops']} ops on {backends} (reference {report['reference']})")
+    for path, run in zip(files, runs):
+        for name, why in sorted(run.stopped.items()):
+            click.echo(f"{path}: {name} stopped: {why}")
+    allowed = report["allowed"]
+    if allowed:
+        parts = [f"{b}: " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
+                 for b, kinds in sorted(allowed.items())]
+        click.echo("allowed differences: " + "; ".join(parts))
+    if not report["divergences"]:
+        click.echo("no divergences")
+        return
+    click.echo(divergence_table(report))
+    click.echo("")
+    for entry in report["divergences"]:
+        first = entry["first"]
+        click.echo(f"{entry['signature']}  (op {first['op_index']}: {first['op']})")
+        click.echo(f"  {first['message']}")
+        click.echo(f"  {first['attribution']}")
+        if first.get("traceback"):
+            click.echo("  " + first["traceback"].rstrip().splitlines()[-1])

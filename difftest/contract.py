@@ -1,0 +1,218 @@
+"""The pmap(9) contract as a model: what a stream established, per backend.
+
+The harness keeps one ``ContractState`` per backend.  It applies every op with the
+contract's semantics (docs/SEMANTICS.md) and is then held against what the backend shows
+(walks, results, attributes).  Where the contract leaves a choice open (a non-wired
+mapping forgotten by ``collect``, a wired mapping under ``page_protect(none)``) the state
+marks the mapping *optional* for that op and afterwards follows what the backend did.
+Where the backend diverges, the harness *resyncs* the state to the backend, so that what
+follows from one bug is not reported again (cascade suppression).
+
+After each op the state therefore mirrors the backend's live mappings, which is what the
+harness computes resident/wired counts and needed page-table frames from.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from difftest.backend import Geometry
+from difftest.machine import KERNEL_MAX, KERNEL_MIN, KERNEL_PMAP, Tag
+from difftest.ops import PROT_R, PROT_W
+
+# A mapping is a tuple (pa, prot, wired, managed): cheap to build and compare.
+Mapping = tuple[int, int, bool, bool]
+PA, PROT, WIRED, MANAGED = 0, 1, 2, 3
+
+_BUCKET_SHIFT = 22  # 4 MiB buckets for range queries, whatever the geometry
+
+
+class ContractState:
+    """Expected mappings, pv lists, page attributes and needed frames of one backend."""
+
+    __slots__ = (
+        "geometry",
+        "maps",
+        "buckets",
+        "pv",
+        "mod",
+        "ref",
+        "wired",
+        "refs",
+        "_lower_levels",
+        "_regions",
+        "_top_tag",
+        "_top_frames",
+        "_top_lazy",
+    )
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.geometry = geometry
+        self.maps: dict[int, dict[int, Mapping]] = {KERNEL_PMAP: {}}
+        self.buckets: dict[int, dict[int, set[int]]] = {KERNEL_PMAP: {}}
+        self.pv: dict[int, set[tuple[int, int]]] = {}  # pa -> {(pmap, va)} of managed mappings
+        self.mod: set[int] = set()  # pages whose MOD the contract fixes as set
+        self.ref: set[int] = set()  # pages that may read as referenced
+        self.wired: dict[int, int] = {KERNEL_PMAP: 0}
+        self.refs: dict[int, int] = {KERNEL_PMAP: 1}
+        top = geometry.levels[0]
+        self._top_tag = top.tag
+        self._top_frames = top.frames
+        self._top_lazy = geometry.top_level == "lazy"
+        # (span, frames, tag) of each level below the top, and per pmap a count of live
+        # mappings per region of that span: len(counter) tables are needed.
+        self._lower_levels = tuple((lvl.span, lvl.frames, lvl.tag) for lvl in geometry.levels[1:])
+        self._regions: dict[int, list[dict[int, int]]] = {KERNEL_PMAP: [{} for _ in self._lower_levels]}
+
+    # -- pmaps ------------------------------------------------------------------------------
+
+    def create(self, pmap: int) -> None:
+        self.maps[pmap] = {}
+        self.buckets[pmap] = {}
+        self.wired[pmap] = 0
+        self.refs[pmap] = 1
+        self._regions[pmap] = [{} for _ in self._lower_levels]
+
+    def forget_pmap(self, pmap: int) -> None:
+        """The pmap died (its mappings were removed before)."""
+        for va in list(self.maps[pmap]):
+            self.delete(pmap, va)
+        del self.maps[pmap], self.buckets[pmap], self.wired[pmap], self.refs[pmap], self._regions[pmap]
+
+    def alive(self, pmap: int) -> bool:
+        return pmap in self.maps
+
+    def pmaps(self) -> list[int]:
+        return sorted(self.maps)
+
+    # -- mappings ---------------------------------------------------------------------------
+
+    def get(self, pmap: int, va: int) -> Mapping | None:
+        return self.maps[pmap].get(va)
+
+    def put(self, pmap: int, va: int, mapping: Mapping) -> None:
+        """Set the mapping at (pmap, va), keeping pv lists, counts and regions in step."""
+        table = self.maps[pmap]
+        old = table.get(va)
+        if old is not None:
+            if old[MANAGED]:
+                self._pv_remove(old[PA], pmap, va)
+            if old[WIRED]:
+                self.wired[pmap] -= 1
+        else:
+            self._bucket_add(pmap, va)
+            self._regions_add(pmap, va)
+        table[va] = mapping
+        if mapping[MANAGED]:
+            self.pv.setdefault(mapping[PA], set()).add((pmap, va))
+        if mapping[WIRED]:
+            self.wired[pmap] += 1
+
+    def delete(self, pmap: int, va: int) -> Mapping | None:
+        old = self.maps[pmap].pop(va, None)
+        if old is None:
+            return None
+        if old[MANAGED]:
+            self._pv_remove(old[PA], pmap, va)
+        if old[WIRED]:
+            self.wired[pmap] -= 1
+        self._bucket_remove(pmap, va)
+        self._regions_remove(pmap, va)
+        return old
+
+    def _pv_remove(self, pa: int, pmap: int, va: int) -> None:
+        entries = self.pv.get(pa)
+        if entries is not None:
+            entries.discard((pmap, va))
+            if not entries:
+                del self.pv[pa]
+
+    def _bucket_add(self, pmap: int, va: int) -> None:
+        self.buckets[pmap].setdefault(va >> _BUCKET_SHIFT, set()).add(va)
+
+    def _bucket_remove(self, pmap: int, va: int) -> None:
+        buckets = self.buckets[pmap]
+        key = va >> _BUCKET_SHIFT
+        bucket = buckets[key]
+        bucket.discard(va)
+        if not bucket:
+            del buckets[key]
+
+    def in_range(self, pmap: int, sva: int, eva: int) -> list[int]:
+        """VAs with a mapping in [sva, eva), sorted.  Cost follows the mappings, not the range."""
+        buckets = self.buckets[pmap]
+        lo, hi = sva >> _BUCKET_SHIFT, (eva - 1) >> _BUCKET_SHIFT
+        if hi - lo + 1 <= len(buckets):
+            keys: Iterable[int] = (k for k in range(lo, hi + 1) if k in buckets)
+        else:
+            keys = (k for k in buckets if lo <= k <= hi)
+        out = [va for k in keys for va in buckets[k] if sva <= va < eva]
+        out.sort()
+        return out
+
+    def mappings_of(self, pa: int) -> list[tuple[int, int]]:
+        """Managed (pmap, va) mappings of page ``pa``, sorted."""
+        return sorted(self.pv.get(pa, ()))
+
+    def resident(self, pmap: int) -> int:
+        return len(self.maps[pmap])
+
+    def items(self, pmap: int) -> Iterator[tuple[int, Mapping]]:
+        return iter(sorted(self.maps[pmap].items()))
+
+    # -- needed page-table frames ----------------------------------------------------------
+
+    def _regions_add(self, pmap: int, va: int) -> None:
+        for (span, _, _), counter in zip(self._lower_levels, self._regions[pmap]):
+            key = va // span
+            counter[key] = counter.get(key, 0) + 1
+
+    def _regions_remove(self, pmap: int, va: int) -> None:
+        for (span, _, _), counter in zip(self._lower_levels, self._regions[pmap]):
+            key = va // span
+            left = counter[key] - 1
+            if left:
+                counter[key] = left
+            else:
+                del counter[key]
+
+    def needed(self, pmap: int) -> dict[Tag, int]:
+        """Frames by tag that ``pmap`` needs for its live mappings under the geometry."""
+        needed = {Tag.PT: 0, Tag.L1: 0}
+        if pmap in self.maps:
+            if not self._top_lazy or self.maps[pmap]:
+                needed[self._top_tag] = needed.get(self._top_tag, 0) + self._top_frames
+            for (_, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
+                needed[tag] = needed.get(tag, 0) + len(counter) * frames
+        return needed
+
+    def extra_frames_for(self, pmap: int, va: int) -> int:
+        """Frames an enter at (pmap, va) must allocate: what a legitimate ENOMEM needs."""
+        if va in self.maps[pmap]:
+            return 0
+        extra = 0
+        if self._top_lazy and not self.maps[pmap]:
+            extra += self._top_frames
+        for (span, frames, _), counter in zip(self._lower_levels, self._regions[pmap]):
+            if va // span not in counter:
+                extra += frames
+        return extra
+
+    def create_frames(self) -> int:
+        return 0 if self._top_lazy else self._top_frames
+
+
+def kernel_range() -> tuple[int, int]:
+    return KERNEL_MIN, KERNEL_MAX
+
+
+def apply_protect(prot: int, old: int) -> int | None:
+    """New prot of a mapping under pmap_protect / page_protect, or None to remove it.
+
+    No read: remove.  Write present: unchanged.  Otherwise: old & prot (never adds).
+    """
+    if not prot & PROT_R:
+        return None
+    if prot & PROT_W:
+        return old
+    return old & prot
