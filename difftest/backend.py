@@ -88,9 +88,12 @@ class Geometry:
         if leaf.entry_span != self.page_size:
             raise ValueError(f"the last level's entries must map one page, not {leaf.entry_span}")
         for upper, lower in zip(self.levels, self.levels[1:]):
-            if upper.entry_span != lower.span:
+            # A lower table may cover several upper entries: an arm32 PT page holds four
+            # 1 KiB L2 tables, one per 1 MiB L1 slot, and so spans 4 MiB.
+            if lower.span % upper.entry_span or upper.span % lower.span:
                 raise ValueError(
-                    f"level {upper.name} entry maps {upper.entry_span:#x} but level {lower.name} spans {lower.span:#x}"
+                    f"level {lower.name} spans {lower.span:#x}: not a whole number of level "
+                    f"{upper.name} entries ({upper.entry_span:#x}) within its span {upper.span:#x}"
                 )
 
     def describe(self) -> str:
@@ -156,6 +159,8 @@ class Backend(abc.ABC):
     description: ClassVar[str] = ""
     #: the declared page-table geometry (an instance attribute is fine too)
     geometry: Geometry
+    #: run when the user names no backends
+    run_by_default: ClassVar[bool] = True
 
     def __init__(self, pool: PhysPool) -> None:
         """Bootstrap: take the pool and make the kernel pmap 0."""
@@ -306,6 +311,8 @@ class BackendSpec:
     factory: Callable[[PhysPool], Backend]
     geometry: Geometry
     description: str = ""
+    #: run when no --backends is given (a parametrised variant may prefer False)
+    default: bool = True
     plugin: str = ""  # filled in by the plugin host
     distribution: str = ""
 
@@ -318,7 +325,8 @@ class BackendSpec:
         if not isinstance(name, str) or not name:
             raise TypeError(f"backend class {backend_cls.__name__} has no name")
         return cls(name=name, factory=backend_cls, geometry=geometry,
-                   description=getattr(backend_cls, "description", "") or "")
+                   description=getattr(backend_cls, "description", "") or "",
+                   default=bool(getattr(backend_cls, "run_by_default", True)))
 
 
 @dataclass(frozen=True)
@@ -352,6 +360,11 @@ class Registry:
     invariants: list[Invariant] = field(default_factory=list)
     generators: dict[str, GeneratorSpec] = field(default_factory=dict)
     reporters: dict[str, ReporterSpec] = field(default_factory=dict)
+    known: list = field(default_factory=list)  # KnownDivergence entries: the default baseline
+
+    def default_backends(self) -> list[str]:
+        """What runs when the user names no backends."""
+        return sorted(name for name, spec in self.backends.items() if spec.default)
 
     def invariants_for(self, backend_name: str) -> list[Invariant]:
         return [inv for inv in self.invariants if inv.applies_to(backend_name)]

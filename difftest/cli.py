@@ -91,6 +91,7 @@ def backends_cmd(ctx: Context, as_json: bool) -> int:
                 "description": s.description,
                 "geometry": s.geometry.to_json(),
                 "geometry_text": s.geometry.describe(),
+                "default": s.default,
                 "plugin": s.plugin,
                 "distribution": s.distribution or None,
             }
@@ -102,10 +103,12 @@ def backends_cmd(ctx: Context, as_json: bool) -> int:
         click.echo("no backends registered (is DIFFTEST_DISABLE_PLUGIN_AUTOLOAD set?)", err=True)
         return EXIT_OK
     rows = [
-        [s.name, s.description, s.geometry.describe(), _plugin_text(s.plugin, s.distribution)]
+        [s.name, s.description, s.geometry.describe(), "yes" if s.default else "no",
+         _plugin_text(s.plugin, s.distribution)]
         for s in specs
     ]
-    click.echo(tabulate(rows, headers=["name", "description", "geometry", "plugin"], tablefmt="simple"))
+    click.echo(tabulate(rows, headers=["name", "description", "geometry", "default", "plugin"],
+                        tablefmt="simple"))
     return EXIT_OK
 
 
@@ -140,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return _exit(exc.exit_code)
     except click.ClickException as exc:
+        if _NO_ARGS_IS_HELP is not None and isinstance(exc, _NO_ARGS_IS_HELP):
+            # A bare ``difftest`` (click >= 8.2 raises this): the help, not "error: Usage:".
+            click.echo(exc.format_message())
+            return _exit(EXIT_USAGE)
         message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
         click.echo(f"difftest: error: {message}", err=True)
         return _exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
@@ -153,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit(EXIT_INTERNAL)
     code = rv if isinstance(rv, int) else EXIT_OK
     return _exit(code)
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", None)
 
 
 def _one_line(text: str) -> str:
@@ -186,4 +196,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # Subcommands living in their own modules register themselves on ``cli`` when imported.
-from difftest import cli_run  # noqa: E402,F401
+from difftest import cli_fuzz, cli_run  # noqa: E402,F401

@@ -48,7 +48,7 @@ def _clip(text: str, width: int) -> str:
 @cli.command("replay")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--backends", "backends", multiple=True, metavar="A,B,...",
-              help="Backends to run (default: every registered one).")
+              help="Backends to run (default: every one registered as a default).")
 @click.option("--reference", default=None, metavar="NAME", help="The judge (default: alpha-ref).")
 @click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
               type=click.IntRange(1), help="Full audit every N ops (and at the end).")

@@ -23,6 +23,9 @@ are not reported as new signatures (cascade suppression).
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 import traceback as tb
 from collections import Counter
@@ -89,6 +92,13 @@ class LaneStopped(Exception):
     """Raised inside a step when the lane cannot go on (its divergence already recorded)."""
 
 
+class StreamTimeout(BaseException):
+    """Raised by the alarm when a stream runs past its time limit.
+
+    A BaseException, so that a backend's ``except Exception`` cannot swallow it.
+    """
+
+
 @dataclass
 class Lane:
     """One backend under test, with its pool and the contract state that mirrors it."""
@@ -147,6 +157,11 @@ class Harness:
         self.checkpoint_every = max(1, checkpoint_every)
         self.trace = trace
 
+    def start(self, stream: Stream) -> "StreamRun":
+        """Set up the lanes for ``stream`` without running it (``step``/``audit`` by hand)."""
+        result = RunResult(stream=stream, backends=[s.name for s in self.specs], reference=self.reference)
+        return StreamRun(self, stream, result)
+
     @classmethod
     def from_registry(
         cls,
@@ -155,8 +170,8 @@ class Harness:
         reference: str | None = None,
         **kwargs: Any,
     ) -> "Harness":
-        """Pick backends by name (default: every registered one)."""
-        names = list(backends) if backends else sorted(registry.backends)
+        """Pick backends by name (default: every backend registered as a default one)."""
+        names = list(backends) if backends else registry.default_backends()
         unknown = [n for n in names if n not in registry.backends]
         if unknown:
             known = ", ".join(sorted(registry.backends)) or "none"
@@ -165,18 +180,56 @@ class Harness:
 
     # -- running ------------------------------------------------------------------------------
 
-    def run(self, stream: Stream, deadline: float | None = None) -> RunResult:
-        """Run ``stream`` on every backend; ``deadline`` (time.monotonic) bounds the run."""
+    def run(self, stream: Stream, time_limit: float | None = None) -> RunResult:
+        """Run ``stream`` on every backend.
+
+        ``time_limit`` (seconds) bounds the whole stream: past it, the backend running at
+        that moment gets a ``hang`` divergence stating the limit and the stream ends.  The
+        limit interrupts even a backend stuck in a loop (SIGALRM, main thread only;
+        elsewhere it is checked between ops).
+        """
         started = time.perf_counter()
         result = RunResult(stream=stream, backends=[s.name for s in self.specs], reference=self.reference)
-        run = _Run(self, stream, result)
-        run.execute(deadline)
+        run = StreamRun(self, stream, result)
+        with _alarm(time_limit) as deadline:
+            try:
+                run.execute(deadline)
+            except StreamTimeout:
+                run.timed_out(time_limit or 0.0)
         result.elapsed = time.perf_counter() - started
         return result
 
 
-class _Run:
-    """The state of one stream run (kept apart from the reusable Harness)."""
+@contextlib.contextmanager
+def _alarm(limit: float | None):
+    """Arm SIGALRM for ``limit`` seconds where possible; yield the monotonic deadline."""
+    if not limit:
+        yield None
+        return
+    deadline = time.monotonic() + limit
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield deadline
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise StreamTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield deadline
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class StreamRun:
+    """The state of one stream run (kept apart from the reusable Harness).
+
+    ``Harness.run`` drives it; benchmarks and tools may call ``step`` and ``audit``
+    themselves (``Harness.start``).
+    """
 
     def __init__(self, harness: Harness, stream: Stream, result: RunResult) -> None:
         self.h = harness
@@ -188,7 +241,8 @@ class _Run:
         self.lanes: list[Lane] = []
         for spec in harness.specs:
             self.lanes.append(self._make_lane(spec))
-        self.live_mappings = 0
+        self.current_lane: Lane | None = None
+        self.current_index = -1
         if harness.trace:
             result.trace = {lane.name: [] for lane in self.lanes}
 
@@ -219,8 +273,8 @@ class _Run:
         ops = self.stream.ops
         for index, op in enumerate(ops):
             if deadline is not None and (index & 63) == 0 and time.monotonic() > deadline:
-                self.result.stopped.setdefault("*", f"deadline reached at op {index}")
-                break
+                raise StreamTimeout
+            self.current_index = index
             self.step(index, op)
             self.result.ops_run = index + 1
             since_audit += 1
@@ -228,6 +282,25 @@ class _Run:
                 self.audit(index)
                 since_audit = 0
         self.audit(self.result.ops_run - 1 if ops else -1, final=True)
+
+    def timed_out(self, limit: float) -> None:
+        """The alarm fired: blame the backend that was running, end the stream."""
+        index = self.current_index
+        lane = self.current_lane
+        op = self.stream.ops[index] if 0 <= index < len(self.stream.ops) else _AuditOp(index)
+        where = f"during op {index} ({describe(op) if not isinstance(op, _AuditOp) else 'audit'})"
+        names = [lane.name] if lane is not None else [l.name for l in self.lanes if l.stopped is None]
+        for name in names:
+            self.result.divergences.append(
+                Divergence(kind="hang", backend=name, op_index=index,
+                           op=describe(op) if not isinstance(op, _AuditOp) else "audit",
+                           op_kind=op.name, field="time", cls="over-limit",
+                           message=f"the stream ran past its time limit of {limit:g} s {where}",
+                           attribution=f"{name} was running when the limit expired")
+            )
+            self.result.stopped[name] = f"hang: over the {limit:g} s limit {where}"
+        for l in self.lanes:
+            l.stopped = l.stopped or "stream timed out"
 
     def _live_mappings(self) -> int:
         for lane in self.lanes:
@@ -251,11 +324,13 @@ class _Run:
             if lane.stopped is not None:
                 continue
             divs: list[Divergence] = []
+            self.current_lane = lane
             try:
                 self._step_lane(lane, index, op, divs, destroy_frees)
             except LaneStopped:
                 pass
             found.extend((lane, d) for d in divs)
+        self.current_lane = None
         if found:
             self._attribute(index, op, found)
         if self.h.trace:
