@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,3 +118,14 @@ class RunResult:
             if d.signature == signature:
                 return d
         return None
+
+
+@dataclass(frozen=True)
+class KnownDivergence:
+    """A signature or a pattern (``fnmatch``: ``*``, ``?``) known to diverge, and why."""
+
+    pattern: str
+    reason: str
+
+    def matches(self, signature: str) -> bool:
+        return fnmatch.fnmatchcase(signature, self.pattern)

@@ -616,8 +616,12 @@ class StreamRun:
 
     def _observe(self, lane: Lane, index: int, op: Op, divs: list[Divergence], step: _Step) -> None:
         try:
-            self._check_keys(lane, index, op, divs, step.keys, step.optional)
-            for pa in sorted(step.pas):
+            tainted = self._check_keys(lane, index, op, divs, step.keys, step.optional)
+            if tainted:
+                # A mapping that pointed at the wrong page moved this op's REF/MOD effects
+                # with it: follow the backend on those pages instead of reporting them.
+                self._resync_attributes(lane, tainted)
+            for pa in sorted(step.pas - tainted if tainted else step.pas):
                 self._judge_modified(lane, index, op, divs, pa, lane.backend.pmap_is_modified(pa), query=False)
                 self._judge_referenced(lane, index, op, divs, pa, lane.backend.pmap_is_referenced(pa), query=False)
             for pmap in step.pmaps:
@@ -638,6 +642,17 @@ class StreamRun:
             )
             self._stop(lane, f"crashed while observed after op {index}: {type(exc).__name__}: {exc}")
 
+    def _resync_attributes(self, lane: Lane, pas: set[int]) -> None:
+        st = lane.state
+        b = lane.backend
+        for pa in pas:
+            if b.pmap_is_modified(pa):
+                st.mod.add(pa)
+            else:
+                st.mod.discard(pa)
+            if b.pmap_is_referenced(pa):
+                st.ref.add(pa)
+
     def _check_keys(
         self,
         lane: Lane,
@@ -647,7 +662,12 @@ class StreamRun:
         keys: Iterable[tuple[int, int]],
         optional: frozenset[tuple[int, int]] = frozenset(),
         got_map: dict[tuple[int, int], Any] | None = None,
-    ) -> None:
+    ) -> set[int]:
+        """Compare translations at ``keys``; resync the state where they differ.
+
+        Returns the pages involved in a translation divergence (whose attributes are
+        then no longer the contract's to judge at this op)."""
+        tainted: set[int] = set()
         st = lane.state
         walk = lane.backend.walk
         maps = st.maps
@@ -668,6 +688,7 @@ class StreamRun:
                                       f"no translation where the contract has {_m_text(exp)}",
                                       location=_loc(pmap, va)))
                 st.delete(pmap, va)
+                tainted.add(exp[PA])
                 continue
             if exp is None:
                 divs.append(self._div(lane, index, op, "translation", "mapping", "spurious-mapping",
@@ -675,6 +696,7 @@ class StreamRun:
                                       location=_loc(pmap, va)))
                 if table is not None:
                     st.put(pmap, va, (got.pa, got.prot, got.wired, pmap != KERNEL_PMAP or not got.wired))
+                tainted.add(got.pa)
                 continue
             if got.pa != exp[PA]:
                 fld, cls = "pa", "pa-mismatch"
@@ -688,6 +710,9 @@ class StreamRun:
                                   f"translation {_t_text(got)} where the contract has {_m_text(exp)}",
                                   location=_loc(pmap, va)))
             st.put(pmap, va, (got.pa, got.prot, got.wired, exp[MANAGED]))  # resync
+            tainted.add(exp[PA])
+            tainted.add(got.pa)
+        return tainted
 
     def _judge_modified(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pa: int, got: Any, query: bool = True) -> None:
         st = lane.state

@@ -24,7 +24,8 @@ def difftest_register_backends(register: Callable[..., None]) -> None:
     """Register pmap backends.
 
     Called once when the plugin host loads, after every plugin has been imported, in
-    plugin registration order (last registered first, as pluggy calls hooks).
+    the order the plugins were loaded (entry points sorted by name, then
+    ``DIFFTEST_PLUGINS``, then ``--plugin``): the first plugin to register a name owns it.
 
     :param register: call ``register(BackendClass)`` with a ``difftest.Backend`` subclass
         that sets ``name``, ``description`` and ``geometry``, or
@@ -70,4 +71,18 @@ def difftest_register_reporters(register: Callable[..., None]) -> None:
         ``write(report: dict, out: TextIO)`` renders a ``difftest.report/1`` document.
         Everything in the report that came from a plugin or a stream (backend names,
         messages, tracebacks) is untrusted text: escape it for the output format.
+    """
+
+
+@hookspec
+def difftest_register_known_divergences(register: Callable[..., None]) -> None:
+    """Register divergences known to exist, with the reason (the default baseline).
+
+    Called once when the plugin host loads.  A campaign run without ``--baseline`` treats
+    every registered entry as known (reported, but not failing the run); ``--baseline
+    FILE`` replaces them all (an empty file: nothing is known).
+
+    :param register: call ``register(KnownDivergence(pattern, reason))``; ``pattern`` is a
+        signature ``kind:backend:op_kind:field:class`` where ``*`` and ``?`` match as in
+        ``fnmatch`` (for example ``resource:arm32-leaky:*:pt_frames:*``).
     """

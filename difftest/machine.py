@@ -92,7 +92,8 @@ class PhysPool:
         self._free = list(range(phys_pages - 1, -1, -1))
         self._counts = [0] * len(Tag)
         self._counts[Tag.FREE] = phys_pages
-        # (owner, tag) -> frames held; only non-free, non-data tags are kept here.
+        # (owner, tag) -> frames held, for every non-free tag (reserved data frames are
+        # held by NO_OWNER).
         self._held: dict[tuple[int, int], int] = {}
         self.allocs = 0  # monotonic: frames handed out by alloc()
         self.frees = 0  # monotonic: frames given back by free()
@@ -165,6 +166,8 @@ class PhysPool:
             self._tags[frame] = Tag.DATA
         self._counts[Tag.FREE] -= len(wanted)
         self._counts[Tag.DATA] += len(wanted)
+        key = (NO_OWNER, int(Tag.DATA))
+        self._held[key] = self._held.get(key, 0) + len(wanted)
 
     # -- reading -------------------------------------------------------------------
 
@@ -182,7 +185,11 @@ class PhysPool:
 
     def held_by(self, owner: int) -> dict[str, int]:
         """Every non-data tag held by ``owner``, by tag name."""
-        return {str(Tag(t)): n for (o, t), n in sorted(self._held.items()) if o == owner}
+        return {
+            str(Tag(t)): n
+            for (o, t), n in sorted(self._held.items())
+            if o == owner and t != Tag.DATA
+        }
 
     def tag_of(self, frame: int) -> Tag:
         return Tag(self._tags[frame])
@@ -200,21 +207,34 @@ class PhysPool:
         ]
 
     def check_conservation(self) -> list[str]:
-        """Full audit: counts match the tags, the free list matches the free frames."""
+        """Full audit: counts match the tags, the per-owner counts add up to them, the free
+        list matches the free frames."""
         problems: list[str] = []
         actual = [0] * len(Tag)
         for t in self._tags:
             actual[t] += 1
+        held = [0] * len(Tag)
+        for (_, t), n in self._held.items():
+            held[t] += n
         for tag in Tag:
             if actual[tag] != self._counts[tag]:
                 problems.append(
                     f"pool count of {tag} frames is {self._counts[tag]} but {actual[tag]} are tagged so"
+                )
+            if tag != Tag.FREE and held[tag] != actual[tag]:
+                problems.append(
+                    f"per-owner counts of {tag} frames add up to {held[tag]} but {actual[tag]} are tagged so"
                 )
         if sum(self._counts) != self.phys_pages:
             problems.append(f"frames not conserved: {sum(self._counts)} counted of {self.phys_pages}")
         if len(self._free) != actual[Tag.FREE] or len(set(self._free)) != len(self._free):
             problems.append(
                 f"free list holds {len(self._free)} entries for {actual[Tag.FREE]} free frames"
+            )
+        taken = [f for f in self._free if self._tags[f] != Tag.FREE]
+        if taken:
+            problems.append(
+                f"free list holds {len(taken)} frames in use, first {taken[0]:#x} ({Tag(self._tags[taken[0]])})"
             )
         return problems
 

@@ -25,6 +25,7 @@ from difftest.backend import (
     Registry,
     ReporterSpec,
 )
+from difftest.divergence import KnownDivergence
 from difftest.errors import PluginError
 
 ENTRY_POINT_GROUP = "difftest"
@@ -81,8 +82,6 @@ class PluginHost:
 
     def add_module(self, module: str) -> None:
         """Import ``module`` and register it as a plugin named after it."""
-        if self.pm.has_plugin(module):
-            return  # already loaded (for example through its entry point)
         try:
             obj = importlib.import_module(module)
         except Exception as exc:
@@ -90,7 +89,13 @@ class PluginHost:
                 f"plugin {module!r} (local module) failed to import: {type(exc).__name__}: {exc}"
             ) from None
         if self.pm.is_registered(obj):
-            return
+            return  # already loaded (given twice, or through its entry point)
+        if self.pm.has_plugin(module):
+            # Another module registered under this name (an entry point named like it).
+            raise PluginError(
+                f"plugin {module!r} (local module): the name is taken by another plugin "
+                f"({_dist_text(self.distributions.get(module, ''))})"
+            )
         self._register(obj, module, "")
 
     def _register(self, obj: Any, name: str, dist: str) -> None:
@@ -101,7 +106,9 @@ class PluginHost:
                 f"plugin {name!r} ({_dist_text(dist)}): {_first_line(exc)}"
             ) from None
         except ValueError as exc:  # pluggy: name or object already registered
-            raise PluginError(f"plugin {name!r} ({_dist_text(dist)}): {exc}") from None
+            # pluggy appends every registered plugin on further lines: keep the first.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PluginError(f"plugin {name!r} ({_dist_text(dist)}): {first}") from None
         self.distributions[name] = dist
 
     def _describe_validation_error(self, exc: pluggy.PluginValidationError) -> str:
@@ -112,8 +119,12 @@ class PluginHost:
 
     def _each_impl(self, hook_name: str) -> Iterable[tuple[str, Callable[..., Any]]]:
         caller = getattr(self.pm.hook, hook_name)
-        # pluggy calls implementations last-registered first; keep that order.
-        for impl in reversed(caller.get_hookimpls()):
+        # In load order (entry points by name, then DIFFTEST_PLUGINS, then --plugin), not
+        # pluggy's last-registered-first: the first plugin to register a name owns it and
+        # the duplicate refused is the later one's.
+        order = {name: i for i, name in enumerate(self.distributions)}
+        impls = sorted(caller.get_hookimpls(), key=lambda i: order.get(i.plugin_name, len(order)))
+        for impl in impls:
             yield impl.plugin_name, impl.function
 
     def _call(self, hook_name: str, make_register: Callable[[str, str], Callable[..., None]]) -> None:
@@ -194,6 +205,16 @@ class PluginHost:
         self._call("difftest_register_invariants", invariants)
         self._call("difftest_register_generators", generators)
         self._call("difftest_register_reporters", reporters)
+
+        def known(plugin: str, dist: str) -> Callable[..., None]:
+            def register(obj: Any) -> None:
+                if not isinstance(obj, KnownDivergence) or not isinstance(obj.pattern, str):
+                    raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not a KnownDivergence")
+                reg.known.append(obj)
+
+            return register
+
+        self._call("difftest_register_known_divergences", known)
         # An invariant naming a backend that is not loaded stays inert: harmless.
 
 

@@ -8,7 +8,9 @@ ops.  Validation is strict, because a stream that the VM layer could never produ
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,8 @@ from difftest.ops import (
 )
 
 STREAM_FORMAT = "difftest.stream/1"
+
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,10 @@ def _decode_field(kind: str, value: Any) -> Any:
         return value
     if kind in (F_VA, F_PA, F_SIZE):
         if isinstance(value, str):
-            try:
-                number = int(value, 16) if value.lower().startswith("0x") else None
-            except ValueError:
-                number = None
-            if number is None:
+            # Strictly 0x and hex digits: int() alone would take spaces, newlines and '_'.
+            if not _HEX.fullmatch(value):
                 raise ValueError(f"{value!r} is not a hex address such as '0x00400000'")
+            number = int(value, 16)
         elif type(value) is int:
             number = value
         else:
@@ -112,7 +114,7 @@ def _decode_field(kind: str, value: Any) -> Any:
         if number < 0:
             raise ValueError(f"{value!r} is negative")
         if number & PAGE_MASK:
-            raise ValueError(f"{value} is not page-aligned ({PAGE_SIZE} bytes)")
+            raise ValueError(f"{number:#010x} is not page-aligned ({PAGE_SIZE} bytes)")
         return number
     if kind in (F_PROT, F_ACCESS):
         if not isinstance(value, str):
@@ -290,12 +292,27 @@ def stream_to_json(stream: Stream) -> dict[str, Any]:
 
 def loads(text: str, source: str | None = None) -> Stream:
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise StreamError(
             f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source
         ) from None
+    except ValueError as exc:  # NaN, Infinity, 1e999, a 5000-digit integer: dumps() could not write it back
+        raise StreamError(f"malformed JSON: {exc}", source=source) from None
+    except RecursionError:
+        raise StreamError("malformed JSON: nested too deeply", source=source) from None
     return stream_from_json(doc, source)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a float")
+    return value
 
 
 def dumps(stream: Stream) -> str:

@@ -1,0 +1,742 @@
+"""Fuzz campaigns: many seeded streams, run in worker processes, deduplicated, minimised.
+
+The unit of work is one stream, numbered k = 0, 1, 2, ...; its seed is derived from the
+campaign seed and k only, so stream k is the same whatever the number of workers, shards
+or machines.  Results are committed strictly in k order (a reorder buffer), so the first
+hit of a signature, its reproducer and the report do not depend on the number of workers.
+
+Everything found is on disk as soon as it is committed (``OUT/journal.jsonl``, appended
+line by line, and ``OUT/divergences/*.json`` and ``OUT/corpus/*.json``, written then
+renamed); ``--resume OUT`` reads them back and goes on at the first uncommitted stream.
+
+Workers run through a ``concurrent.futures.Executor`` made by an *executor factory*
+(a local process pool by default; a cluster's executor plugs in the same way).  Each task
+carries the environment it needs (plugins, backends), so workers need no initializer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import fnmatch
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import time
+import tomllib
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from difftest import __version__, streams
+from difftest.divergence import Divergence, KnownDivergence
+from difftest.errors import BadInput, NothingToRun
+from difftest.report import REPORT_FORMAT
+from difftest.streams import Stream, atomic_write_text
+
+CAMPAIGN_FORMAT = "difftest.campaign/1"
+JOURNAL = "journal.jsonl"
+
+ExecutorFactory = Callable[[int], cf.Executor]
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """What defines a campaign's results (timing-only settings are kept apart)."""
+
+    backends: tuple[str, ...]
+    reference: str
+    seed: int
+    generator: str = "random"
+    ops_per_stream: int = 2000
+    phys_pages: int = 8192
+    streams: int | None = None  # None: run until the time budget ends
+    shard_index: int = 0
+    shard_count: int = 1
+    stream_timeout: float = 60.0
+    shrink_budget: float = 10.0
+    checkpoint_every: int = 1000
+    plugins: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["backends"] = list(self.backends)
+        doc["plugins"] = list(self.plugins)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "CampaignConfig":
+        doc = dict(doc)
+        doc["backends"] = tuple(doc["backends"])
+        doc["plugins"] = tuple(doc.get("plugins", ()))
+        return cls(**doc)
+
+    def units(self) -> Iterator[int]:
+        """Stream numbers of this shard, in order (endless when ``streams`` is None)."""
+        k = self.shard_index
+        while self.streams is None or k < self.streams:
+            yield k
+            k += self.shard_count
+
+
+def unit_seed(seed: int, k: int) -> int:
+    """Stream k's seed: a hash of (campaign seed, k), the same on every machine."""
+    digest = hashlib.sha256(f"difftest:{seed}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``5m``, ``8h``, ``1h30m``, ``90`` (seconds) -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise BadInput(f"--budget {text!r} is not a duration such as 30s, 5m, 8h or 1h30m")
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """``i/N`` (0-based), or the schedulers' variables: JOB_COMPLETION_INDEX (with
+    DIFFTEST_SHARD_TOTAL), CI_NODE_INDEX/CI_NODE_TOTAL (1-based), SLURM_ARRAY_TASK_ID
+    (with SLURM_ARRAY_TASK_COUNT and SLURM_ARRAY_TASK_MIN)."""
+    env = os.environ if env is None else env
+    try:
+        if text:
+            i, n = (int(x) for x in text.split("/"))
+        elif "CI_NODE_INDEX" in env and "CI_NODE_TOTAL" in env:
+            i, n = int(env["CI_NODE_INDEX"]) - 1, int(env["CI_NODE_TOTAL"])
+        elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            i = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            n = int(env["SLURM_ARRAY_TASK_COUNT"])
+        elif "JOB_COMPLETION_INDEX" in env and "DIFFTEST_SHARD_TOTAL" in env:
+            i, n = int(env["JOB_COMPLETION_INDEX"]), int(env["DIFFTEST_SHARD_TOTAL"])
+        else:
+            return 0, 1
+    except ValueError:
+        raise BadInput(f"shard {text!r} is not of the form i/N (for example 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise BadInput(f"shard {i}/{n} is out of range: need 0 <= i < N")
+    return i, n
+
+
+# -- known divergences (baselines) ------------------------------------------------------------
+
+
+def load_baseline(path: str | os.PathLike[str]) -> list[KnownDivergence]:
+    """Read a baseline TOML file: ``[[known]] signature = "..." reason = "..."``.
+
+    An empty file means nothing is known."""
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BadInput(f"{source}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{source}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{source}: not UTF-8 text") from None
+    extra = sorted(set(data) - {"known"})
+    if extra:
+        raise BadInput(f"{source}: unexpected key {extra[0]!r} (expected [[known]] tables)")
+    known = []
+    for i, entry in enumerate(data.get("known", [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("signature"), str):
+            raise BadInput(f"{source}: known entry {i} has no 'signature' string")
+        if set(entry) - {"signature", "reason"}:
+            raise BadInput(f"{source}: known entry {i} has unexpected key {sorted(set(entry) - {'signature', 'reason'})[0]!r}")
+        known.append(KnownDivergence(entry["signature"], str(entry.get("reason", ""))))
+    return known
+
+
+def match_known(signature: str, known: Sequence[KnownDivergence]) -> KnownDivergence | None:
+    for entry in known:
+        if entry.matches(signature):
+            return entry
+    return None
+
+
+# -- work done in the workers --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    config: CampaignConfig
+    k: int
+    backends: tuple[str, ...] | None = None  # a subset, when finding which backend kills a worker
+
+
+@dataclass
+class UnitResult:
+    k: int
+    seed: int
+    ops: int
+    elapsed: float
+    # signature -> (events in this stream, the first divergence as JSON)
+    hits: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    stopped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShrinkTask:
+    config: CampaignConfig
+    signature: str
+    k: int
+
+
+@dataclass
+class ShrinkOutcome:
+    signature: str
+    stream_json: dict[str, Any]
+    ops: int
+    original_ops: int
+    elapsed: float
+    error: str | None = None
+
+
+_WORKER_CACHE: dict[Any, Any] = {}
+
+
+def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None):
+    """The plugin host and harness for a config, built once per worker process."""
+    from difftest.harness import Harness
+    from difftest.plugins import PluginHost
+
+    key = (config.plugins, backends or config.backends, config.reference, config.checkpoint_every)
+    env = _WORKER_CACHE.get(key)
+    if env is None:
+        host = _WORKER_CACHE.get(("host", config.plugins))
+        if host is None:
+            host = PluginHost()
+            host.load(config.plugins)
+            _WORKER_CACHE[("host", config.plugins)] = host
+        names = backends or config.backends
+        reference = config.reference if config.reference in names else names[0]
+        harness = Harness.from_registry(host.registry, names, reference,
+                                        checkpoint_every=config.checkpoint_every)
+        gen = host.registry.generators.get(config.generator)
+        if gen is None:
+            raise BadInput(f"unknown generator {config.generator!r}")
+        env = (harness, gen)
+        _WORKER_CACHE[key] = env
+    return env
+
+
+def make_stream(config: CampaignConfig, k: int) -> Stream:
+    _, gen = _worker_env(config)
+    return gen.generate(unit_seed(config.seed, k), config.ops_per_stream, config.phys_pages)
+
+
+def run_unit(task: UnitTask) -> UnitResult:
+    """Generate stream k and run it: executed in a worker process."""
+    harness, gen = _worker_env(task.config, task.backends)
+    config = task.config
+    seed = unit_seed(config.seed, task.k)
+    stream = gen.generate(seed, config.ops_per_stream, config.phys_pages)
+    result = harness.run(stream, time_limit=config.stream_timeout)
+    out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped))
+    for d in result.divergences:
+        if d.signature in out.hits:
+            n, first = out.hits[d.signature]
+            out.hits[d.signature] = (n + 1, first)
+        else:
+            out.hits[d.signature] = (1, d.to_json())
+    return out
+
+
+def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
+    """Regenerate stream k and minimise it for one signature: executed in a worker."""
+    started = time.perf_counter()
+    stream = make_stream(task.config, task.k)
+    harness, _ = _worker_env(task.config)
+    try:
+        from difftest.shrink import shrink
+    except ImportError as exc:  # the minimiser is optional for a campaign to run
+        return ShrinkOutcome(task.signature, streams.stream_to_json(stream), len(stream), len(stream),
+                             time.perf_counter() - started, f"no minimiser: {exc}")
+    try:
+        outcome = shrink(stream, harness, task.signature, time_budget=task.config.shrink_budget)
+        small = outcome.stream
+        error = None
+    except Exception as exc:  # a failing shrink must not lose the divergence
+        small, error = stream, f"{type(exc).__name__}: {exc}"
+    return ShrinkOutcome(task.signature, streams.stream_to_json(small), len(small), len(stream),
+                         time.perf_counter() - started, error)
+
+
+def local_process_pool(workers: int) -> cf.Executor:
+    """The default executor: ``workers`` spawned processes (Hypothesis is not thread-safe,
+    and fork would copy whatever state the parent has)."""
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+# -- the campaign (parent side) --------------------------------------------------------------------
+
+
+@dataclass
+class SignatureRecord:
+    signature: str
+    first_k: int
+    first_seed: int
+    first: dict[str, Any]
+    streams: int = 0
+    events: int = 0
+    reproducer: dict[str, Any] | None = None
+    reproducer_ops: int | None = None
+    shrink_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def slug(signature: str) -> str:
+    """A file name for a signature: readable, and unique through a short hash."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", signature)[:80]
+    return f"{readable}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
+
+
+class Campaign:
+    """Runs a campaign into ``out``; ``run()`` returns the report document."""
+
+    def __init__(
+        self,
+        config: CampaignConfig,
+        out: Path,
+        known: Sequence[KnownDivergence] = (),
+        workers: int = 1,
+        budget: float | None = None,
+        executor_factory: ExecutorFactory = local_process_pool,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        resume: bool = False,
+    ) -> None:
+        if config.streams is None and budget is None:
+            raise BadInput("a campaign needs --budget or --streams")
+        self.config = config
+        self.out = Path(out)
+        self.known = list(known)
+        self.workers = max(1, workers)
+        self.budget = budget
+        self.executor_factory = executor_factory
+        self.progress = progress
+        self.records: dict[str, SignatureRecord] = {}
+        self.committed: list[int] = []
+        self.ops = 0
+        self.stream_seconds = 0.0
+        self.worker_deaths: list[dict[str, Any]] = []
+        self.timeline: list[tuple[float, int, str]] = []  # (elapsed, streams, signature) of new hits
+        self.started = time.monotonic()
+        self.prior_elapsed = 0.0
+        self._shrinks: dict[cf.Future, str] = {}
+        self._journal = None
+        if resume:
+            self._load_state()
+        else:
+            self._start_dir()
+
+    # -- files --------------------------------------------------------------------------------
+
+    def _start_dir(self) -> None:
+        if (self.out / JOURNAL).exists():
+            raise BadInput(f"{self.out} already holds a campaign: use --resume {self.out} or another --out")
+        (self.out / "divergences").mkdir(parents=True, exist_ok=True)
+        (self.out / "corpus").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "campaign.json", json.dumps(
+            {"format": CAMPAIGN_FORMAT, "config": self.config.to_json(),
+             "known": [asdict(k) for k in self.known], "version": __version__}, indent=2))
+
+    def _load_state(self) -> None:
+        journal = self.out / JOURNAL
+        if not (self.out / "campaign.json").exists():
+            raise BadInput(f"{self.out}: no campaign to resume (campaign.json missing)")
+        good: list[str] = []
+        if journal.exists():
+            lines = journal.read_text(encoding="utf-8").splitlines(keepends=True)
+            for line in lines:
+                if not line.endswith("\n"):
+                    break  # torn by a kill: that stream is run again
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                good.append(line)
+                self._replay_journal_entry(entry)
+            # Drop a torn tail so that appends start on a clean line.
+            if len(good) != len(lines):
+                atomic_write_text(journal, "".join(good))
+        for path in sorted((self.out / "corpus").glob("*.json")):
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            rec = self.records.get(doc.get("signature", ""))
+            if rec is not None and doc.get("reproducer") is not None:
+                rec.reproducer = doc["reproducer"]
+                rec.reproducer_ops = len(doc["reproducer"]["ops"])
+                rec.shrink_error = doc.get("shrink_error")
+
+    def _replay_journal_entry(self, entry: dict[str, Any]) -> None:
+        if entry.get("type") == "elapsed":
+            self.prior_elapsed = entry["elapsed"]
+            return
+        self._commit_hits(entry["k"], entry["seed"], entry["ops"], entry["hits"], entry.get("elapsed", 0.0),
+                          replaying=True)
+
+    def _write_divergence(self, rec: SignatureRecord) -> None:
+        atomic_write_text(self.out / "divergences" / f"{slug(rec.signature)}.json",
+                          json.dumps(rec.to_json(), indent=2, allow_nan=False))
+
+    def _write_corpus(self, rec: SignatureRecord) -> None:
+        doc = {"signature": rec.signature, "first_k": rec.first_k, "reproducer": rec.reproducer,
+               "shrink_error": rec.shrink_error}
+        atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.json",
+                          json.dumps(doc, indent=1, allow_nan=False))
+        if rec.reproducer is not None:
+            # The reproducer as a plain stream file, for `difftest replay`.
+            atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.stream.json",
+                              streams.dumps(streams.stream_from_json(rec.reproducer)))
+
+    def _append_journal(self, entry: dict[str, Any]) -> None:
+        if self._journal is None:
+            self._journal = open(self.out / JOURNAL, "a", encoding="utf-8")
+        self._journal.write(json.dumps(entry, allow_nan=False, sort_keys=True) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    # -- committing ----------------------------------------------------------------------------
+
+    def _commit(self, res: UnitResult) -> list[SignatureRecord]:
+        hits = {sig: [n, first] for sig, (n, first) in sorted(res.hits.items())}
+        new = self._commit_hits(res.k, res.seed, res.ops, hits, res.elapsed)
+        for rec in new:
+            self._write_divergence(rec)
+        self._append_journal({"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits,
+                              "elapsed": round(res.elapsed, 6)})
+        return new
+
+    def _commit_hits(self, k: int, seed: int, ops: int, hits: dict[str, Any], elapsed: float,
+                     replaying: bool = False) -> list[SignatureRecord]:
+        self.committed.append(k)
+        self.ops += ops
+        self.stream_seconds += elapsed
+        new = []
+        for sig, (n, first) in sorted(hits.items()):
+            rec = self.records.get(sig)
+            if rec is None:
+                rec = SignatureRecord(signature=sig, first_k=k, first_seed=seed, first=first)
+                self.records[sig] = rec
+                new.append(rec)
+                if not replaying:
+                    self.timeline.append((self.elapsed(), len(self.committed), sig))
+            rec.streams += 1
+            rec.events += n
+        return new
+
+    def elapsed(self) -> float:
+        return self.prior_elapsed + time.monotonic() - self.started
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        done = set(self.committed)
+        units = (k for k in config.units() if k not in done)
+        deadline = None if self.budget is None else time.monotonic() + max(0.0, self.budget - self.prior_elapsed)
+        executor = self.executor_factory(self.workers)
+        pending: dict[cf.Future, int] = {}
+        buffer: dict[int, UnitResult] = {}
+        submitted: list[int] = []
+        exhausted = False
+        interrupted = False
+        try:
+            # Signatures found before a kill whose reproducer was not written: shrink again.
+            for rec in sorted(self.records.values(), key=lambda r: r.first_k):
+                if rec.reproducer is None:
+                    self._submit_shrink(executor, rec)
+            while True:
+                while not exhausted and len(pending) < 2 * self.workers:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        exhausted = True
+                        break
+                    k = next(units, None)
+                    if k is None:
+                        exhausted = True
+                        break
+                    pending[executor.submit(run_unit, UnitTask(config, k))] = k
+                    submitted.append(k)
+                if not pending:
+                    break
+                finished, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                broken: list[int] = []
+                for fut in finished:
+                    k = pending.pop(fut)
+                    try:
+                        buffer[k] = fut.result()
+                    except BrokenProcessPool:
+                        broken.append(k)
+                if broken:
+                    broken.extend(pending.values())
+                    pending.clear()
+                    executor.shutdown(wait=False, cancel_futures=True)
+                    self._requeue_shrinks_after_break()
+                    for k in sorted(broken):
+                        buffer[k] = self._isolate(k)
+                    executor = self.executor_factory(self.workers)
+                    for rec in sorted(self.records.values(), key=lambda r: r.first_k):
+                        if rec.reproducer is None and rec.signature not in self._shrinks.values():
+                            self._submit_shrink(executor, rec)
+                # Commit in stream order: the report must not depend on who finished first.
+                for k in [k for k in submitted if k in buffer]:
+                    if any(p < k for p in pending.values()):
+                        break
+                    res = buffer.pop(k)
+                    submitted.remove(k)
+                    for rec in self._commit(res):
+                        self._submit_shrink(executor, rec)
+                self._collect_shrinks(block=False)
+                self._report_progress()
+            self._collect_shrinks(block=True)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            executor.shutdown(wait=not interrupted, cancel_futures=True)
+            if self._journal is not None:
+                self._append_journal({"type": "elapsed", "elapsed": round(self.elapsed(), 3)})
+                self._journal.close()
+                self._journal = None
+        if not self.committed:
+            raise NothingToRun("no stream was run (is the budget too small?)")
+        return self.report()
+
+    def _submit_shrink(self, executor: cf.Executor, rec: SignatureRecord) -> None:
+        if self.config.shrink_budget <= 0:
+            self._finish_without_shrink(rec, "shrinking disabled")
+            return
+        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k))
+        self._shrinks[fut] = rec.signature
+
+    def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
+        stream = make_stream(self.config, rec.first_k)
+        rec.reproducer = streams.stream_to_json(stream)
+        rec.reproducer_ops = len(stream)
+        rec.shrink_error = why
+        self._write_corpus(rec)
+        self._write_divergence(rec)
+
+    def _collect_shrinks(self, block: bool) -> None:
+        while self._shrinks:
+            finished, _ = cf.wait(list(self._shrinks), timeout=None if block else 0,
+                                  return_when=cf.FIRST_COMPLETED)
+            if not finished:
+                return
+            for fut in finished:
+                sig = self._shrinks.pop(fut)
+                rec = self.records[sig]
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:
+                    self._finish_without_shrink(rec, "the worker died while shrinking")
+                    continue
+                except Exception as exc:
+                    self._finish_without_shrink(rec, f"{type(exc).__name__}: {exc}")
+                    continue
+                rec.reproducer = outcome.stream_json
+                rec.reproducer_ops = outcome.ops
+                rec.shrink_error = outcome.error
+                self._write_corpus(rec)
+                self._write_divergence(rec)
+
+    def _requeue_shrinks_after_break(self) -> None:
+        for fut in list(self._shrinks):
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                continue
+            self._shrinks.pop(fut)
+
+    def _isolate(self, k: int) -> UnitResult:
+        """Stream k was in flight when a worker died: run it alone to see whether it kills
+        a worker, and if so with which backend."""
+        single = self.executor_factory(1)
+        try:
+            return single.submit(run_unit, UnitTask(self.config, k)).result()
+        except BrokenProcessPool:
+            pass
+        finally:
+            single.shutdown(wait=True, cancel_futures=True)
+        culprits = []
+        for name in self.config.backends:
+            solo = self.executor_factory(1)
+            try:
+                solo.submit(run_unit, UnitTask(self.config, k, (name,))).result()
+            except BrokenProcessPool:
+                culprits.append(name)
+            finally:
+                solo.shutdown(wait=True, cancel_futures=True)
+        seed = unit_seed(self.config.seed, k)
+        self.worker_deaths.append({"stream": k, "seed": seed, "backends": culprits})
+        res = UnitResult(k=k, seed=seed, ops=0, elapsed=0.0)
+        for name in culprits or ["?"]:
+            d = Divergence(kind="crash", backend=name, op_index=-1, op="whole stream", op_kind="stream",
+                           field="worker", cls="worker-died",
+                           message=f"the worker process died running stream {k} (seed {seed})"
+                                   + (f" with {name} alone" if culprits else ""),
+                           attribution=(f"{name} kills the worker when run alone" if culprits
+                                        else "no single backend kills the worker alone"))
+            res.hits[d.signature] = (1, d.to_json())
+        return res
+
+    def _report_progress(self) -> None:
+        if self.progress is None:
+            return
+        new = sum(1 for r in self.records.values() if match_known(r.signature, self.known) is None)
+        self.progress({"streams": len(self.committed), "ops": self.ops, "elapsed": self.elapsed(),
+                       "new": new, "known": len(self.records) - new})
+
+    # -- the report ----------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        return build_campaign_report(
+            self.config, self.records, self.known, streams_run=len(self.committed), ops=self.ops,
+            timing={"elapsed": round(self.elapsed(), 3), "workers": self.workers,
+                    "stream_seconds": round(self.stream_seconds, 3),
+                    "ops_per_second": round(self.ops / self.elapsed(), 1) if self.elapsed() > 0 else None,
+                    "budget": self.budget,
+                    "first_hits": [{"elapsed": round(t, 3), "streams": n, "signature": s}
+                                   for t, n, s in self.timeline]},
+            worker_deaths=self.worker_deaths,
+        )
+
+
+def build_campaign_report(
+    config: CampaignConfig,
+    records: dict[str, SignatureRecord],
+    known: Sequence[KnownDivergence],
+    streams_run: int,
+    ops: int,
+    timing: dict[str, Any] | None = None,
+    worker_deaths: Sequence[dict[str, Any]] = (),
+    shards: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The ``difftest.report/1`` document of a campaign.  Everything but ``timing`` is a
+    function of the configuration and the committed streams."""
+    entries = []
+    for rec in sorted(records.values(), key=lambda r: (r.first_k, r.signature)):
+        kd = match_known(rec.signature, known)
+        first = rec.first
+        entries.append({
+            "signature": rec.signature,
+            "kind": first["kind"],
+            "backend": first["backend"],
+            "op_kind": first["op_kind"],
+            "field": first["field"],
+            "class": first["class"],
+            "known": kd is not None,
+            "known_reason": kd.reason if kd else None,
+            "count": rec.streams,
+            "events": rec.events,
+            "first_stream": {"index": rec.first_k, "seed": rec.first_seed},
+            "first": first,
+            "reproducer": rec.reproducer,
+            "reproducer_ops": rec.reproducer_ops,
+            "reproducer_path": f"corpus/{slug(rec.signature)}.stream.json" if rec.reproducer else None,
+            "shrink_note": rec.shrink_error,
+        })
+    seen = [e["signature"] for e in entries]
+    no_longer = [{"signature": k.pattern, "reason": k.reason} for k in known
+                 if not any(k.matches(s) for s in seen)]
+    doc = {
+        "format": REPORT_FORMAT,
+        "tool": {"name": "pmap-difftest", "version": __version__},
+        "backends": list(config.backends),
+        "reference": config.reference,
+        "streams": streams_run,
+        "ops": ops,
+        "campaign": {
+            "seed": config.seed,
+            "generator": config.generator,
+            "ops_per_stream": config.ops_per_stream,
+            "phys_pages": config.phys_pages,
+            "streams_requested": config.streams,
+            "shard": f"{config.shard_index}/{config.shard_count}",
+            "stream_timeout": config.stream_timeout,
+            "shrink_budget": config.shrink_budget,
+        },
+        "summary": {
+            "signatures": len(entries),
+            "new": sum(1 for e in entries if not e["known"]),
+            "known": sum(1 for e in entries if e["known"]),
+        },
+        "divergences": entries,
+        "no_longer_seen": no_longer,
+        "worker_deaths": list(worker_deaths),
+    }
+    if shards is not None:
+        doc["campaign"]["merged_from"] = list(shards)
+        doc["campaign"]["shard"] = "merged"
+    if timing is not None:
+        doc["timing"] = timing
+    return doc
+
+
+def load_run_dir(path: Path) -> tuple[CampaignConfig, dict[str, SignatureRecord], list[int], int, list[KnownDivergence]]:
+    """Read a campaign directory back: config, signature records, committed streams, ops."""
+    meta_path = path / "campaign.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{path}: not a campaign directory ({meta_path.name}: {exc})") from None
+    config = CampaignConfig.from_json(meta["config"])
+    known = [KnownDivergence(**k) for k in meta.get("known", [])]
+    camp = Campaign.__new__(Campaign)
+    camp.config, camp.out, camp.records, camp.committed = config, path, {}, []
+    camp.ops, camp.stream_seconds, camp.timeline, camp.prior_elapsed = 0, 0.0, [], 0.0
+    camp._journal = None
+    camp._load_state()
+    return config, camp.records, camp.committed, camp.ops, known
+
+
+def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Combine shard outputs into one report, equal to the unsharded run's."""
+    if not dirs:
+        raise BadInput("merge needs at least one campaign directory")
+    merged: dict[str, SignatureRecord] = {}
+    streams_run = 0
+    ops = 0
+    base: CampaignConfig | None = None
+    known: list[KnownDivergence] = []
+    for d in dirs:
+        config, records, committed, n_ops, kn = load_run_dir(Path(d))
+        if base is None:
+            base, known = config, kn
+        elif (config.seed, config.backends, config.generator, config.ops_per_stream, config.streams) != (
+                base.seed, base.backends, base.generator, base.ops_per_stream, base.streams):
+            raise BadInput(f"{d}: not a shard of the same campaign as {dirs[0]}")
+        streams_run += len(committed)
+        ops += n_ops
+        for sig, rec in records.items():
+            have = merged.get(sig)
+            if have is None:
+                merged[sig] = rec
+                continue
+            first = rec if rec.first_k < have.first_k else have
+            merged[sig] = SignatureRecord(
+                signature=sig, first_k=first.first_k, first_seed=first.first_seed, first=first.first,
+                streams=have.streams + rec.streams, events=have.events + rec.events,
+                reproducer=first.reproducer, reproducer_ops=first.reproducer_ops, shrink_error=first.shrink_error)
+    assert base is not None
+    config = CampaignConfig(**{**asdict(base), "shard_index": 0, "shard_count": 1,
+                               "backends": base.backends, "plugins": base.plugins})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "corpus").mkdir(exist_ok=True)
+    for rec in merged.values():
+        if rec.reproducer is not None:
+            atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
+                              streams.dumps(streams.stream_from_json(rec.reproducer)))
+    report = build_campaign_report(config, merged, known, streams_run, ops,
+                                   shards=[str(d) for d in dirs])
+    report["campaign"].pop("merged_from", None)
+    report["campaign"]["shard"] = "0/1"
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
+    return report

@@ -1,0 +1,62 @@
+"""Helpers for tests that run the ``difftest`` command in a child process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+# What the ``difftest`` console script does (pip writes the same two lines).
+CONSOLE_SCRIPT = "import sys; sys.argv[0] = 'difftest'; from difftest.cli import run; run()"
+
+TESTS = Path(__file__).resolve().parent
+PLUGIN_DISTS = TESTS / "plugin_dists"
+
+
+def clean_env(pythonpath: Sequence[str | os.PathLike[str]] = (), **extra: str | None) -> dict[str, str]:
+    """The current environment without difftest's and colour variables, with ``pythonpath``
+    put before any PYTHONPATH already set, plus ``extra`` (None removes a variable)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DIFFTEST_") and k not in ("NO_COLOR", "FORCE_COLOR")
+    }
+    paths = [str(p) for p in pythonpath] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_difftest(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    command: Sequence[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``difftest ARGS`` in a child process; ``command`` replaces the interpreter part."""
+    argv = [*(command or (sys.executable, "-c", CONSOLE_SCRIPT)), *args]
+    return subprocess.run(
+        argv,
+        env=dict(env) if env is not None else clean_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> str:
+    """stderr is exactly one line, with no traceback, containing every needle."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]

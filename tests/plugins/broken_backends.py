@@ -1,0 +1,156 @@
+"""Test-only backends with one bug each, registered as a plugin exactly as a user's would be.
+
+Each subclasses a real built-in and breaks one thing, so that what the harness reports
+about it can be asserted: the kind, the backend and the op index.  None runs by default.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from difftest import hookimpl
+from difftest.machine import PAGE_SIZE
+from impls.arm32 import Arm32Refcount
+from impls.arm32_core import Pmap
+
+
+class WrongPaOnReplace(Arm32Refcount):
+    """Replacing a mapping with a new PA maps the page after it instead."""
+
+    name = "bug-wrongpa"
+    description = "test-only: a replace maps pa + 4 KiB"
+    run_by_default = False
+
+    def pmap_enter(self, pmap, va, pa, prot, access, wired, canfail):
+        old = self.walk(pmap, va)
+        if old is not None and old.pa != pa:
+            pa += PAGE_SIZE
+        return super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
+
+
+class WrongPaOnce(Arm32Refcount):
+    """The first replace with a new PA maps the page after it; every later op is right."""
+
+    name = "bug-wrongpa-once"
+    description = "test-only: one replace maps pa + 4 KiB"
+    run_by_default = False
+
+    def pmap_enter(self, pmap, va, pa, prot, access, wired, canfail):
+        old = self.walk(pmap, va)
+        if old is not None and old.pa != pa and not getattr(self, "_fired", False):
+            self._fired = True
+            pa += PAGE_SIZE
+        return super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
+
+
+class LosesModOnRemove(Arm32Refcount):
+    """pmap_remove forgets the MOD bit of the pages it unmaps."""
+
+    name = "bug-modloss"
+    description = "test-only: remove clears MOD"
+    run_by_default = False
+
+    def pmap_remove(self, pmap, sva, eva):
+        pages = [t.pa for _, t in self.walk_range(pmap, sva, eva)]
+        super().pmap_remove(pmap, sva, eva)
+        for pa in pages:
+            self.pmap_clear_modify(pa)
+
+
+class UnwireKeepsCount(Arm32Refcount):
+    """pmap_unwire clears the wired bit but does not decrement pm_stats.wired_count."""
+
+    name = "bug-wiredcount"
+    description = "test-only: unwire does not decrement the wired count"
+    run_by_default = False
+
+    def pmap_unwire(self, pmap, va):
+        pm: Pmap = self._pmaps[pmap]
+        before = pm.wired
+        super().pmap_unwire(pmap, va)
+        pm.wired = before
+
+
+class ProtectRaises(Arm32Refcount):
+    name = "bug-protect-raises"
+    description = "test-only: pmap_protect raises"
+    run_by_default = False
+
+    def pmap_protect(self, pmap, sva, eva, prot):
+        raise RuntimeError(f"pmap_protect: bad range {sva:#x}-{eva:#x}")
+
+
+class FreesLivePt(Arm32Refcount):
+    """Off by one: the PT frame goes back to the pool when ONE live PTE is left, while the
+    L1 still points at it (a use-after-free)."""
+
+    name = "bug-ptfree"
+    description = "test-only: frees a PT frame that still has an entry"
+    run_by_default = False
+
+    def pmap_pte_delref(self, pm, region, frame, count):
+        left = self._occ[frame] - count
+        self._occ[frame] = left
+        if left == 1 and pm.id != 0:
+            self.pool.free(frame)
+        elif left == 0 and pm.id != 0 and self.pool.tag_of(frame) != 0:
+            self.pmap_free_ptp(pm, region)
+
+
+class ExtraMapping(Arm32Refcount):
+    """Every enter also maps the page at va + 64 MiB: only a full audit can see it."""
+
+    name = "bug-extra"
+    description = "test-only: enter leaves a second mapping behind"
+    run_by_default = False
+
+    def pmap_enter(self, pmap, va, pa, prot, access, wired, canfail):
+        res = super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
+        far = va + (64 << 20)
+        if pmap != 0 and far < 0xEFC00000 and self.walk(pmap, far) is None:
+            super().pmap_enter(pmap, far, pa, prot, 0, False, canfail)
+        return res
+
+
+class ProtectHangs(Arm32Refcount):
+    name = "bug-hang"
+    description = "test-only: pmap_protect never returns"
+    run_by_default = False
+
+    def pmap_protect(self, pmap, sva, eva, prot):
+        while True:
+            time.sleep(0.01)
+
+
+class ProtectKillsProcess(Arm32Refcount):
+    name = "bug-exit"
+    description = "test-only: pmap_protect ends the process"
+    run_by_default = False
+
+    def pmap_protect(self, pmap, sva, eva, prot):
+        os._exit(17)
+
+
+ALL = (WrongPaOnReplace, WrongPaOnce, LosesModOnRemove, UnwireKeepsCount, ProtectRaises, FreesLivePt,
+       ExtraMapping, ProtectHangs, ProtectKillsProcess)
+
+
+@hookimpl
+def difftest_register_backends(register):
+    for cls in ALL:
+        register(cls)
+
+
+@hookimpl
+def difftest_register_invariants(register):
+    # The bugs live in subclasses of arm32-refcount: its invariants apply to them too,
+    # registered under their names (as a third party would reuse them).
+    from dataclasses import replace
+
+    from impls.arm32 import INVARIANTS, REFCOUNT
+
+    names = tuple(cls.name for cls in ALL)
+    for inv in INVARIANTS:
+        if inv.applies_to(REFCOUNT):
+            register(replace(inv, backends=names))
