@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from difftest.backend import Geometry
-from difftest.machine import KERNEL_MAX, KERNEL_MIN, KERNEL_PMAP, Tag
+from difftest.machine import KERNEL_MAX, KERNEL_MIN, KERNEL_PMAP, PAGE_SIZE, Tag
 from difftest.ops import PROT_R, PROT_W
 
 # A mapping is a tuple (pa, prot, wired, managed): cheap to build and compare.
@@ -25,6 +25,7 @@ Mapping = tuple[int, int, bool, bool]
 PA, PROT, WIRED, MANAGED = 0, 1, 2, 3
 
 _BUCKET_SHIFT = 22  # 4 MiB buckets for range queries, whatever the geometry
+_PROBE_LIMIT = 32 * PAGE_SIZE  # ranges up to this size are probed page by page
 
 
 class ContractState:
@@ -140,6 +141,10 @@ class ContractState:
 
     def in_range(self, pmap: int, sva: int, eva: int) -> list[int]:
         """VAs with a mapping in [sva, eva), sorted.  Cost follows the mappings, not the range."""
+        if eva - sva <= _PROBE_LIMIT:
+            # A few pages: look each up rather than scan the buckets they fall in.
+            table = self.maps[pmap]
+            return [va for va in range(sva, eva, PAGE_SIZE) if va in table]
         buckets = self.buckets[pmap]
         lo, hi = sva >> _BUCKET_SHIFT, (eva - 1) >> _BUCKET_SHIFT
         if hi - lo + 1 <= len(buckets):
