@@ -264,6 +264,10 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
         outcome = shrink(stream, harness, task.signature, time_budget=task.config.shrink_budget)
         small = outcome.stream
         error = None
+        # The reproducer is data: keep timings out of it, so reports compare equal.
+        note = small.origin.get("shrink")
+        if isinstance(note, dict) and "seconds" in note:
+            small = small.replace(origin={**small.origin, "shrink": {k: v for k, v in note.items() if k != "seconds"}})
     except Exception as exc:  # a failing shrink must not lose the divergence
         small, error = stream, f"{type(exc).__name__}: {exc}"
     return ShrinkOutcome(task.signature, streams.stream_to_json(small), len(small), len(stream),
@@ -577,6 +581,16 @@ class Campaign:
         seed = unit_seed(self.config.seed, k)
         self.worker_deaths.append({"stream": k, "seed": seed, "backends": culprits})
         res = UnitResult(k=k, seed=seed, ops=0, elapsed=0.0)
+        others = tuple(n for n in self.config.backends if n not in culprits)
+        if culprits and others:
+            # What the other backends find in this stream is not lost with the worker.
+            rest = self.executor_factory(1)
+            try:
+                res = rest.submit(run_unit, UnitTask(self.config, k, others)).result()
+            except BrokenProcessPool:
+                pass
+            finally:
+                rest.shutdown(wait=True, cancel_futures=True)
         for name in culprits or ["?"]:
             d = Divergence(kind="crash", backend=name, op_index=-1, op="whole stream", op_kind="stream",
                            field="worker", cls="worker-died",

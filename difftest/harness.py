@@ -115,6 +115,7 @@ class Lane:
     invariant_open: set[tuple[str, str]] = field(default_factory=set)
     violations_seen: int = 0
     result: Any = None  # the current op's result, for attribution
+    next_op: int = 0  # the first op this lane has not done
 
     @property
     def name(self) -> str:
@@ -183,19 +184,24 @@ class Harness:
     def run(self, stream: Stream, time_limit: float | None = None) -> RunResult:
         """Run ``stream`` on every backend.
 
-        ``time_limit`` (seconds) bounds the whole stream: past it, the backend running at
-        that moment gets a ``hang`` divergence stating the limit and the stream ends.  The
-        limit interrupts even a backend stuck in a loop (SIGALRM, main thread only;
-        elsewhere it is checked between ops).
+        ``time_limit`` (seconds) bounds the stream: past it, the backend running at that
+        moment gets a ``hang`` divergence stating the limit and stops; the others go on.
+        The limit interrupts even a backend stuck in a loop (SIGALRM, main thread only;
+        elsewhere it is checked between ops, and every backend still running is blamed).
         """
         started = time.perf_counter()
         result = RunResult(stream=stream, backends=[s.name for s in self.specs], reference=self.reference)
         run = StreamRun(self, stream, result)
-        with _alarm(time_limit) as deadline:
-            try:
-                run.execute(deadline)
-            except StreamTimeout:
-                run.timed_out(time_limit or 0.0)
+        start: int | None = 0
+        while start is not None:
+            # After a hang the hung backend stops and the others go on, under a fresh
+            # limit, from the op they had not done yet.
+            with _alarm(time_limit) as deadline:
+                try:
+                    run.execute(deadline, start)
+                    start = None
+                except StreamTimeout:
+                    start = run.timed_out(time_limit or 0.0)
         result.elapsed = time.perf_counter() - started
         return result
 
@@ -243,6 +249,12 @@ class StreamRun:
             self.lanes.append(self._make_lane(spec))
         self.current_lane: Lane | None = None
         self.current_index = -1
+        self.stream_index = -1
+        self.destroy_frees = False
+        self.pending: list[tuple[Lane, Divergence]] = []  # found in the op under way
+        self.since_audit = 0
+        self.in_audit = False
+        self.final_audit = False
         if harness.trace:
             result.trace = {lane.name: [] for lane in self.lanes}
 
@@ -267,40 +279,55 @@ class StreamRun:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def execute(self, deadline: float | None) -> None:
+    def execute(self, deadline: float | None, start: int = 0) -> None:
         every = self.h.checkpoint_every
-        since_audit = 0
         ops = self.stream.ops
-        for index, op in enumerate(ops):
+        for index in range(start, len(ops)):
             if deadline is not None and (index & 63) == 0 and time.monotonic() > deadline:
                 raise StreamTimeout
             self.current_index = index
-            self.step(index, op)
+            self.step(index, ops[index])
             self.result.ops_run = index + 1
-            since_audit += 1
-            if since_audit >= every and since_audit >= self._live_mappings():
+            self.since_audit += 1
+            if self.since_audit >= every and self.since_audit >= self._live_mappings():
+                self.since_audit = 0
                 self.audit(index)
-                since_audit = 0
+        self.final_audit = True
         self.audit(self.result.ops_run - 1 if ops else -1, final=True)
 
-    def timed_out(self, limit: float) -> None:
-        """The alarm fired: blame the backend that was running, end the stream."""
+    def timed_out(self, limit: float) -> int | None:
+        """The alarm fired: blame the backend that was running and stop it.
+
+        Returns the op index to go on from, or None when the stream is over."""
         index = self.current_index
         lane = self.current_lane
+        self.current_lane = None
         op = self.stream.ops[index] if 0 <= index < len(self.stream.ops) else _AuditOp(index)
-        where = f"during op {index} ({describe(op) if not isinstance(op, _AuditOp) else 'audit'})"
+        if self.in_audit:
+            op = _AuditOp(index)
+        what = "audit" if isinstance(op, _AuditOp) else describe(op)
+        where = f"during op {index} ({what})"
+        if self.pending:  # what the interrupted op had already found is kept
+            found, self.pending = self.pending, []
+            self._attribute(index, op, found)
         names = [lane.name] if lane is not None else [l.name for l in self.lanes if l.stopped is None]
         for name in names:
             self.result.divergences.append(
-                Divergence(kind="hang", backend=name, op_index=index,
-                           op=describe(op) if not isinstance(op, _AuditOp) else "audit",
+                Divergence(kind="hang", backend=name, op_index=index, op=what,
                            op_kind=op.name, field="time", cls="over-limit",
                            message=f"the stream ran past its time limit of {limit:g} s {where}",
                            attribution=f"{name} was running when the limit expired")
             )
             self.result.stopped[name] = f"hang: over the {limit:g} s limit {where}"
         for l in self.lanes:
-            l.stopped = l.stopped or "stream timed out"
+            if l.name in names:
+                l.stopped = self.result.stopped[l.name]
+        if lane is None or self.final_audit or not any(l.stopped is None for l in self.lanes):
+            return None
+        if self.in_audit:
+            self.in_audit = False
+            return index + 1
+        return index
 
     def _live_mappings(self) -> int:
         for lane in self.lanes:
@@ -309,28 +336,33 @@ class StreamRun:
         return 0
 
     def step(self, index: int, op: Op) -> None:
-        found: list[tuple[Lane, Divergence]] = []
-        destroy_frees = False
-        if isinstance(op, Create):
-            pmap = self.next_pmap
-            self.next_pmap += 1
-            self.refs[pmap] = 1
-        elif isinstance(op, Reference):
-            self.refs[op.pmap] += 1
-        elif isinstance(op, Destroy):
-            self.refs[op.pmap] -= 1
-            destroy_frees = self.refs[op.pmap] == 0
+        if index != self.stream_index:
+            # Stream-level bookkeeping, once per op even when a hang makes us come back.
+            self.stream_index = index
+            self.destroy_frees = False
+            if isinstance(op, Create):
+                pmap = self.next_pmap
+                self.next_pmap += 1
+                self.refs[pmap] = 1
+            elif isinstance(op, Reference):
+                self.refs[op.pmap] += 1
+            elif isinstance(op, Destroy):
+                self.refs[op.pmap] -= 1
+                self.destroy_frees = self.refs[op.pmap] == 0
+        found = self.pending
         for lane in self.lanes:
-            if lane.stopped is not None:
+            if lane.stopped is not None or lane.next_op > index:
                 continue
             divs: list[Divergence] = []
             self.current_lane = lane
             try:
-                self._step_lane(lane, index, op, divs, destroy_frees)
+                self._step_lane(lane, index, op, divs, self.destroy_frees)
             except LaneStopped:
                 pass
+            lane.next_op = index + 1
             found.extend((lane, d) for d in divs)
         self.current_lane = None
+        self.pending = []
         if found:
             self._attribute(index, op, found)
         if self.h.trace:
@@ -803,12 +835,14 @@ class StreamRun:
     def audit(self, index: int, final: bool = False) -> None:
         """Full comparison of everything, at checkpoints and at the end of the stream."""
         self.result.checkpoints += 1
-        found: list[tuple[Lane, Divergence]] = []
+        found = self.pending
         op = _AuditOp(index)
+        self.in_audit = True
         for lane in self.lanes:
             if lane.stopped is not None:
                 continue
             divs: list[Divergence] = []
+            self.current_lane = lane
             try:
                 self._audit_lane(lane, index, op, divs)
             except LaneStopped:
@@ -820,6 +854,9 @@ class StreamRun:
                 lane.stopped = f"crashed while audited after op {index}"
                 self.result.stopped[lane.name] = lane.stopped
             found.extend((lane, d) for d in divs)
+        self.current_lane = None
+        self.in_audit = False
+        self.pending = []
         if found:
             self._attribute(index, op, found)
 

@@ -39,6 +39,7 @@ def run_difftest(
     env: Mapping[str, str] | None = None,
     command: Sequence[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``difftest ARGS`` in a child process; ``command`` replaces the interpreter part."""
     argv = [*(command or (sys.executable, "-c", CONSOLE_SCRIPT)), *args]
@@ -48,7 +49,7 @@ def run_difftest(
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 

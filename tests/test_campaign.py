@@ -1,0 +1,234 @@
+"""Fuzz campaigns end to end: the real CLI, real worker processes, real backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cliutil import CONSOLE_SCRIPT, clean_env, run_difftest
+from difftest.campaign import parse_duration, parse_shard, unit_seed
+from difftest.errors import BadInput
+from difftest.streams import load
+
+pytestmark = pytest.mark.slow
+
+PLUGINS = Path(__file__).parent / "plugins"
+LEAK = "resource:arm32-leaky:remove:pt_frames:pt-frames-held>needed"
+
+
+def fuzz(tmp_path: Path, *args: str, out: str = "out", plugins: bool = False, timeout: float = 240):
+    env = clean_env([PLUGINS] if plugins else ())
+    argv = ["fuzz", "--no-progress", "--out", str(tmp_path / out), *args]
+    if plugins:
+        argv = ["-p", "broken_backends", *argv]
+    return run_difftest(*argv, env=env, cwd=tmp_path, timeout=timeout)
+
+
+def report_of(tmp_path: Path, out: str = "out") -> dict:
+    return json.loads((tmp_path / out / "report.json").read_text())
+
+
+def comparable(report: dict) -> dict:
+    """The report without timings: what must not depend on workers, shards or kills."""
+    doc = dict(report)
+    doc.pop("timing", None)
+    return doc
+
+
+# -- the README's main command -----------------------------------------------------------------------
+
+
+def test_fuzz_without_options_finds_pr5666_as_known(tmp_path):
+    proc = run_difftest("fuzz", "--no-progress", env=clean_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (out,) = (tmp_path / "difftest-out").iterdir()
+    report = json.loads((out / "report.json").read_text())
+    assert report["backends"] == ["alpha-ref", "arm32-leaky", "arm32-refcount"]
+    leak = [e for e in report["divergences"] if e["signature"] == LEAK]
+    assert leak, [e["signature"] for e in report["divergences"]]
+    assert leak[0]["known"] and "5666" in leak[0]["known_reason"]
+    assert leak[0]["reproducer_ops"] <= 3
+    repro = load(out / leak[0]["reproducer_path"])
+    assert [op.name for op in repro.ops] == ["create", "enter", "remove"]
+    # nothing but the known leak: the fixed backend and the reference agree
+    assert all(e["backend"] == "arm32-leaky" and e["known"] for e in report["divergences"])
+    assert "known" in proc.stdout and LEAK in proc.stdout
+
+
+def test_empty_baseline_makes_the_leak_new(tmp_path):
+    baseline = tmp_path / "empty.toml"
+    baseline.write_text("")
+    proc = fuzz(tmp_path, "--streams", "2", "--ops-per-stream", "300", "--seed", "7", "--workers", "1",
+                "--baseline", str(baseline))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["summary"]["new"] >= 1 and report["summary"]["known"] == 0
+    assert LEAK in {e["signature"] for e in report["divergences"]}
+
+
+def test_baseline_entries_not_seen_are_listed(tmp_path):
+    baseline = tmp_path / "b.toml"
+    baseline.write_text('[[known]]\nsignature = "resource:arm32-leaky:*"\nreason = "PR 5666"\n'
+                        '[[known]]\nsignature = "crash:alpha-ref:*"\nreason = "fixed long ago"\n')
+    proc = fuzz(tmp_path, "--streams", "2", "--ops-per-stream", "300", "--seed", "7", "--workers", "1",
+                "--baseline", str(baseline))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["no_longer_seen"] == [{"signature": "crash:alpha-ref:*", "reason": "fixed long ago"}]
+    assert "no longer seen (fixed?): crash:alpha-ref:*" in proc.stdout
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[[known]]\nsignature = 3\n", "no 'signature'"),
+    ("not toml at all [", "not valid TOML"),
+    ("[[known]]\nsignature = 'x'\nwhy = 'y'\n", "unexpected key 'why'"),
+])
+def test_bad_baseline_is_one_line_exit_2(tmp_path, content, words):
+    baseline = tmp_path / "b.toml"
+    baseline.write_text(content)
+    proc = fuzz(tmp_path, "--streams", "1", "--baseline", str(baseline))
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and words in lines[0] and "b.toml" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budget", "soon"], "not a duration"),
+    (["--shard", "3/2"], "out of range"),
+    (["--backends", "nope"], "unknown backend 'nope'"),
+    (["--generator", "nope"], "unknown generator 'nope'"),
+    (["--reference", "arm32-leaky", "--backends", "alpha-ref"], "not among the backends"),
+])
+def test_bad_flags_are_one_line_exit_2(tmp_path, args, words):
+    proc = fuzz(tmp_path, "--streams", "1", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and words in lines[0], proc.stderr
+
+
+# -- isolation ---------------------------------------------------------------------------------------
+
+
+def test_crash_hang_and_dying_worker_are_recorded_and_the_campaign_finishes(tmp_path):
+    proc = fuzz(tmp_path, "--backends", "alpha-ref,bug-protect-raises,bug-hang,bug-exit", "--streams", "2",
+                "--ops-per-stream", "200", "--seed", "3", "--workers", "2", "--stream-timeout", "1",
+                "--shrink-budget", "0", plugins=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["streams"] == 2
+    by_backend = {e["backend"]: e for e in report["divergences"]}
+    assert by_backend["bug-protect-raises"]["kind"] == "crash"
+    assert by_backend["bug-protect-raises"]["first"]["op_kind"] == "protect"
+    assert "RuntimeError" in by_backend["bug-protect-raises"]["first"]["traceback"]
+    hang = by_backend["bug-hang"]
+    assert hang["kind"] == "hang" and "time limit of 1 s" in hang["first"]["message"]
+    died = by_backend["bug-exit"]
+    assert (died["kind"], died["class"]) == ("crash", "worker-died")
+    assert report["worker_deaths"] and report["worker_deaths"][0]["backends"] == ["bug-exit"]
+    # the stream that killed the worker is named, and reproducible from its seed
+    death = report["worker_deaths"][0]
+    assert death["seed"] == unit_seed(3, death["stream"])
+
+
+# -- determinism ------------------------------------------------------------------------------------------
+
+
+def test_one_and_two_workers_give_the_same_report(tmp_path):
+    args = ["--streams", "6", "--ops-per-stream", "400", "--seed", "11", "--shrink-budget", "5"]
+    one = fuzz(tmp_path, *args, "--workers", "1", out="w1")
+    two = fuzz(tmp_path, *args, "--workers", "2", out="w2")
+    assert one.returncode == two.returncode == 0, one.stderr + two.stderr
+    r1, r2 = report_of(tmp_path, "w1"), report_of(tmp_path, "w2")
+    assert r1["divergences"], "the campaign found nothing: the comparison would be empty"
+    assert comparable(r1) == comparable(r2)
+
+
+def test_two_shards_merged_equal_the_unsharded_run(tmp_path):
+    args = ["--streams", "6", "--ops-per-stream", "400", "--seed", "12", "--workers", "1", "--shrink-budget", "5"]
+    whole = fuzz(tmp_path, *args, out="whole")
+    s0 = fuzz(tmp_path, *args, "--shard", "0/2", out="s0")
+    env = clean_env(CI_NODE_INDEX="2", CI_NODE_TOTAL="2")  # the second shard through CI variables
+    s1 = run_difftest("fuzz", "--no-progress", "--out", str(tmp_path / "s1"), *args, env=env, cwd=tmp_path)
+    assert whole.returncode == s0.returncode == s1.returncode == 0, whole.stderr + s0.stderr + s1.stderr
+    assert report_of(tmp_path, "s1")["campaign"]["shard"] == "1/2"
+    merged = run_difftest("merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m"),
+                          env=clean_env(), cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    assert comparable(report_of(tmp_path, "m")) == comparable(report_of(tmp_path, "whole"))
+
+
+def test_killed_campaign_resumes_without_losing_or_duplicating(tmp_path):
+    args = ["--streams", "24", "--ops-per-stream", "600", "--seed", "13", "--workers", "1",
+            "--shrink-budget", "5", "--baseline", str(tmp_path / "empty.toml")]
+    (tmp_path / "empty.toml").write_text("")
+    whole = fuzz(tmp_path, *args, out="whole")
+    assert whole.returncode == 1, whole.stderr
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out), *args],
+        env=clean_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the campaign and its workers, mid-run
+    proc.wait()
+    done_before = len(journal.read_text().splitlines())
+    assert 5 <= done_before < 24, "the kill came too late to test anything"
+    assert not (out / "report.json").exists()
+
+    resumed = run_difftest("fuzz", "--no-progress", "--resume", str(out), env=clean_env(), cwd=tmp_path)
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    assert comparable(report_of(tmp_path, "killed")) == comparable(report_of(tmp_path, "whole"))
+    ks = [json.loads(line)["k"] for line in journal.read_text().splitlines() if '"k"' in line]
+    assert sorted(ks) == list(range(24))  # every stream exactly once
+
+
+def test_resume_of_a_directory_without_a_campaign_is_exit_2(tmp_path):
+    proc = run_difftest("fuzz", "--resume", str(tmp_path), env=clean_env(), cwd=tmp_path)
+    assert proc.returncode == 2 and "no campaign.json" in proc.stderr
+
+
+def test_out_dir_with_a_campaign_is_not_overwritten(tmp_path):
+    first = fuzz(tmp_path, "--streams", "1", "--ops-per-stream", "100", "--workers", "1")
+    assert first.returncode == 0, first.stderr
+    again = fuzz(tmp_path, "--streams", "1", "--ops-per-stream", "100", "--workers", "1")
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+# -- small pure functions ------------------------------------------------------------------------------------
+
+
+def test_durations_and_shards():
+    assert parse_duration("30s") == 30 and parse_duration("8h") == 8 * 3600
+    assert parse_duration("1h30m") == 5400 and parse_duration("90") == 90
+    with pytest.raises(BadInput):
+        parse_duration("1x")
+    assert parse_shard("1/4", {}) == (1, 4)
+    assert parse_shard(None, {}) == (0, 1)
+    assert parse_shard(None, {"CI_NODE_INDEX": "3", "CI_NODE_TOTAL": "4"}) == (2, 4)
+    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4",
+                              "SLURM_ARRAY_TASK_COUNT": "3"}) == (1, 3)
+    assert parse_shard(None, {"JOB_COMPLETION_INDEX": "0", "DIFFTEST_SHARD_TOTAL": "2"}) == (0, 2)
+    with pytest.raises(BadInput):
+        parse_shard("2/2", {})
+
+
+def test_unit_seeds_are_stable():
+    # derived by hashing: the same on every machine and Python version
+    assert unit_seed(1, 0) == unit_seed(1, 0)
+    assert len({unit_seed(1, k) for k in range(1000)}) == 1000
+    assert unit_seed(42, 7) == int.from_bytes(__import__("hashlib").sha256(b"difftest:42:7").digest()[:8], "big") >> 1
