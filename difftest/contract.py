@@ -191,6 +191,17 @@ class ContractState:
                 needed[tag] = needed.get(tag, 0) + len(counter) * frames
         return needed
 
+    def needed_frames(self, pmap: int, tag: Tag) -> int:
+        """``needed(pmap)[tag]`` without building a dict: the per-op path."""
+        table = self.maps.get(pmap)
+        if table is None:
+            return 0
+        n = self._top_frames if tag == self._top_tag and (table or not self._top_lazy) else 0
+        for (_, frames, level_tag), counter in zip(self._lower_levels, self._regions[pmap]):
+            if level_tag == tag:
+                n += len(counter) * frames
+        return n
+
     def extra_frames_for(self, pmap: int, va: int) -> int:
         """Frames an enter at (pmap, va) must allocate: what a legitimate ENOMEM needs."""
         if va in self.maps[pmap]:

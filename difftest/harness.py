@@ -777,13 +777,18 @@ class StreamRun:
         if pmap not in st.maps:
             return
         b = lane.backend
+        offsets = lane.count_offsets
+        resident = b.pmap_resident_count(pmap) - len(st.maps[pmap])
+        wired = b.pmap_wired_count(pmap) - st.wired[pmap]
+        if not (resident or wired or offsets):
+            return  # the common case: both counters right, nothing reported before
         for fld, got, want in (
             ("resident_count", b.pmap_resident_count(pmap), st.resident(pmap)),
             ("wired_count", b.pmap_wired_count(pmap), st.wired[pmap]),
         ):
             offset = got - want
             key = (pmap, fld)
-            if offset != lane.count_offsets.get(key, 0):
+            if offset != offsets.get(key, 0):
                 # Report a change of the offset only: an off-by-one that persists is one bug.
                 lane.count_offsets[key] = offset
                 if offset:
@@ -793,10 +798,10 @@ class StreamRun:
 
     def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
         pool = lane.pool
-        needed = lane.state.needed(pmap)
+        st = lane.state
         for tag, fld, short in _FRAME_FIELDS:
             held = pool.held(pmap, tag)
-            want = needed.get(tag, 0)
+            want = st.needed_frames(pmap, tag)
             key = (pmap, tag)
             if held == want:
                 lane.resource_open.discard(key)
