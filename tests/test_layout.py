@@ -89,3 +89,27 @@ def test_backend_module_starts_with_a_description(path):
         assert first.startswith(('"""', "'''", 'r"""', "#")), f"{path.name}: code before the docstring"
         text = docstring
     assert text.strip(), f"{path.name}: the description is empty"
+
+
+def _shell_blocks(text: str) -> list[str]:
+    blocks, inside, current = [], False, []
+    for line in text.splitlines():
+        if line.startswith("```sh"):
+            inside, current = True, []
+        elif line.startswith("```") and inside:
+            inside = False
+            blocks.append("\n".join(current).strip())
+        elif inside:
+            current.append(line)
+    return blocks
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = _shell_blocks(readme)
+    assert len(blocks) >= 2, "README must show the install+run and the install+test commands"
+    main_command, test_command = blocks[0], blocks[1]
+    assert main_command.endswith("difftest fuzz")
+    assert "pytest" in test_command
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert test_command in ci.splitlines(), "the README's test command and .ci/run drifted apart"
