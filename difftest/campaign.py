@@ -676,6 +676,8 @@ def build_campaign_report(
             "shard": f"{config.shard_index}/{config.shard_count}",
             "stream_timeout": config.stream_timeout,
             "shrink_budget": config.shrink_budget,
+            "checkpoint_every": config.checkpoint_every,
+            "plugins": list(config.plugins),
         },
         "summary": {
             "signatures": len(entries),

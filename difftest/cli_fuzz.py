@@ -146,11 +146,16 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False))
     for fmt in report_formats:
         spec = registry.reporters[fmt]
+        target = out_dir / f"report{spec.extension}"
+        if target.name == "report.json":
+            continue  # the core already wrote exactly this document there
         from io import StringIO
 
+        from difftest.cli_report import call_writer
+
         buf = StringIO()
-        spec.write(report, buf)
-        atomic_write_text(out_dir / f"report{spec.extension}", buf.getvalue())
+        call_writer(spec.write, report, buf, registry=registry, run_dir=out_dir)
+        atomic_write_text(target, buf.getvalue())
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False))
     else:

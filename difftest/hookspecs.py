@@ -69,6 +69,9 @@ def difftest_register_reporters(register: Callable[..., None]) -> None:
 
     :param register: call ``register(ReporterSpec(name, write, extension))``, where
         ``write(report: dict, out: TextIO)`` renders a ``difftest.report/1`` document.
+        A writer may also accept the keywords ``registry`` (the loaded ``Registry``, to
+        re-run reproducers) and ``run_dir`` (the campaign directory, or None); the host
+        passes those the writer's signature names.
         Everything in the report that came from a plugin or a stream (backend names,
         messages, tracebacks) is untrusted text: escape it for the output format.
     """

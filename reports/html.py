@@ -1,0 +1,244 @@
+"""``html``: one self-contained HTML file that works offline (Jinja2 with autoescape,
+matplotlib plots inlined as SVG, CSS inline, no JavaScript, no URL).
+
+It shows the campaign; the divergences by signature (kind, backend, count, known/new and
+the lifecycle status with ``--compare``), each with its minimised reproducer run again as
+a table of ops with every backend's page-table frames side by side; and plots: frames held
+and needed along each reproducer and along a long stream of the campaign, frames freed per
+op, signatures found over campaign time, and the generator's coverage.
+
+Running things again needs the plugin registry (``reports.analysis``): ``difftest report``
+passes it (``write(report, out, registry=...)``); without it one is loaded once per process.
+Every string from a plugin or a stream goes through autoescape; the only markup inserted
+unescaped is matplotlib's SVG, checked by ``reports.plots.to_svg``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any, TextIO
+
+from reports import analysis, common, plots
+
+OP_TABLE_ROWS = 60  # longer reproducers show the ops around where they diverge
+STATUS_CLASS = {"new": "bad", "regressed": "bad", "open": "warn", "known": "muted", "fixed": "good",
+                "fixed earlier": "good"}
+
+
+def _safe_plot(make, *args: Any) -> tuple[Any, str | None]:
+    """(Markup(svg), None) or (None, why the plot is missing)."""
+    from markupsafe import Markup
+
+    try:
+        return Markup(make(*args)), None
+    except Exception as exc:  # a plot must not stop the report
+        return None, f"plot not drawn: {type(exc).__name__}: {exc}"
+
+
+def _op_rows(traced: analysis.Traced, marks: set[int]) -> list[dict[str, Any]]:
+    n = len(traced.ops)
+    keep = set(range(n))
+    if n > OP_TABLE_ROWS:
+        keep = set(range(3)) | {n - 1}
+        for m in marks:
+            keep |= set(range(max(0, m - 5), min(n, m + 6)))
+    rows: list[dict[str, Any]] = []
+    last = -1
+    for i in sorted(keep):
+        if i != last + 1:
+            rows.append({"gap": i - last - 1})
+        last = i
+        at = traced.at(i)
+        cells = []
+        for b in traced.backends:
+            held = traced.held[b][i] if i < len(traced.held[b]) else None
+            needed = traced.needed[b][i] if i < len(traced.needed[b]) else None
+            freed = traced.freed[b][i] if i < len(traced.freed[b]) else 0
+            divs = at.get(b, [])
+            cells.append({
+                "frames": "-" if held is None else f"{held} / {needed}",
+                "freed": freed,
+                "over": held is not None and needed is not None and held > needed,
+                "divergences": [{"signature": d.signature, "cls": d.cls, "kind": d.kind,
+                                 "observed": d.observations.get(b, ""), "message": d.message} for d in divs],
+            })
+        rows.append({"index": i, "op": traced.ops[i], "cells": cells, "marked": i in marks})
+    return rows
+
+
+def _divergence(report: dict[str, Any], entry: dict[str, Any], i: int, registry: Any, registry_note: str | None,
+                run_dir: Any) -> dict[str, Any]:
+    first = entry.get("first") or {}
+    st = common.status(report, entry)
+    item: dict[str, Any] = {
+        "anchor": f"d{i}",
+        "signature": entry.get("signature", ""),
+        "kind": entry.get("kind", ""),
+        "backend": entry.get("backend", ""),
+        "count": common.number(entry.get("count")),
+        "events": common.number(entry.get("events")) if entry.get("events") is not None else "-",
+        "status": st,
+        "status_class": STATUS_CLASS.get(st, ""),
+        "known": bool(entry.get("known")),
+        "known_reason": entry.get("known_reason"),
+        "first_seen": common.first_seen(entry),
+        "message": first.get("message", ""),
+        "attribution": first.get("attribution", ""),
+        "location": first.get("location", ""),
+        "observations": common.observations(report, entry),
+        "traceback": first.get("traceback"),
+        "shrink_note": entry.get("shrink_note"),
+        "reproducer_path": common.reproducer_path(entry, run_dir),
+        "replay": common.replay_command(report, entry, run_dir),
+        "repro_ops": len((entry.get("reproducer") or {}).get("ops") or ()),
+        "repro": None,
+        "repro_note": None,
+    }
+    if registry is None:
+        item["repro_note"] = f"reproducer not run again: {registry_note}"
+        item["plain_ops"] = common.reproducer_excerpt(common.reproducer_ops(entry), common.divergence_ops(entry),
+                                                      limit=OP_TABLE_ROWS)
+        return item
+    traced = analysis.run_reproducer(report, registry, entry)
+    if isinstance(traced, str):
+        item["repro_note"] = f"reproducer not run again: {traced}"
+        item["plain_ops"] = common.reproducer_excerpt(common.reproducer_ops(entry), common.divergence_ops(entry),
+                                                      limit=OP_TABLE_ROWS)
+        return item
+    marks = {d.op_index for d in traced.divergences if d.signature == entry.get("signature") and d.op_index >= 0}
+    svg, note = _safe_plot(plots.frames_plot, traced, f"r{i}",
+                           "the reproducer: PT + L1 frames held (solid) and needed (dashed); dotted: the divergence",
+                           sorted(marks))
+    item["repro"] = {
+        "backends": traced.backends,
+        "reference": traced.reference,
+        "rows": _op_rows(traced, marks),
+        "plot": svg,
+        "plot_note": note,
+        "notes": traced.notes,
+        "reproduced": bool(marks) or entry.get("backend") not in traced.backends,
+        "others": sorted({d.signature for d in traced.divergences if d.signature != entry.get("signature")}),
+        "stopped": traced.stopped,
+    }
+    return item
+
+
+def _long_stream(report: dict[str, Any], registry: Any) -> dict[str, Any]:
+    k, traced = analysis.long_stream(report, registry)
+    out: dict[str, Any] = {"k": k, "note": None}
+    if isinstance(traced, str):
+        out["note"] = traced
+        return out
+    camp = report.get("campaign") or {}
+    from difftest.campaign import unit_seed
+
+    out["seed"] = unit_seed(camp["seed"], k)
+    out["ops"] = traced.length
+    out["notes"] = traced.notes
+    out["frames"], out["frames_note"] = _safe_plot(
+        plots.frames_plot, traced, "long",
+        f"stream {k} of the campaign: PT + L1 frames held (solid) and needed (dashed)")
+    out["freed"], out["freed_note"] = _safe_plot(plots.freed_plot, traced, "freed",
+                                                 f"stream {k}: frames freed per op, per backend")
+    rows = []
+    for b in traced.backends:
+        held, needed = traced.held[b], traced.needed[b]
+        rows.append({
+            "backend": b,
+            "reference": b == traced.reference,
+            "peak_held": max(held, default=0),
+            "peak_needed": max(needed, default=0),
+            "end": f"{held[-1]} / {needed[-1]}" if held else "-",
+            "excess": traced.excess(b),
+            "freed": sum(traced.freed[b]),
+            "stopped": traced.stopped.get(b, ""),
+        })
+    out["rows"] = rows
+    out["divergences"] = len(traced.divergences)
+    return out
+
+
+def _timeline(report: dict[str, Any]) -> dict[str, Any] | None:
+    timing = report.get("timing")
+    if not isinstance(timing, dict) or "first_hits" not in timing:
+        return None
+    hits = [h for h in timing.get("first_hits") or [] if isinstance(h, dict)]
+    known = {e.get("signature"): bool(e.get("known")) for e in report.get("divergences", [])}
+    svg, note = _safe_plot(plots.timeline_plot, hits, known, "timeline")
+    rows = [{"elapsed": common.seconds(h.get("elapsed")), "streams": h.get("streams"),
+             "signature": h.get("signature"), "known": known.get(h.get("signature"), False)} for h in hits]
+    return {"plot": svg, "note": note, "rows": rows}
+
+
+def _coverage(report: dict[str, Any], registry: Any) -> dict[str, Any]:
+    cov = analysis.coverage(report, registry)
+    if isinstance(cov, str):
+        return {"note": cov}
+    svg, note = _safe_plot(plots.coverage_plot, cov["op_kinds"], cov["depth"], "coverage")
+    fields = cov.get("depth_fields") or {}
+    return {
+        "note": note,
+        "plot": svg,
+        "streams": cov["streams"],
+        "ops": cov["ops"],
+        "op_kinds": list(cov["op_kinds"].items()),
+        "depth": [(name, value, fields.get(name, "")) for name, value in cov["depth"].items()],
+    }
+
+
+def context(report: dict[str, Any], registry: Any = None, run_dir: Any = None) -> dict[str, Any]:
+    registry, registry_note = analysis.registry_for(report, registry)
+    counts = common.summary_counts(report)
+    lifecycle = report.get("lifecycle") if isinstance(report.get("lifecycle"), dict) else None
+    ctx: dict[str, Any] = {
+        "headline": common.headline(report),
+        "facts": common.campaign_facts(report),
+        "backends": report.get("backends", []),
+        "reference": report.get("reference"),
+        "counts": counts,
+        "lifecycle": None,
+        "divergences": [_divergence(report, e, i, registry, registry_note, run_dir)
+                        for i, e in enumerate(report.get("divergences", []), 1)],
+        "no_longer_seen": report.get("no_longer_seen") or [],
+        "worker_deaths": report.get("worker_deaths") or [],
+        "stopped": sorted((report.get("stopped") or {}).items()),
+        "allowed": [(b, k, n) for b, kinds in sorted((report.get("allowed") or {}).items())
+                    for k, n in sorted(kinds.items())],
+        "registry_note": registry_note,
+        "long": _long_stream(report, registry) if registry is not None else {"note": registry_note},
+        "timeline": _timeline(report),
+        "coverage": _coverage(report, registry) if registry is not None else {"note": registry_note},
+        "tool": report.get("tool") or {},
+        "status_class": STATUS_CLASS,
+    }
+    if lifecycle:
+        ctx["lifecycle"] = {
+            "line": common.lifecycle_line(report),
+            "previous": lifecycle.get("previous") or {},
+            "counts": lifecycle.get("counts") or {},
+            "rows": common.lifecycle_rows(report),
+        }
+    return ctx
+
+
+def _finalize(value: Any) -> Any:
+    """Every value printed: control characters shown as \\xNN (then autoescaped); the
+    plots (Markup) pass as they are."""
+    from markupsafe import Markup
+
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return common.clean(value)
+
+
+def render(report: dict[str, Any], registry: Any = None, run_dir: Any = None) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, finalize=_finalize,
+                             trim_blocks=True, lstrip_blocks=True)
+    source = files("reports").joinpath("templates", "report.html.j2").read_text(encoding="utf-8")
+    return env.from_string(source).render(**context(report, registry, run_dir))
+
+
+def write(report: dict[str, Any], out: TextIO, *, registry: Any = None, run_dir: Any = None, **_: Any) -> None:
+    out.write(render(report, registry, run_dir))
