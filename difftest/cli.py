@@ -196,4 +196,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # Subcommands living in their own modules register themselves on ``cli`` when imported.
-from difftest import cli_fuzz, cli_run  # noqa: E402,F401
+from difftest import cli_fuzz, cli_report, cli_run, cli_shrink, cli_streams  # noqa: E402,F401
