@@ -133,9 +133,9 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         budget = DEFAULT_BUDGET
     budget_s = parse_duration(budget) if budget else None
     show = not (as_json or no_progress) and sys.stderr.isatty()
-    bar, update = _progress_bar(show, config.streams)
     if not as_json:
         click.echo(f"campaign seed {config.seed} -> {out_dir}", err=True)
+    bar, update = _progress_bar(show, config.streams)
     campaign = Campaign(config, out_dir, known, workers=workers or os.cpu_count() or 1, budget=budget_s,
                         progress=update, resume=bool(resume))
     try:
