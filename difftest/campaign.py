@@ -17,7 +17,6 @@ carries the environment it needs (plugins, backends), so workers need no initial
 from __future__ import annotations
 
 import concurrent.futures as cf
-import fnmatch
 import hashlib
 import json
 import multiprocessing

@@ -1,4 +1,4 @@
-"""The ``difftest`` command line.
+"""The ``difftest`` command line: the entry point and its error handling.
 
 Exit codes (STACK.md, modelled on pytest's): 0 no new divergences, 1 new divergences,
 2 usage error or bad input, 3 internal or plugin error, 5 nothing to run, 130 interrupted.
@@ -7,125 +7,21 @@ Every error is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import click
-from tabulate import tabulate
 
-from difftest import __version__
+# The command group and every subcommand (each module registers its own on ``cli``).
+from difftest import cli_fuzz, cli_report, cli_run, cli_shrink, cli_streams  # noqa: F401
+from difftest.cli_base import Context, cli, pass_ctx, styled, use_color  # noqa: F401
 from difftest.errors import (
-    EXIT_DIVERGENCES,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     DifftestError,
 )
-from difftest.plugins import PluginHost
-
-
-def use_color(stream: Any = None) -> bool:
-    """Colour only on a TTY and never when NO_COLOR is set (click ignores NO_COLOR)."""
-    if os.environ.get("NO_COLOR"):
-        return False
-    stream = stream or sys.stdout
-    return bool(getattr(stream, "isatty", lambda: False)())
-
-
-def styled(text: str, **style: Any) -> str:
-    return click.style(text, **style) if use_color() else text
-
-
-class Context:
-    """What every subcommand gets: the loaded plugins."""
-
-    def __init__(self, plugin_modules: Sequence[str]) -> None:
-        self.plugin_modules = tuple(plugin_modules)
-        self._host: PluginHost | None = None
-
-    @property
-    def host(self) -> PluginHost:
-        if self._host is None:
-            host = PluginHost()
-            host.load(self.plugin_modules)
-            self._host = host
-        return self._host
-
-    @property
-    def registry(self):
-        return self.host.registry
-
-
-pass_ctx = click.make_pass_decorator(Context)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "-p",
-    "--plugin",
-    "plugins",
-    multiple=True,
-    metavar="MODULE",
-    help="Import MODULE as a plugin (repeatable; also DIFFTEST_PLUGINS=mod1,mod2).",
-)
-@click.version_option(__version__, prog_name="difftest")
-@click.pass_context
-def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
-    """Differential testing of pmap implementations (NetBSD PR port-arm32/5666 and kin)."""
-    ctx.obj = Context(plugins)
-
-
-@cli.command("backends")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@pass_ctx
-def backends_cmd(ctx: Context, as_json: bool) -> int:
-    """List the registered backends with their geometry and providing plugin."""
-    specs = sorted(ctx.registry.backends.values(), key=lambda s: s.name)
-    if as_json:
-        doc = [
-            {
-                "name": s.name,
-                "description": s.description,
-                "geometry": s.geometry.to_json(),
-                "geometry_text": s.geometry.describe(),
-                "default": s.default,
-                "plugin": s.plugin,
-                "distribution": s.distribution or None,
-            }
-            for s in specs
-        ]
-        click.echo(json.dumps(doc, indent=2, allow_nan=False))
-        return EXIT_OK
-    if not specs:
-        click.echo("no backends registered (is DIFFTEST_DISABLE_PLUGIN_AUTOLOAD set?)", err=True)
-        return EXIT_OK
-    rows = [
-        [s.name, s.description, s.geometry.describe(), "yes" if s.default else "no",
-         _plugin_text(s.plugin, s.distribution)]
-        for s in specs
-    ]
-    click.echo(tabulate(rows, headers=["name", "description", "geometry", "default", "plugin"],
-                        tablefmt="simple"))
-    return EXIT_OK
-
-
-def _plugin_text(plugin: str, dist: str) -> str:
-    return f"{plugin} ({dist})" if dist else f"{plugin} (local)"
-
-
-@cli.command("validate")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate_cmd(files: tuple[str, ...]) -> int:
-    """Check stream files against difftest.stream/1; exit 2 on the first bad one."""
-    from difftest import streams
-
-    for path in files:
-        stream = streams.load(path)
-        click.echo(f"{path}: ok ({len(stream)} ops, {stream.phys_pages} pages)")
-    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,5 +91,3 @@ if __name__ == "__main__":  # pragma: no cover
     run()
 
 
-# Subcommands living in their own modules register themselves on ``cli`` when imported.
-from difftest import cli_fuzz, cli_report, cli_run, cli_shrink, cli_streams  # noqa: E402,F401

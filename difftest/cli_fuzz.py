@@ -19,7 +19,7 @@ from difftest.campaign import (
     parse_duration,
     parse_shard,
 )
-from difftest.cli import Context, cli, pass_ctx
+from difftest.cli_base import Context, cli, pass_ctx
 from difftest.cli_run import split_names
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from difftest.cli import Context, cli, pass_ctx
+from difftest.cli_base import Context, cli, pass_ctx
 from difftest.errors import EXIT_OK, BadInput, PluginError
 from difftest.lifecycle import compare
 from difftest.report import REPORT_FORMAT

@@ -9,8 +9,8 @@ import click
 from tabulate import tabulate
 
 from difftest import streams
-from difftest.cli import Context, cli, pass_ctx
-from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
+from difftest.cli_base import Context, cli, pass_ctx
+from difftest.errors import EXIT_DIVERGENCES, EXIT_OK
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, Harness
 from difftest.report import report_from_runs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from difftest import streams
-from difftest.cli import Context, cli, pass_ctx
+from difftest.cli_base import Context, cli, pass_ctx
 from difftest.cli_run import make_harness
 from difftest.errors import EXIT_OK, BadInput, NothingToRun
 from difftest.legality import vm_legality_problems

@@ -10,7 +10,7 @@ import click
 from tabulate import tabulate
 
 from difftest import streams
-from difftest.cli import Context, cli, pass_ctx
+from difftest.cli_base import Context, cli, pass_ctx
 from difftest.cli_run import split_names
 from difftest.coverage import BACKEND_FIELDS, DEPTH_FIELDS, coverage, merge_stats
 from difftest.errors import EXIT_OK, BadInput

@@ -28,7 +28,6 @@ import signal
 import threading
 import time
 import traceback as tb
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 

@@ -30,7 +30,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from difftest.machine import PAGE_SIZE, USER_MAX
+from difftest.machine import DEFAULT_PHYS_PAGES, PAGE_SIZE, USER_MAX
+from difftest.streams import Stream
 from difftest.ops import (
     PROT_R,
     PROT_W,
@@ -273,7 +274,6 @@ class PagerGenerator(_Base):
         self.emit(Remove(proc.pmap, mm.base, mm.base + mm.pages * PAGE_SIZE))
         proc.mmaps.remove(mm)
         if mm.file is None:
-            lo, hi = mm.base, mm.base + mm.pages * PAGE_SIZE
             for va in mm.touched:
                 pa = proc.anon.pop(va, None)
                 if pa is not None:
@@ -468,3 +468,12 @@ class PagerGenerator(_Base):
             elif len(self.free) < self.high and rnd() < 0.03:
                 self.swap_out()  # the swapper runs while free memory is below its target
         return self.ops
+
+
+def generate_pager(seed: int, n_ops: int, phys_pages: int = DEFAULT_PHYS_PAGES) -> Stream:
+    """The ``pager`` generator: PR 5666's How-To-Repeat, ``n_ops`` ops from ``seed``."""
+    if n_ops < 0:
+        raise ValueError(f"n_ops must be >= 0, not {n_ops}")
+    gen = PagerGenerator(seed, phys_pages)
+    ops = gen.run(n_ops)
+    return Stream(ops=tuple(ops), phys_pages=phys_pages, origin=gen.origin(n_ops))

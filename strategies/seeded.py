@@ -34,8 +34,6 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from difftest import hookimpl
-from difftest.backend import GeneratorSpec
 from difftest.legality import VMModel
 from difftest.machine import (
     DEFAULT_PHYS_PAGES,
@@ -612,35 +610,5 @@ def generate(seed: int, n_ops: int, phys_pages: int = DEFAULT_PHYS_PAGES) -> Str
     if n_ops < 0:
         raise ValueError(f"n_ops must be >= 0, not {n_ops}")
     gen = RandomGenerator(seed, phys_pages)
-    ops = gen.run(n_ops)
-    return Stream(ops=tuple(ops), phys_pages=phys_pages, origin=gen.origin(n_ops))
-
-
-@hookimpl
-def difftest_register_generators(register) -> None:
-    register(
-        GeneratorSpec(
-            name="random",
-            generate=generate,
-            description="seeded random streams shaped for deep states: region edges, remaps, "
-            "shared pages, wiring, boundary-crossing ranges, collect/page_protect, swarm op mix",
-        )
-    )
-    register(
-        GeneratorSpec(
-            name="pager",
-            generate=generate_pager,
-            description="PR 5666 How-To-Repeat: processes doing build-like work in a small "
-            "machine, a pager revoking non-wired pages and collecting pmaps when memory runs low",
-        )
-    )
-
-
-def generate_pager(seed: int, n_ops: int, phys_pages: int = DEFAULT_PHYS_PAGES) -> Stream:
-    from strategies.pager import PagerGenerator
-
-    if n_ops < 0:
-        raise ValueError(f"n_ops must be >= 0, not {n_ops}")
-    gen = PagerGenerator(seed, phys_pages)
     ops = gen.run(n_ops)
     return Stream(ops=tuple(ops), phys_pages=phys_pages, origin=gen.origin(n_ops))

@@ -22,7 +22,8 @@ from difftest.ops import Create, Destroy, KEnter, KRemove, Protect, Remove
 from difftest.plugins import PluginHost
 from difftest.streams import Stream, dumps, validate_ops
 from strategies.hypothesis_ops import legalise, op_streams
-from strategies.seeded import generate, generate_pager
+from strategies.pager import generate_pager
+from strategies.seeded import generate
 
 GENERATORS = {"random": generate, "pager": generate_pager}
 
@@ -83,7 +84,7 @@ def test_exactly_n_ops_and_prefixes_agree(name):
 
 def test_same_bytes_in_other_processes_with_other_hash_seeds(tmp_path):
     """No dependence on hash order (PYTHONHASHSEED), the process or the clock."""
-    code = ("import sys; from strategies.seeded import generate, generate_pager; "
+    code = ("import sys; from strategies.seeded import generate; from strategies.pager import generate_pager; "
             "from difftest.streams import dumps; "
             "sys.stdout.write(dumps(generate(123, 4000)) + dumps(generate_pager(9, 4000, 4096)))")
     here = dumps(generate(123, 4000)) + dumps(generate_pager(9, 4000, 4096))
