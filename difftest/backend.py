@@ -20,7 +20,10 @@ Conventions every backend follows:
   ``Tag.META``.  ``Tag.DATA`` frames belong to the VM layer: never allocate or free them.
 * Out of memory: ``pool.alloc`` raises ``OutOfMemory``.  ``pmap_enter`` with ``canfail``
   returns ``ENOMEM`` and leaves no trace (no half-built table, no count off); without
-  ``canfail`` the exception propagates (the kernel would panic).
+  ``canfail`` the exception propagates (the kernel would panic).  The harness checks
+  that the pool's free and held frames are as before; to leave even the pool's
+  ``snapshot()`` equal (its alloc/free counters and free-list order), ask
+  ``pool.has_free(n)`` before allocating rather than allocating and giving back.
 * ``pmap_resident_count`` / ``pmap_wired_count`` count *leaf* mappings (pages), whatever
   the original counted (some counted PT pages too; normalise here).
 * Logical protection is what the pmap was asked for (after protect/page_protect), not

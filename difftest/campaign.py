@@ -61,6 +61,7 @@ class CampaignConfig:
     shrink_budget: float = 10.0
     checkpoint_every: int = 1000
     plugins: tuple[str, ...] = ()
+    invariants: str = "per-op"  # or "checkpoint"
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -207,7 +208,8 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
     from difftest.harness import Harness
     from difftest.plugins import PluginHost
 
-    key = (config.plugins, backends or config.backends, config.reference, config.checkpoint_every)
+    key = (config.plugins, backends or config.backends, config.reference, config.checkpoint_every,
+           config.invariants)
     env = _WORKER_CACHE.get(key)
     if env is None:
         host = _WORKER_CACHE.get(("host", config.plugins))
@@ -218,7 +220,8 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
         names = backends or config.backends
         reference = config.reference if config.reference in names else names[0]
         harness = Harness.from_registry(host.registry, names, reference,
-                                        checkpoint_every=config.checkpoint_every)
+                                        checkpoint_every=config.checkpoint_every,
+                                        invariants_per_op=config.invariants == "per-op")
         gen = host.registry.generators.get(config.generator)
         if gen is None:
             raise BadInput(f"unknown generator {config.generator!r}")
@@ -676,6 +679,7 @@ def build_campaign_report(
             "stream_timeout": config.stream_timeout,
             "shrink_budget": config.shrink_budget,
             "checkpoint_every": config.checkpoint_every,
+            "invariants": config.invariants,
             "plugins": list(config.plugins),
         },
         "summary": {

@@ -81,6 +81,8 @@ def _progress_bar(enabled: bool, total: int | None):
 @click.option("--shrink-budget", default=10.0, show_default=True, type=click.FloatRange(0),
               help="Seconds to minimise each new signature (0: keep whole streams).")
 @click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True, type=click.IntRange(1))
+@click.option("--invariants", "invariants", type=click.Choice(["per-op", "checkpoint"]), default="per-op",
+              show_default=True, help="Check backend invariants after every op, or only at checkpoints (faster).")
 @click.option("--report", "report_formats", multiple=True, metavar="FORMAT",
               help="Also write OUT/report.FORMAT with a registered report writer (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout (no progress bar).")
@@ -88,7 +90,7 @@ def _progress_bar(enabled: bool, total: int | None):
 @pass_ctx
 def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_stream, seed, workers, generator,
              phys_pages, out, baseline, resume, shard, stream_timeout, shrink_budget, checkpoint_every,
-             report_formats, as_json, no_progress) -> int:
+             invariants, report_formats, as_json, no_progress) -> int:
     """Run a fuzz campaign: seeded streams on every backend, divergences deduplicated,
     minimised, and split into new and known.  Exit 1 only for new divergences."""
     registry = ctx.registry
@@ -125,7 +127,7 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
             ops_per_stream=ops_per_stream, phys_pages=phys_pages, streams=n_streams,
             shard_index=shard_index, shard_count=shard_count, stream_timeout=stream_timeout,
             shrink_budget=shrink_budget, checkpoint_every=checkpoint_every,
-            plugins=tuple(ctx.plugin_modules),
+            plugins=tuple(ctx.plugin_modules), invariants=invariants,
         )
         known = load_baseline(baseline) if baseline else list(registry.known)
         out_dir = Path(out) if out else Path("difftest-out") / time.strftime("%Y%m%d-%H%M%S")

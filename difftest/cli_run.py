@@ -52,13 +52,16 @@ def _clip(text: str, width: int) -> str:
 @click.option("--reference", default=None, metavar="NAME", help="The judge (default: alpha-ref).")
 @click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
               type=click.IntRange(1), help="Full audit every N ops (and at the end).")
+@click.option("--invariants", "invariants", type=click.Choice(["per-op", "checkpoint"]), default="per-op",
+              show_default=True, help="Check backend invariants after every op, or only at checkpoints (faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print one difftest.report/1 document.")
 @pass_ctx
 def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], reference: str | None,
-               checkpoint_every: int, as_json: bool) -> int:
+               checkpoint_every: int, invariants: str, as_json: bool) -> int:
     """Run stream files on the backends; exit 1 when anything diverged."""
     loaded = [streams.load(path) for path in files]  # every file is checked before any runs
-    harness = make_harness(ctx, backends, reference, checkpoint_every=checkpoint_every)
+    harness = make_harness(ctx, backends, reference, checkpoint_every=checkpoint_every,
+                           invariants_per_op=invariants == "per-op")
     runs = [harness.run(stream) for stream in loaded]
     report = report_from_runs(runs)
     if as_json:

@@ -359,8 +359,12 @@ def save(stream: Stream, path: str | os.PathLike[str]) -> None:
     atomic_write_text(path, dumps(stream))
 
 
-def make_stream(ops: Iterable[Op], phys_pages: int = DEFAULT_PHYS_PAGES, **origin: Any) -> Stream:
+def make_stream(
+    ops: Iterable[Op], phys_pages: int = DEFAULT_PHYS_PAGES, origin: dict[str, Any] | None = None
+) -> Stream:
     """Build and validate a stream from op values (raises StreamError like the loader)."""
+    if type(phys_pages) is not int or not 16 <= phys_pages <= (1 << 20):
+        raise StreamError(f"machine.phys_pages {phys_pages!r} is not an integer in 16..1048576")
     ops = tuple(ops)
     validate_ops(ops, phys_pages)
-    return Stream(ops=ops, phys_pages=phys_pages, origin=dict(origin))
+    return Stream(ops=ops, phys_pages=phys_pages, origin=dict(origin or {}))

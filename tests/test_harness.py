@@ -325,3 +325,16 @@ def test_destroy_with_mappings_left_returns_every_frame(registry):
     ops = [Create(), enter(1, VA, PA, wired=True), enter(1, 0x20000000, PA + PAGE_SIZE), Destroy(1)]
     r = run(registry, ops)
     assert r.divergences == []
+
+
+def test_invariants_only_at_checkpoints_still_catch_the_break(registry):
+    ops = [Create(), enter(1, VA, PA), enter(1, VA + PAGE_SIZE, PA + PAGE_SIZE),
+           Remove(1, VA, VA + PAGE_SIZE), Extract(1, VA + PAGE_SIZE)]
+    per_op = run(registry, ops, ["alpha-ref", "bug-ptfree"])
+    at_audit = run(registry, ops, ["alpha-ref", "bug-ptfree"], invariants_per_op=False)
+    assert any(d.kind == "invariant" and d.op_index == 3 for d in per_op.divergences)
+    inv = [d for d in at_audit.divergences if d.kind == "invariant"]
+    assert inv and all(d.op_kind == "audit" for d in inv)
+    # the harness's own checks do not depend on the setting
+    assert {d.signature for d in per_op.divergences if d.kind != "invariant"} == \
+        {d.signature for d in at_audit.divergences if d.kind != "invariant"}

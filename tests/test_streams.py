@@ -481,8 +481,7 @@ def valid_streams(draw, max_ops: int = 40) -> streams.Stream:
         max_leaves=6,
     )
     origin = draw(st.dictionaries(st.text(max_size=10), json_values, max_size=4))
-    # (not make_stream(..., **origin): an origin key "ops" or "phys_pages" would clash)
-    return streams.make_stream(ops, phys_pages).replace(origin=origin)
+    return streams.make_stream(ops, phys_pages, origin)
 
 
 SETTINGS = settings(max_examples=100, deadline=None)
