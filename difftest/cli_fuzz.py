@@ -44,8 +44,13 @@ def _progress_bar(enabled: bool, total: int | None):
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="stream", file=sys.stderr, dynamic_ncols=True, leave=False,
-               colour=None if os.environ.get("NO_COLOR") else "green")
+    try:
+        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except OSError:
+        sized = False
+    # A terminal that reports no size (a bare pseudo-terminal) would get a zero-width bar.
+    bar = tqdm(total=total, unit="stream", file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
+               leave=False, colour=None if os.environ.get("NO_COLOR") else "green")
 
     def update(state: dict) -> None:
         bar.n = state["streams"]

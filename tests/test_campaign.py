@@ -232,3 +232,41 @@ def test_unit_seeds_are_stable():
     assert unit_seed(1, 0) == unit_seed(1, 0)
     assert len({unit_seed(1, k) for k in range(1000)}) == 1000
     assert unit_seed(42, 7) == int.from_bytes(__import__("hashlib").sha256(b"difftest:42:7").digest()[:8], "big") >> 1
+
+
+# -- progress and executors --------------------------------------------------------------------------------
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    from test_cli import run_on_a_tty
+
+    args = ["fuzz", "--streams", "6", "--ops-per-stream", "300", "--workers", "1", "--seed", "2"]
+    status, output = run_on_a_tty(*args, "--out", str(tmp_path / "tty"), env=clean_env(TERM="xterm"))
+    assert status == 0, output[-2000:]
+    assert b"/6 [" in output and b"ops/s, new 0, known" in output  # tqdm: n/total [time, rate]
+    quiet = fuzz(tmp_path, *args[1:], out="pipe")  # stderr is a pipe here
+    assert quiet.returncode == 0 and "ops/s, new" not in quiet.stderr
+    status, output = run_on_a_tty(*args, "--no-progress", "--out", str(tmp_path / "np"), env=clean_env())
+    assert status == 0 and b"ops/s, new" not in output
+
+
+def test_the_executor_is_pluggable(tmp_path):
+    """A campaign runs through whatever concurrent.futures executor the factory gives."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from difftest.campaign import Campaign, CampaignConfig
+
+    made = []
+
+    def forkserver_pool(workers):
+        made.append(workers)
+        return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+
+    config = CampaignConfig(backends=("alpha-ref", "arm32-leaky", "arm32-refcount"), reference="alpha-ref",
+                            seed=21, ops_per_stream=300, streams=3, shrink_budget=5)
+    other = Campaign(config, tmp_path / "fs", workers=2, executor_factory=forkserver_pool).run()
+    default = Campaign(config, tmp_path / "default", workers=1).run()
+    assert made == [2]
+    assert comparable(other) == {**comparable(default)}
+    assert other["divergences"]
