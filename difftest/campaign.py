@@ -320,9 +320,8 @@ class Campaign:
         executor_factory: ExecutorFactory = local_process_pool,
         progress: Callable[[dict[str, Any]], None] | None = None,
         resume: bool = False,
+        read_only: bool = False,
     ) -> None:
-        if config.streams is None and budget is None:
-            raise BadInput("a campaign needs --budget or --streams")
         self.config = config
         self.out = Path(out)
         self.known = list(known)
@@ -340,8 +339,8 @@ class Campaign:
         self.prior_elapsed = 0.0
         self._shrinks: dict[cf.Future, str] = {}
         self._journal = None
-        if resume:
-            self._load_state()
+        if resume or read_only:
+            self._load_state(repair=not read_only)
         else:
             self._start_dir()
 
@@ -356,7 +355,7 @@ class Campaign:
             {"format": CAMPAIGN_FORMAT, "config": self.config.to_json(),
              "known": [asdict(k) for k in self.known], "version": __version__}, indent=2))
 
-    def _load_state(self) -> None:
+    def _load_state(self, repair: bool = True) -> None:
         journal = self.out / JOURNAL
         if not (self.out / "campaign.json").exists():
             raise BadInput(f"{self.out}: no campaign to resume (campaign.json missing)")
@@ -373,7 +372,7 @@ class Campaign:
                 good.append(line)
                 self._replay_journal_entry(entry)
             # Drop a torn tail so that appends start on a clean line.
-            if len(good) != len(lines):
+            if repair and len(good) != len(lines):
                 atomic_write_text(journal, "".join(good))
         for path in sorted((self.out / "corpus").glob("*.json")):
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -447,6 +446,8 @@ class Campaign:
 
     def run(self) -> dict[str, Any]:
         config = self.config
+        if config.streams is None and self.budget is None:
+            raise BadInput("a campaign needs --budget or --streams")
         done = set(self.committed)
         units = (k for k in config.units() if k not in done)
         deadline = None if self.budget is None else time.monotonic() + max(0.0, self.budget - self.prior_elapsed)
@@ -633,7 +634,6 @@ def build_campaign_report(
     ops: int,
     timing: dict[str, Any] | None = None,
     worker_deaths: Sequence[dict[str, Any]] = (),
-    shards: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The ``difftest.report/1`` document of a campaign.  Everything but ``timing`` is a
     function of the configuration and the committed streams."""
@@ -691,28 +691,27 @@ def build_campaign_report(
         "no_longer_seen": no_longer,
         "worker_deaths": list(worker_deaths),
     }
-    if shards is not None:
-        doc["campaign"]["merged_from"] = list(shards)
-        doc["campaign"]["shard"] = "merged"
     if timing is not None:
         doc["timing"] = timing
     return doc
 
 
-def load_run_dir(path: Path) -> tuple[CampaignConfig, dict[str, SignatureRecord], list[int], int, list[KnownDivergence]]:
-    """Read a campaign directory back: config, signature records, committed streams, ops."""
-    meta_path = path / "campaign.json"
+def read_campaign_meta(path: Path) -> tuple[CampaignConfig, list[KnownDivergence]]:
+    """The configuration and baseline a campaign directory was started with."""
+    meta_path = Path(path) / "campaign.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        config = CampaignConfig.from_json(meta["config"])
+        known = [KnownDivergence(**k) for k in meta.get("known", [])]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise BadInput(f"{path}: not a campaign directory ({meta_path.name}: {exc})") from None
-    config = CampaignConfig.from_json(meta["config"])
-    known = [KnownDivergence(**k) for k in meta.get("known", [])]
-    camp = Campaign.__new__(Campaign)
-    camp.config, camp.out, camp.records, camp.committed = config, path, {}, []
-    camp.ops, camp.stream_seconds, camp.timeline, camp.prior_elapsed = 0, 0.0, [], 0.0
-    camp._journal = None
-    camp._load_state()
+    return config, known
+
+
+def load_run_dir(path: Path) -> tuple[CampaignConfig, dict[str, SignatureRecord], list[int], int, list[KnownDivergence]]:
+    """Read a campaign directory back: config, signature records, committed streams, ops."""
+    config, known = read_campaign_meta(path)
+    camp = Campaign(config, Path(path), known, read_only=True)
     return config, camp.records, camp.committed, camp.ops, known
 
 
@@ -753,9 +752,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         if rec.reproducer is not None:
             atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
-    report = build_campaign_report(config, merged, known, streams_run, ops,
-                                   shards=[str(d) for d in dirs])
-    report["campaign"].pop("merged_from", None)
-    report["campaign"]["shard"] = "0/1"
+    # The merged report is the unsharded campaign's: config says shard 0/1.
+    report = build_campaign_report(config, merged, known, streams_run, ops)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report

@@ -18,6 +18,7 @@ from difftest.campaign import (
     merge_runs,
     parse_duration,
     parse_shard,
+    read_campaign_meta,
 )
 from difftest.cli_base import Context, cli, pass_ctx
 from difftest.cli_run import split_names
@@ -104,14 +105,9 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
             raise BadInput(f"unknown report format {fmt!r} (registered: {', '.join(sorted(registry.reporters)) or 'none'})")
     if resume:
         out_dir = Path(resume)
-        meta = out_dir / "campaign.json"
-        if not meta.exists():
+        if not (out_dir / "campaign.json").exists():
             raise BadInput(f"--resume {resume}: no campaign.json there")
-        config = CampaignConfig.from_json(json.loads(meta.read_text(encoding="utf-8"))["config"])
-        known_doc = json.loads(meta.read_text(encoding="utf-8")).get("known", [])
-        from difftest.divergence import KnownDivergence
-
-        known = [KnownDivergence(**k) for k in known_doc]
+        config, known = read_campaign_meta(out_dir)
     else:
         names = split_names(backends) or registry.default_backends()
         if not names:

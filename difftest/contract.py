@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from difftest.backend import Geometry
-from difftest.machine import KERNEL_MAX, KERNEL_MIN, KERNEL_PMAP, PAGE_SIZE, Tag
+from difftest.machine import KERNEL_PMAP, PAGE_SIZE, Tag
 from difftest.ops import PROT_R, PROT_W
 
 # A mapping is a tuple (pa, prot, wired, managed): cheap to build and compare.
@@ -183,13 +183,7 @@ class ContractState:
 
     def needed(self, pmap: int) -> dict[Tag, int]:
         """Frames by tag that ``pmap`` needs for its live mappings under the geometry."""
-        needed = {Tag.PT: 0, Tag.L1: 0}
-        if pmap in self.maps:
-            if not self._top_lazy or self.maps[pmap]:
-                needed[self._top_tag] = needed.get(self._top_tag, 0) + self._top_frames
-            for (_, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
-                needed[tag] = needed.get(tag, 0) + len(counter) * frames
-        return needed
+        return {Tag.PT: self.needed_frames(pmap, Tag.PT), Tag.L1: self.needed_frames(pmap, Tag.L1)}
 
     def needed_frames(self, pmap: int, tag: Tag) -> int:
         """``needed(pmap)[tag]`` without building a dict: the per-op path."""
@@ -216,10 +210,6 @@ class ContractState:
 
     def create_frames(self) -> int:
         return 0 if self._top_lazy else self._top_frames
-
-
-def kernel_range() -> tuple[int, int]:
-    return KERNEL_MIN, KERNEL_MAX
 
 
 def apply_protect(prot: int, old: int) -> int | None:

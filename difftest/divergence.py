@@ -74,10 +74,6 @@ class Divergence:
         )
 
 
-def signature_of(kind: str, backend: str, op_kind: str, field_: str, cls: str) -> str:
-    return f"{kind}:{backend}:{op_kind}:{field_}:{cls}"
-
-
 @dataclass(frozen=True)
 class Allowed:
     """A difference the contract allows (recorded, shown, never flagged)."""

@@ -880,7 +880,7 @@ class StreamRun:
             if pmap != KERNEL_PMAP:
                 self._check_frames(lane, index, op, divs, pmap)
         # Frames still held by pmaps that no longer exist.
-        for owner in sorted(_owners(lane.pool)):
+        for owner in sorted(lane.pool.owners()):
             if owner not in st.maps and owner >= 1:
                 self._check_frames(lane, index, op, divs, owner)
         for msg in lane.pool.check_conservation():
@@ -998,10 +998,6 @@ class _AuditOp:
 
     def __init__(self, index: int) -> None:
         self.index = index
-
-
-def _owners(pool: PhysPool) -> set[int]:
-    return {owner for (owner, _tag) in pool._held}  # noqa: SLF001 - the pool is ours
 
 
 def _loc(pmap: int, va: int | None = None) -> str:

@@ -191,6 +191,10 @@ class PhysPool:
             if o == owner and t != Tag.DATA
         }
 
+    def owners(self) -> set[int]:
+        """Pmaps (owners) holding any page-table or meta frame."""
+        return {owner for (owner, tag) in self._held if tag != Tag.DATA}
+
     def tag_of(self, frame: int) -> Tag:
         return Tag(self._tags[frame])
 
@@ -242,16 +246,3 @@ class PhysPool:
         return PoolSnapshot(
             bytes(self._tags), tuple(self._owners), tuple(self._free), self.allocs, self.frees
         )
-
-
-def page_of(addr: int) -> int:
-    """Frame (or virtual page) number of an address."""
-    return addr >> PAGE_SHIFT
-
-
-def in_user_range(va: int) -> bool:
-    return USER_MIN <= va < USER_MAX
-
-
-def in_kernel_range(va: int) -> bool:
-    return KERNEL_MIN <= va < KERNEL_MAX

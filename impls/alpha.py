@@ -1148,7 +1148,7 @@ def check_stats(b: Backend, touched: Touched | None) -> Iterator[str]:
     if not isinstance(b, AlphaPmap):
         return
     if touched is not None:
-        pmaps = set(touched.pmaps) | {p for p, _ in touched.vas}
+        pmaps = _touched_pmaps(touched)
         for pmap in pmaps:
             pm = b.pmaps.get(pmap)
             if pm is None:
@@ -1188,13 +1188,18 @@ def check_stats(b: Backend, touched: Touched | None) -> Iterator[str]:
             yield f"pmap {pmap}: pm_nlev2/pm_nlev3 {pm.pm_nlev2}/{pm.pm_nlev3} but {nlev2}/{nlev3} tables"
 
 
+def _touched_pmaps(touched: Touched) -> set[int]:
+    """The pmaps an op named or touched a VA of."""
+    return set(touched.pmaps) | {p for p, _ in touched.vas}
+
+
 def check_frames(b: Backend, touched: Touched | None) -> Iterator[str]:
     """Every PT/L1 frame a pmap owns in the pool is in its tree, and the other way round."""
     if not isinstance(b, AlphaPmap):
         return
     pool = b.pool
     if touched is not None:
-        pmaps = set(touched.pmaps) | {p for p, _ in touched.vas}
+        pmaps = _touched_pmaps(touched)
         for pmap in pmaps:
             pm = b.pmaps.get(pmap)
             pt, l1 = pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1)
@@ -1235,7 +1240,7 @@ def check_empty_pmap(b: Backend, touched: Touched | None) -> Iterator[str]:
         return
     pool = b.pool
     if touched is not None:
-        pmaps = set(touched.pmaps) | {p for p, _ in touched.vas}
+        pmaps = _touched_pmaps(touched)
         for pmap in pmaps:
             pm = b.pmaps.get(pmap)
             if pm is None or pmap == KERNEL_PMAP:
