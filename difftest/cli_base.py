@@ -117,7 +117,7 @@ def validate_cmd(files: tuple[str, ...]) -> int:
     from difftest import streams
 
     for path in files:
-        stream = streams.load(path)
+        stream = streams.open_stream(path)
         click.echo(f"{path}: ok ({len(stream)} ops, {stream.phys_pages} pages)")
     return EXIT_OK
 
