@@ -62,6 +62,24 @@ def difftest_register_generators(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def difftest_register_importers(register: Callable[..., None]) -> None:
+    """Register trace importers (``difftest.ImporterSpec``): tools that turn a log of a real
+    program's memory system calls (strace, ktrace/kdump, perf) into a stream.
+
+    Called once when the plugin host loads.
+
+    :param register: call ``register(ImporterSpec(name, convert))``, where
+        ``convert(log_path: str, *, phys_pages: int, max_pages_per_mapping: int) ->
+        difftest.Stream`` is a pure function of the log's bytes and the two settings (the
+        same log, the same stream) and produces only streams the VM layer could
+        (``difftest.streams.validate_ops`` and ``difftest.legality.vm_legality_problems``
+        pass).  A log it cannot read raises ``difftest.errors.BadInput`` with one line
+        naming the log and the line; what it could not place goes in the stream's
+        ``origin`` (``difftest import`` prints ``origin["warnings"]`` on stderr).
+    """
+
+
+@hookspec
 def difftest_register_reporters(register: Callable[..., None]) -> None:
     """Register report writers (``difftest.ReporterSpec``).
 
