@@ -6,6 +6,7 @@ from difftest import GeneratorSpec, ImporterSpec, hookimpl
 from strategies.pager import generate_pager
 from strategies.seeded import generate
 from strategies.strace import convert as convert_strace
+from strategies.trace import generate_trace
 
 
 @hookimpl
@@ -24,6 +25,15 @@ def difftest_register_generators(register) -> None:
             generate=generate_pager,
             description="PR 5666 How-To-Repeat: processes doing build-like work in a small "
             "machine, a pager revoking non-wired pages and collecting pmaps when memory runs low",
+        )
+    )
+    register(
+        GeneratorSpec(
+            name="trace",
+            generate=generate_trace,
+            description="real workloads: the imported streams of --trace-dir, as recorded or as "
+            "variants by seed (other machine sizes, a pager at work, process interleavings shifted)",
+            options=(("trace-dir", "a directory of imported stream files (difftest import)"),),
         )
     )
 
