@@ -20,7 +20,7 @@ from difftest.campaign import (
     parse_shard,
     read_campaign_meta,
 )
-from difftest.cli_base import Context, cli, pass_ctx
+from difftest.cli_base import Context, cli, pass_ctx, progress_bar
 from difftest.cli_run import split_names
 from difftest.cli_streams import generator_options
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
@@ -44,15 +44,7 @@ def _progress_bar(enabled: bool, total: int | None):
     """A tqdm bar on stderr (streams, ops/s, new/known), or None."""
     if not enabled:
         return None, None
-    from tqdm import tqdm
-
-    try:
-        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-    except OSError:
-        sized = False
-    # A terminal that reports no size (a bare pseudo-terminal) would get a zero-width bar.
-    bar = tqdm(total=total, unit="stream", file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
-               leave=False, colour=None if os.environ.get("NO_COLOR") else "green")
+    bar = progress_bar(total, "stream")
 
     def update(state: dict) -> None:
         bar.n = state["streams"]

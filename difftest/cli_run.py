@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from typing import Sequence
 
@@ -12,7 +11,7 @@ import click
 from tabulate import tabulate
 
 from difftest import streams
-from difftest.cli_base import Context, cli, pass_ctx
+from difftest.cli_base import Context, cli, pass_ctx, progress_bar
 from difftest.divergence import RunResult
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, Harness
@@ -96,13 +95,8 @@ def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], 
 
 
 def _ops_bar(enabled: bool, total: int):
-    """A tqdm bar of ops on stderr (only on a terminal), or None."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="op", unit_scale=True, file=sys.stderr, leave=False, mininterval=0.5,
-                colour=None if os.environ.get("NO_COLOR") else "green")
+    """A bar of ops on stderr (only on a terminal), or None."""
+    return progress_bar(total, "op", unit_scale=True, mininterval=0.5) if enabled else None
 
 
 class _CountedOps(Sequence[Op]):

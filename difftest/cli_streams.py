@@ -118,7 +118,7 @@ def stats_cmd(ctx: Context, files: tuple[str, ...], generator: str, seed: int | 
     if files:
         if seed is not None or n_ops is not None:
             raise BadInput("give stream files or --seed/--ops, not both")
-        loaded = [(path, streams.load(path)) for path in files]
+        loaded = [(path, streams.open_stream(path)) for path in files]  # ops read as they are used
     else:
         if seed is None or n_ops is None:
             raise BadInput("streams stats needs stream files, or --seed and --ops (with --generator)")

@@ -190,7 +190,9 @@ class PluginHost:
             def make(plugin: str, dist: str) -> Callable[..., None]:
                 def register(obj: Any) -> None:
                     if not isinstance(obj, spec_type) or not callable(getattr(obj, call)):
-                        raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not a {spec_type.__name__}")
+                        article = "an" if spec_type.__name__[0] in "AEIOU" else "a"
+                        raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not {article} "
+                                          f"{spec_type.__name__}")
                     claim(kind, obj.name, plugin, dist)
                     table[obj.name] = _with_origin(obj, plugin, dist)
 

@@ -152,3 +152,18 @@ def test_replay_refuses_a_bad_file_before_running_any(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == ""
     assert_one_line_error(err, str(bad), "op 4", "unknown op")
+
+
+def test_replay_progress_bar_on_a_terminal_only(tmp_path):
+    from tests.cliutil import clean_env
+    from tests.test_cli import run_on_a_tty
+
+    path = tmp_path / "a.json"
+    streams.save(_leaky_stream(1500), path)  # 6000 ops
+    args = ["replay", "--backends", "alpha-ref,arm32-refcount", str(path)]
+    status, output = run_on_a_tty(*args, env=clean_env(TERM="xterm"))
+    assert status == 0, output[-2000:]
+    assert b"/6.00k [" in output  # tqdm: n/total [elapsed<remaining, rate]
+    status, output = run_on_a_tty(*args, "--no-progress", env=clean_env(TERM="xterm"))
+    assert status == 0 and b"/6.00k [" not in output and b"no divergences" in output
+    assert main(args) == 0  # stderr is not a terminal here: no bar (nothing to assert but no error)

@@ -352,3 +352,53 @@ def test_import_then_replay_through_the_commands(tmp_path, capsys):
     assert doc["machine"] == {"phys_pages": 2048} and doc["origin"]["max_pages_per_mapping"] == 8
     assert main(["replay", "--backends", "alpha-ref,arm32-refcount", str(out)]) == EXIT_OK
     assert "no divergences" in capsys.readouterr().out
+
+
+# -- importers are plugins ----------------------------------------------------------------------------
+
+IMPORTER_PLUGIN = '''
+import difftest
+from difftest.ops import Create, Destroy
+from difftest.streams import make_stream
+
+
+def convert(log_path, *, phys_pages, max_pages_per_mapping):
+    n = len(open(log_path).read().split())
+    return make_stream([op for i in range(n) for op in (Create(), Destroy(i + 1))], phys_pages=phys_pages,
+                       origin={{"importer": "words", "warnings": [f"{{n}} words, no memory calls"]}})
+
+
+@difftest.hookimpl
+def difftest_register_importers(register):
+    register({what})
+'''
+
+
+def _plugin_run(tmp_path, what: str, *args: str):
+    from tests.cliutil import clean_env, run_difftest
+
+    (tmp_path / "my_importer.py").write_text(IMPORTER_PLUGIN.format(what=what))
+    return run_difftest("-p", "my_importer", *args, env=clean_env([tmp_path]))
+
+
+def test_a_third_party_importer_registers_like_the_builtin(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text("two words\n")
+    out = tmp_path / "s.json"
+    result = _plugin_run(tmp_path, 'difftest.ImporterSpec("words", convert)', "import", "words", str(log),
+                         "-o", str(out), "--phys-pages", "32")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stderr.strip() == f"difftest: warning: {log}: 2 words, no memory calls"
+    stream = streams.load(out)
+    assert [op.name for op in stream.ops] == ["create", "destroy"] * 2 and stream.phys_pages == 32
+
+
+@pytest.mark.parametrize(("what", "needles"), [
+    ('difftest.ImporterSpec("strace", convert)', ("importer 'strace' is already registered", "by plugin 'seeded'")),
+    ("object()", ("is not an ImporterSpec",)),
+    ('difftest.ImporterSpec("two words", convert)', ("importer name 'two words' is not a non-empty word",)),
+])
+def test_the_plugin_host_refuses_a_bad_importer(tmp_path, what, needles):
+    result = _plugin_run(tmp_path, what, "import", "strace", str(LOGS[0]), "-o", str(tmp_path / "s.json"))
+    assert result.returncode == 3
+    assert_one_line_error(result.stderr, "plugin 'my_importer' (local module)", *needles)
