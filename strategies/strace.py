@@ -128,7 +128,7 @@ class Started:
 
 
 _PREFIX = re.compile(r"^\s*(?:\[pid\s+(\d+)\]|(\d+))?\s*(?:\d+:\d+:\d+(?:\.\d+)?\s+|\d+\.\d+\s+)?")
-_CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(-?\d+|0x[0-9a-fA-F]+|\?)(?:\s+(E[A-Z0-9_]+|ERESTART\w*))?(?:\s.*)?$")
+_CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(-?\d+|0x[0-9a-fA-F]+|\?)(?:<[^>]*>)?(?:\s+(E[A-Z0-9_]+|ERESTART\w*))?(?:\s.*)?$")
 _UNFINISHED = re.compile(r"^(\w+)\((.*?)\s*<unfinished \.\.\.>\s*$")
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>\s?(.*)$")
 
@@ -178,7 +178,9 @@ def read_log(lines: Iterable[str], source: str) -> Iterator[Call | Exit | Starte
             continue
         r = _RESUMED.match(body)
         if r is not None:
-            name, head = pending.pop(pid, (r.group(1), f"{r.group(1)}("))
+            if pid not in pending:
+                continue  # the log starts in the middle of this call: its arguments are lost
+            name, head = pending.pop(pid)
             if name != r.group(1):
                 raise BadInput(f"{source}:{number}: '{r.group(1)}' resumed but process {pid} was in '{name}'")
             body = head + r.group(2)

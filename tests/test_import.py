@@ -402,3 +402,17 @@ def test_the_plugin_host_refuses_a_bad_importer(tmp_path, what, needles):
     result = _plugin_run(tmp_path, what, "import", "strace", str(LOGS[0]), "-o", str(tmp_path / "s.json"))
     assert result.returncode == 3
     assert_one_line_error(result.stderr, "plugin 'my_importer' (local module)", *needles)
+
+
+def test_decorated_logs_read_like_plain_ones(tmp_path):
+    """-tt timestamps, -T durations and -y file names change nothing."""
+    plain = imported(tmp_path, TWO_PROCESSES)
+    decorated = []
+    for line in TWO_PROCESSES.splitlines():
+        pid, rest = line.split(" ", 1)
+        rest = re.sub(r"^(openat\(.*\) = )(\d+)$", r"\1\2</lib/libc.so.6>", rest)
+        rest = re.sub(r"(, )(\d)(, 0(x1000)?\) = )", r"\1\2</lib/libc.so.6>\3", rest)
+        if " = " in rest and not rest.endswith("?"):
+            rest += " <0.000012>"
+        decorated.append(f"{pid}  12:00:00.000001 {rest}")
+    assert list(imported(tmp_path, "\n".join(decorated) + "\n").ops) == list(plain.ops)
