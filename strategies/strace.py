@@ -130,6 +130,7 @@ class Started:
 _PREFIX = re.compile(r"^\s*(?:\[pid\s+(\d+)\]|(\d+))?\s*(?:\d+:\d+:\d+(?:\.\d+)?\s+|\d+\.\d+\s+)?")
 _CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(-?\d+|0x[0-9a-fA-F]+|\?)(?:<[^>]*>)?(?:\s+(E[A-Z0-9_]+|ERESTART\w*))?(?:\s.*)?$")
 _UNFINISHED = re.compile(r"^(\w+)\((.*?)\s*<unfinished \.\.\.>\s*$")
+_OWN_MESSAGE = re.compile(r"strace: Process \d+ (?:attached|detached|resumed|suspended)")
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>\s?(.*)$")
 
 
@@ -141,11 +142,11 @@ def read_log(lines: Iterable[str], source: str) -> Iterator[Call | Exit | Starte
     children: set[int] = set()  # processes seen or returned by a fork-like call
     for number, raw in enumerate(lines, 1):
         line = raw.rstrip("\n")
-        cut = line.find("strace: ")
-        if cut > 0:
-            carry = line[:cut]
+        if not line.strip() or line.startswith("strace: "):
             continue
-        if not line.strip() or cut == 0:
+        own = _OWN_MESSAGE.search(line)
+        if own is not None:
+            carry = line[:own.start()]
             continue
         if carry:
             line, carry = carry + line, ""
