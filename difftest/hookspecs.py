@@ -2,7 +2,7 @@
 
 A plugin is a module (or object) with functions decorated ``@difftest.hookimpl`` and
 named after the hooks below.  difftest finds plugins through the entry-point group
-``difftest`` (the built-in backends, generators and report writers come that way too),
+``difftest`` (the built-in backends, generators, importers and report writers come that way too),
 through ``--plugin MODULE`` and through ``DIFFTEST_PLUGINS=mod1,mod2``.
 
 Every registration hook receives a ``register`` callable.  Call it once per object; the
