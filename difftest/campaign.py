@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from difftest import __version__, streams
+from difftest import __version__, interrupts, streams
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun
 from difftest.report import REPORT_FORMAT
@@ -220,6 +220,7 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
            config.invariants)
     env = _WORKER_CACHE.get(key)
     if env is None:
+        interrupts.install()
         host = _WORKER_CACHE.get(("host", config.plugins))
         if host is None:
             host = PluginHost()

@@ -35,6 +35,7 @@ from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched
 from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState, apply_protect
 from difftest.divergence import Allowed, Divergence, RunResult
 from difftest.errors import BadInput
+from difftest.interrupts import plugin_fault
 from difftest.machine import (
     KERNEL_MAX,
     KERNEL_MIN,
@@ -268,7 +269,9 @@ class StreamRun:
         lane = Lane(spec=spec, backend=None, pool=pool, state=ContractState(spec.geometry), invariants=invariants)  # type: ignore[arg-type]
         try:
             lane.backend = spec.factory(pool)
-        except Exception as exc:
+        except BaseException as exc:
+            if not plugin_fault(exc, (StreamTimeout,)):
+                raise
             lane.stopped = f"crashed at bootstrap: {type(exc).__name__}: {exc}"
             self.result.divergences.append(
                 Divergence(
@@ -362,6 +365,8 @@ class StreamRun:
                 self._step_lane(lane, index, op, divs, self.destroy_frees)
             except LaneStopped:
                 pass
+            except OutOfMemory as exc:  # from an op that cannot fail for want of memory
+                self._crashed(lane, index, op, divs, exc)
             lane.next_op = index + 1
             found.extend((lane, d) for d in divs)
         self.current_lane = None
@@ -382,15 +387,24 @@ class StreamRun:
         except FrameError as exc:
             divs.append(self._div(lane, index, op, "resource", "pool", "frame-misuse", str(exc)))
             self._stop(lane, f"frame misuse at op {index}: {exc}")
-        except Exception as exc:
-            divs.append(
-                self._div(
-                    lane, index, op, "crash", "exception", type(exc).__name__,
-                    f"{type(exc).__name__}: {exc}", traceback=tb.format_exc(),
-                )
-            )
-            self._stop(lane, f"crashed at op {index}: {type(exc).__name__}: {exc}")
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the backend's crash too
+            if not plugin_fault(exc, (StreamTimeout,)):
+                raise
+            self._crashed(lane, index, op, divs, exc)
+            raise LaneStopped from None
         raise AssertionError("unreachable")
+
+    def _crashed(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
+        """The backend raised ``exc`` running ``op``: a crash, and the lane stops."""
+        divs.append(
+            self._div(
+                lane, index, op, "crash", "exception", type(exc).__name__,
+                f"{type(exc).__name__}: {exc}", traceback=tb.format_exc(),
+            )
+        )
+        why = f"crashed at op {index}: {type(exc).__name__}: {exc}"
+        lane.stopped = why
+        self.result.stopped[lane.name] = why
 
     def _stop(self, lane: Lane, why: str) -> None:
         lane.stopped = why
@@ -669,7 +683,9 @@ class StreamRun:
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            if not plugin_fault(exc, (StreamTimeout,)):
+                raise
             divs.append(
                 self._div(lane, index, op, "crash", "observe", type(exc).__name__,
                           f"observing the backend raised {type(exc).__name__}: {exc}",
@@ -829,7 +845,9 @@ class StreamRun:
         for inv in lane.invariants:
             try:
                 messages = list(inv.check(lane.backend, touched))
-            except Exception as exc:
+            except BaseException as exc:
+                if not plugin_fault(exc, (StreamTimeout,)):
+                    raise
                 messages = [f"the check raised {type(exc).__name__}: {exc}"]
             for msg in messages:
                 key = (inv.name, msg)
@@ -855,7 +873,9 @@ class StreamRun:
                 self._audit_lane(lane, index, op, divs)
             except LaneStopped:
                 pass
-            except Exception as exc:
+            except BaseException as exc:
+                if not plugin_fault(exc, (StreamTimeout,)):
+                    raise
                 divs.append(self._div(lane, index, op, "crash", "observe", type(exc).__name__,
                                       f"auditing the backend raised {type(exc).__name__}: {exc}",
                                       traceback=tb.format_exc()))
@@ -959,7 +979,9 @@ class StreamRun:
                 return str(bool(fn(pa))).lower()
             if fld == "pool":
                 return f"{lane.pool.free_frames} free, {lane.pool.count(Tag.PT)} pt, {lane.pool.count(Tag.L1)} l1"
-        except Exception as exc:  # observing a broken backend must not stop the report
+        except BaseException as exc:  # observing a broken backend must not stop the report
+            if not plugin_fault(exc, (StreamTimeout,)):
+                raise
             return f"unobservable ({type(exc).__name__})"
         if d.backend == lane.name:
             return d.message

@@ -1,0 +1,85 @@
+"""A campaign that its plugins and its inputs cannot break (issue 16).
+
+Misbehaving backends (tests/plugins/misbehaving_backends.py: leaving the process, raising
+KeyboardInterrupt, OutOfMemory from pmap_remove, sleeping for ever with and without SIGALRM,
+printing, dying mid-stream) run in real campaigns with the built-ins, through the real CLI:
+each is that backend's crash or hang, the culprit named, exit 1, and the built-ins' findings
+(the PR 5666 leak of arm32-leaky) intact and minimised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cliutil import clean_env, run_difftest
+from difftest.ops import Create, Enter, Protect, Remove
+from difftest.streams import Stream, dumps
+
+PLUGINS = Path(__file__).parent / "plugins"
+LEAK = "resource:arm32-leaky:remove:pt_frames:pt-frames-held>needed"
+PROT_RW = 3
+PROT_R = 1
+
+
+def difftest(tmp_path: Path, *args: str, timeout: float = 120):
+    return run_difftest("-p", "misbehaving_backends", *args, env=clean_env([PLUGINS]), cwd=tmp_path,
+                        timeout=timeout)
+
+
+def campaign(tmp_path: Path, culprit: str, *extra: str, out: str = "out", timeout: float = 120):
+    """A short campaign of the reference, the leaky built-in and ``culprit``."""
+    proc = difftest(tmp_path, "fuzz", "--no-progress", "--out", str(tmp_path / out), "--streams", "2",
+                    "--ops-per-stream", "300", "--seed", "5", "--workers", "1",
+                    "--backends", f"alpha-ref,arm32-leaky,{culprit}", "--stream-timeout", "0.5",
+                    "--shrink-budget", "3", *extra, timeout=timeout)
+    return proc
+
+
+def report_of(tmp_path: Path, out: str = "out") -> dict:
+    return json.loads((tmp_path / out / "report.json").read_text())
+
+
+def assert_culprit_and_leak(report: dict, culprit: str, kind: str = "crash") -> dict:
+    by_sig = {e["signature"]: e for e in report["divergences"]}
+    mine = [e for e in report["divergences"] if e["backend"] == culprit]
+    assert mine and all(e["kind"] == kind for e in mine), list(by_sig)
+    assert LEAK in by_sig, list(by_sig)
+    assert by_sig[LEAK]["reproducer_ops"] <= 3, by_sig[LEAK]["reproducer_ops"]
+    # the culprit stops, the others go on: no divergence blamed on the built-ins but the leak
+    assert all(e["backend"] in (culprit, "arm32-leaky") for e in report["divergences"]), list(by_sig)
+    return mine[0]
+
+
+def protect_stream() -> str:
+    ops = (Create(), Enter(1, 0x10000, 0x5000, PROT_RW, 0, False, False), Protect(1, 0x10000, 0x11000, PROT_R),
+           Remove(1, 0x10000, 0x11000))
+    return dumps(Stream(ops, 64, {}))
+
+
+# -- 1. a plugin cannot end the campaign ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("culprit, cls", [("mis-exit", "SystemExit"), ("mis-kbint", "KeyboardInterrupt"),
+                                          ("mis-oom-remove", "OutOfMemory")])
+def test_a_backend_leaving_or_interrupting_is_its_crash_and_the_campaign_goes_on(tmp_path, culprit, cls):
+    proc = campaign(tmp_path, culprit)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["streams"] == 2
+    first = assert_culprit_and_leak(report, culprit)
+    assert first["class"] == cls
+
+
+@pytest.mark.parametrize("culprit, cls", [("mis-exit", "SystemExit"), ("mis-kbint", "KeyboardInterrupt"),
+                                          ("mis-oom-remove", "OutOfMemory")])
+def test_replay_reports_a_backend_leaving_or_interrupting_as_its_crash(tmp_path, culprit, cls):
+    path = tmp_path / "s.json"
+    path.write_text(protect_stream())
+    proc = difftest(tmp_path, "replay", "--json", "--backends", f"alpha-ref,arm32-refcount,{culprit}", str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    (entry,) = report["divergences"]
+    assert (entry["backend"], entry["kind"], entry["class"]) == (culprit, "crash", cls)
