@@ -196,6 +196,7 @@ class ShrinkTask:
     config: CampaignConfig
     signature: str
     k: int
+    backends: tuple[str, ...] | None = None  # the lanes the signature needs (None: all)
 
 
 @dataclass
@@ -265,14 +266,16 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     """Regenerate stream k and minimise it for one signature: executed in a worker."""
     started = time.perf_counter()
     stream = make_stream(task.config, task.k)
-    harness, _ = _worker_env(task.config)
+    harness, _ = _worker_env(task.config, task.backends)
     try:
         from difftest.shrink import shrink
     except ImportError as exc:  # the minimiser is optional for a campaign to run
         return ShrinkOutcome(task.signature, streams.stream_to_json(stream), len(stream), len(stream),
                              time.perf_counter() - started, f"no minimiser: {exc}")
     try:
-        outcome = shrink(stream, harness, task.signature, time_budget=task.config.shrink_budget)
+        # Every run is bounded, as the campaign's are: a hanging lane cannot hang the shrink.
+        outcome = shrink(stream, harness, task.signature, time_budget=task.config.shrink_budget,
+                         time_limit=task.config.stream_timeout)
         small = outcome.stream
         error = None
         # The reproducer is data: keep timings out of it, so reports compare equal.
@@ -289,6 +292,96 @@ def local_process_pool(workers: int) -> cf.Executor:
     """The default executor: ``workers`` spawned processes (Hypothesis is not thread-safe,
     and fork would copy whatever state the parent has)."""
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+WATCHDOG_GRACE = 1.0  # seconds past a task's allowance before the parent kills its worker
+
+
+def unit_allowance(config: CampaignConfig) -> float:
+    """The longest a stream may run: after a hang the others go on under a fresh limit, so
+    each backend may use the whole ``stream_timeout`` once, plus one for generating it."""
+    return config.stream_timeout * (len(config.backends) + 1)
+
+
+def watchdog_limits(config: CampaignConfig) -> tuple[float, float, float]:
+    """(stream task, shrink task, stream task alone) limits, from the moment the executor
+    marks the task running.
+
+    A task marked running may still wait behind one other in the call queue, hence twice
+    the allowance.  A shrink stops starting runs at its budget; each run is bounded, and
+    finding where the signature first shows takes a few runs that the budget does not
+    bound (prefixes of growing length)."""
+    allowance = unit_allowance(config)
+    grace = WATCHDOG_GRACE + config.stream_timeout
+    return 2 * allowance + grace, config.shrink_budget + 8 * allowance + grace, allowance + grace
+
+
+def kill_workers(executor: cf.Executor) -> bool:
+    """Kill the worker processes of a local process pool (the pool is then broken, and its
+    tasks fail with ``BrokenProcessPool``).  False for an executor without processes
+    of its own to kill (a cluster's): its hung task is abandoned instead."""
+    processes = getattr(executor, "_processes", None)
+    if not processes:
+        return False
+    for proc in list(processes.values()):
+        try:
+            proc.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+    return True
+
+
+class Watchdog:
+    """Notes when each task starts running and tells which ran past its limit."""
+
+    def __init__(self) -> None:
+        self.since: dict[cf.Future, float] = {}
+
+    def overdue(self, futures: dict[cf.Future, float]) -> list[cf.Future]:
+        """``futures``: future -> its limit in seconds.  The futures past it."""
+        now = time.monotonic()
+        late = []
+        for fut, limit in futures.items():
+            if fut.done():
+                self.since.pop(fut, None)
+            elif fut.running():
+                if now - self.since.setdefault(fut, now) > limit:
+                    late.append(fut)
+        return late
+
+    def forget(self) -> None:
+        self.since.clear()
+
+
+def run_alone(executor_factory: ExecutorFactory, task: Any, fn: Callable[[Any], Any],
+              limit: float) -> tuple[Any, str]:
+    """Run one task in a fresh one-worker executor: (result, "ok"), (None, "died") when the
+    worker died, (None, "hung") when it ran past ``limit`` seconds and was killed."""
+    single = executor_factory(1)
+    hung = False
+    try:
+        return single.submit(fn, task).result(timeout=limit), "ok"
+    except BrokenProcessPool:
+        return None, "died"
+    except cf.TimeoutError:
+        hung = True
+        kill_workers(single)
+        return None, "hung"
+    finally:
+        single.shutdown(wait=not hung, cancel_futures=True)
+
+
+def _worker_death_hit(name: str | None, k: int, seed: int, hung: bool) -> tuple[str, tuple[int, dict[str, Any]]]:
+    """The divergence of a worker that died (or hung and was killed) running stream k:
+    ``name``'s when it does so alone, "?"'s when no single backend does."""
+    what = ("hung past the watchdog's limit and was killed" if hung else "died")
+    d = Divergence(kind="hang" if hung else "crash", backend=name or "?", op_index=-1, op="whole stream",
+                   op_kind="stream", field="worker", cls="worker-killed" if hung else "worker-died",
+                   message=f"the worker process {what} running stream {k} (seed {seed})"
+                           + (f" with {name} alone" if name else ""),
+                   attribution=(f"{name} {'hangs' if hung else 'kills'} the worker when run alone" if name
+                                else "no single backend kills the worker alone"))
+    return d.signature, (1, d.to_json())
 
 
 # -- the campaign (parent side) --------------------------------------------------------------------
@@ -347,6 +440,9 @@ class Campaign:
         self.started = time.monotonic()
         self.prior_elapsed = 0.0
         self._shrinks: dict[cf.Future, str] = {}
+        self._shrink_attempts: dict[str, int] = {}
+        self._watchdog = Watchdog()
+        self._limits = watchdog_limits(config)
         self._journal = None
         if resume or read_only:
             self._load_state(repair=not read_only)
@@ -485,6 +581,7 @@ class Campaign:
                 if not pending:
                     break
                 finished, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                self._enforce_deadlines(executor, pending)
                 broken: list[int] = []
                 for fut in finished:
                     k = pending.pop(fut)
@@ -500,9 +597,8 @@ class Campaign:
                     for k in sorted(broken):
                         buffer[k] = self._isolate(k)
                     executor = self.executor_factory(self.workers)
-                    for rec in sorted(self.records.values(), key=lambda r: r.first_k):
-                        if rec.reproducer is None and rec.signature not in self._shrinks.values():
-                            self._submit_shrink(executor, rec)
+                    self._watchdog.forget()
+                    self._resubmit_shrinks(executor)
                 # Commit in stream order: the report must not depend on who finished first.
                 for k in [k for k in submitted if k in buffer]:
                     if any(p < k for p in pending.values()):
@@ -511,9 +607,9 @@ class Campaign:
                     submitted.remove(k)
                     for rec in self._commit(res):
                         self._submit_shrink(executor, rec)
-                self._collect_shrinks(block=False)
+                self._collect_shrinks()
                 self._report_progress()
-            self._collect_shrinks(block=True)
+            executor = self._finish_shrinks(executor)
         except KeyboardInterrupt:
             interrupted = True
             raise
@@ -531,8 +627,61 @@ class Campaign:
         if self.config.shrink_budget <= 0:
             self._finish_without_shrink(rec, "shrinking disabled")
             return
-        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k))
-        self._shrinks[fut] = rec.signature
+        culprits = self._culprits()
+        backend = rec.first.get("backend")
+        if backend in culprits:
+            self._finish_without_shrink(rec, f"not shrunk: {backend} kills or hangs the worker")
+            return
+        attempts = self._shrink_attempts.get(rec.signature, 0)
+        if attempts >= 2:
+            self._finish_without_shrink(rec, "not shrunk: the worker died (or hung) twice while shrinking")
+            return
+        self._shrink_attempts[rec.signature] = attempts + 1
+        task = ShrinkTask(self.config, rec.signature, rec.first_k, self._shrink_backends(backend, culprits))
+        self._shrinks[executor.submit(shrink_unit, task)] = rec.signature
+
+    def _culprits(self) -> set[str]:
+        return {name for death in self.worker_deaths for name in death["backends"]}
+
+    def _shrink_backends(self, backend: Any, culprits: set[str]) -> tuple[str, ...] | None:
+        """The lanes a signature's shrink runs: its backend and the reference (a signature
+        is one backend against the contract), never a backend that killed a worker.  So a
+        backend that dies or hangs leaves the others' reproducers to be shrunk without it."""
+        names = tuple(n for n in self.config.backends
+                      if (n == backend or n == self.config.reference) and n not in culprits)
+        return names or None
+
+    def _resubmit_shrinks(self, executor: cf.Executor) -> None:
+        """Shrink again every signature left without a reproducer (its worker died)."""
+        for rec in sorted(self.records.values(), key=lambda r: r.first_k):
+            if rec.reproducer is None and rec.signature not in self._shrinks.values():
+                self._submit_shrink(executor, rec)
+
+    def _enforce_deadlines(self, executor: cf.Executor, pending: dict[cf.Future, int]) -> None:
+        """The parent's watchdog: a task past its limit (a backend that ignores SIGALRM, or
+        spins in C code) has its worker killed; what follows is a worker's death."""
+        unit_limit, shrink_limit, _ = self._limits
+        watched = {fut: unit_limit for fut in pending}
+        watched.update({fut: shrink_limit for fut in self._shrinks})
+        if self._watchdog.overdue(watched):
+            kill_workers(executor)
+            self._watchdog.forget()
+
+    def _finish_shrinks(self, executor: cf.Executor) -> cf.Executor:
+        """Wait for the shrinks in flight, under the watchdog; those whose worker died are
+        run again on a fresh pool.  Returns the executor in use."""
+        while True:
+            if not self._shrinks:
+                if all(rec.reproducer is not None for rec in self.records.values()):
+                    return executor
+                executor.shutdown(wait=False, cancel_futures=True)
+                executor = self.executor_factory(self.workers)
+                self._watchdog.forget()
+                self._resubmit_shrinks(executor)
+                continue
+            cf.wait(list(self._shrinks), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            self._collect_shrinks()
+            self._enforce_deadlines(executor, {})
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
         stream = make_stream(self.config, rec.first_k)
@@ -542,28 +691,24 @@ class Campaign:
         self._write_corpus(rec)
         self._write_divergence(rec)
 
-    def _collect_shrinks(self, block: bool) -> None:
-        while self._shrinks:
-            finished, _ = cf.wait(list(self._shrinks), timeout=None if block else 0,
-                                  return_when=cf.FIRST_COMPLETED)
-            if not finished:
-                return
-            for fut in finished:
-                sig = self._shrinks.pop(fut)
-                rec = self.records[sig]
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool:
-                    self._finish_without_shrink(rec, "the worker died while shrinking")
-                    continue
-                except Exception as exc:
-                    self._finish_without_shrink(rec, f"{type(exc).__name__}: {exc}")
-                    continue
-                rec.reproducer = outcome.stream_json
-                rec.reproducer_ops = outcome.ops
-                rec.shrink_error = outcome.error
-                self._write_corpus(rec)
-                self._write_divergence(rec)
+    def _collect_shrinks(self) -> None:
+        """Take in the shrinks done (never waits).  One whose worker died is left without a
+        reproducer, to be shrunk again on a fresh pool."""
+        for fut in [f for f in self._shrinks if f.done()]:
+            sig = self._shrinks.pop(fut)
+            rec = self.records[sig]
+            try:
+                outcome = fut.result()
+            except BrokenProcessPool:
+                continue
+            except Exception as exc:
+                self._finish_without_shrink(rec, f"{type(exc).__name__}: {exc}")
+                continue
+            rec.reproducer = outcome.stream_json
+            rec.reproducer_ops = outcome.ops
+            rec.shrink_error = outcome.error
+            self._write_corpus(rec)
+            self._write_divergence(rec)
 
     def _requeue_shrinks_after_break(self) -> None:
         for fut in list(self._shrinks):
@@ -572,45 +717,34 @@ class Campaign:
             self._shrinks.pop(fut)
 
     def _isolate(self, k: int) -> UnitResult:
-        """Stream k was in flight when a worker died: run it alone to see whether it kills
-        a worker, and if so with which backend."""
-        single = self.executor_factory(1)
-        try:
-            return single.submit(run_unit, UnitTask(self.config, k)).result()
-        except BrokenProcessPool:
-            pass
-        finally:
-            single.shutdown(wait=True, cancel_futures=True)
-        culprits = []
+        """Stream k was in flight when a worker died (or was killed by the watchdog): run it
+        alone to see whether it kills or hangs a worker, and if so with which backend."""
+        unit_limit = self._limits[2]  # alone in its executor: no queue to wait in
+        res, fate = run_alone(self.executor_factory, UnitTask(self.config, k), run_unit, unit_limit)
+        if fate == "ok":
+            return res
+        whole = fate
+        culprits: list[str] = []
+        hung: list[str] = []
         for name in self.config.backends:
-            solo = self.executor_factory(1)
-            try:
-                solo.submit(run_unit, UnitTask(self.config, k, (name,))).result()
-            except BrokenProcessPool:
+            _, solo = run_alone(self.executor_factory, UnitTask(self.config, k, (name,)), run_unit, unit_limit)
+            if solo != "ok":
                 culprits.append(name)
-            finally:
-                solo.shutdown(wait=True, cancel_futures=True)
+                if solo == "hung":
+                    hung.append(name)
         seed = unit_seed(self.config.seed, k)
-        self.worker_deaths.append({"stream": k, "seed": seed, "backends": culprits})
+        self.worker_deaths.append({"stream": k, "seed": seed, "backends": culprits,
+                                   "killed_by_watchdog": hung})
         res = UnitResult(k=k, seed=seed, ops=0, elapsed=0.0)
         others = tuple(n for n in self.config.backends if n not in culprits)
         if culprits and others:
             # What the other backends find in this stream is not lost with the worker.
-            rest = self.executor_factory(1)
-            try:
-                res = rest.submit(run_unit, UnitTask(self.config, k, others)).result()
-            except BrokenProcessPool:
-                pass
-            finally:
-                rest.shutdown(wait=True, cancel_futures=True)
+            rest, fate = run_alone(self.executor_factory, UnitTask(self.config, k, others), run_unit, unit_limit)
+            if fate == "ok":
+                res = rest
         for name in culprits or ["?"]:
-            d = Divergence(kind="crash", backend=name, op_index=-1, op="whole stream", op_kind="stream",
-                           field="worker", cls="worker-died",
-                           message=f"the worker process died running stream {k} (seed {seed})"
-                                   + (f" with {name} alone" if culprits else ""),
-                           attribution=(f"{name} kills the worker when run alone" if culprits
-                                        else "no single backend kills the worker alone"))
-            res.hits[d.signature] = (1, d.to_json())
+            res.hits.update([_worker_death_hit(name if culprits else None, k, seed,
+                                               name in hung if culprits else whole == "hung")])
         return res
 
     def _report_progress(self) -> None:

@@ -29,9 +29,10 @@ def difftest(tmp_path: Path, *args: str, timeout: float = 120):
                         timeout=timeout)
 
 
-def campaign(tmp_path: Path, culprit: str, *extra: str, out: str = "out", timeout: float = 120):
+def campaign(tmp_path: Path, culprit: str, *extra: str, out: str = "out", timeout: float = 120,
+             n_streams: int = 2):
     """A short campaign of the reference, the leaky built-in and ``culprit``."""
-    proc = difftest(tmp_path, "fuzz", "--no-progress", "--out", str(tmp_path / out), "--streams", "2",
+    proc = difftest(tmp_path, "fuzz", "--no-progress", "--out", str(tmp_path / out), "--streams", str(n_streams),
                     "--ops-per-stream", "300", "--seed", "5", "--workers", "1",
                     "--backends", f"alpha-ref,arm32-leaky,{culprit}", "--stream-timeout", "0.5",
                     "--shrink-budget", "3", *extra, timeout=timeout)
@@ -83,3 +84,34 @@ def test_replay_reports_a_backend_leaving_or_interrupting_as_its_crash(tmp_path,
     report = json.loads(proc.stdout)
     (entry,) = report["divergences"]
     assert (entry["backend"], entry["kind"], entry["class"]) == (culprit, "crash", cls)
+
+
+# -- 2. no hang lasts for ever ---------------------------------------------------------------------------
+
+
+def test_a_backend_sleeping_for_ever_is_its_hang_and_shrinking_is_bounded_too(tmp_path):
+    # SIGALRM is honoured: the stream's limit stops it; the leak's shrink runs must stop too.
+    proc = campaign(tmp_path, "mis-sleep", timeout=90)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert_culprit_and_leak(report_of(tmp_path), "mis-sleep", kind="hang")
+
+
+def test_a_backend_ignoring_sigalrm_is_killed_by_the_watchdog(tmp_path):
+    # One stream: each that meets the backend costs the watchdog's limit and an isolation.
+    proc = campaign(tmp_path, "mis-noalarm", timeout=120, n_streams=1)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["streams"] == 1
+    hung = assert_culprit_and_leak(report, "mis-noalarm", kind="hang")
+    assert hung["class"] == "worker-killed"
+    assert report["worker_deaths"] and report["worker_deaths"][0]["backends"] == ["mis-noalarm"]
+
+
+def test_replay_has_a_stream_timeout(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(protect_stream())
+    proc = difftest(tmp_path, "replay", "--json", "--stream-timeout", "0.5",
+                    "--backends", "alpha-ref,arm32-refcount,mis-sleep", str(path), timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (entry,) = json.loads(proc.stdout)["divergences"]
+    assert (entry["backend"], entry["kind"]) == ("mis-sleep", "hang")
