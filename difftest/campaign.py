@@ -17,6 +17,7 @@ carries the environment it needs (plugins, backends), so workers need no initial
 from __future__ import annotations
 
 import concurrent.futures as cf
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -37,6 +38,7 @@ from difftest.streams import Stream, atomic_write_text
 
 CAMPAIGN_FORMAT = "difftest.campaign/1"
 JOURNAL = "journal.jsonl"
+LOCK = "lock"  # held (flock) by the one process running the campaign; holds its pid
 
 ExecutorFactory = Callable[[int], cf.Executor]
 
@@ -403,6 +405,27 @@ class SignatureRecord:
         return asdict(self)
 
 
+def lock_run_dir(out: Path) -> int:
+    """Take ``OUT/lock`` for this process (``flock``, released when it exits, even on
+    ``kill -9``) and write our pid in it.  A directory in use: ``BadInput`` naming the pid
+    that holds it.  Returns the lock's descriptor."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise BadInput(f"{out}: cannot take the campaign's lock: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise BadInput(f"{out} is in use by another campaign (pid {holder}): "
+                       "wait for it to end or use another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def slug(signature: str) -> str:
     """A file name for a signature: readable, and unique through a short hash."""
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", signature)[:80]
@@ -444,6 +467,10 @@ class Campaign:
         self._watchdog = Watchdog()
         self._limits = watchdog_limits(config)
         self._journal = None
+        self._committed_set: set[int] = set()
+        self._lock: int | None = None
+        if not read_only:
+            self._lock = lock_run_dir(self.out)
         if resume or read_only:
             self._load_state(repair=not read_only)
         else:
@@ -491,6 +518,8 @@ class Campaign:
         if entry.get("type") == "elapsed":
             self.prior_elapsed = entry["elapsed"]
             return
+        if entry["k"] in self._committed_set:
+            return  # written twice (two sessions on one directory before it was locked)
         self._commit_hits(entry["k"], entry["seed"], entry["ops"], entry["hits"], entry.get("elapsed", 0.0),
                           replaying=True)
 
@@ -529,6 +558,7 @@ class Campaign:
     def _commit_hits(self, k: int, seed: int, ops: int, hits: dict[str, Any], elapsed: float,
                      replaying: bool = False) -> list[SignatureRecord]:
         self.committed.append(k)
+        self._committed_set.add(k)
         self.ops += ops
         self.stream_seconds += elapsed
         new = []
@@ -619,6 +649,9 @@ class Campaign:
                 self._append_journal({"type": "elapsed", "elapsed": round(self.elapsed(), 3)})
                 self._journal.close()
                 self._journal = None
+            if self._lock is not None:
+                os.close(self._lock)  # releases the flock
+                self._lock = None
         if not self.committed:
             raise NothingToRun("no stream was run (is the budget too small?)")
         return self.report()

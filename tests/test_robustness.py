@@ -10,11 +10,16 @@ each is that backend's crash or hang, the culprit named, exit 1, and the built-i
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from cliutil import clean_env, run_difftest
+from cliutil import CONSOLE_SCRIPT, clean_env, run_difftest
 from difftest.ops import Create, Enter, Protect, Remove
 from difftest.streams import Stream, dumps
 
@@ -115,3 +120,51 @@ def test_replay_has_a_stream_timeout(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (entry,) = json.loads(proc.stdout)["divergences"]
     assert (entry["backend"], entry["kind"]) == ("mis-sleep", "hang")
+
+
+# -- 3. the run directory is owned ------------------------------------------------------------------------
+
+
+def builtin_campaign(tmp_path: Path, out: str, *extra: str, timeout: float = 120):
+    return run_difftest("fuzz", "--no-progress", "--out", str(tmp_path / out), "--ops-per-stream", "300",
+                        "--seed", "7", "--workers", "1", "--stream-timeout", "5", "--shrink-budget", "2",
+                        *extra, env=clean_env(), cwd=tmp_path, timeout=timeout)
+
+
+def test_a_second_campaign_or_resume_on_a_directory_in_use_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out), "--streams", "100000",
+         "--workers", "1", "--seed", "1"],
+        env=clean_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "journal.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "journal.jsonl").exists(), "the first campaign never started"
+        resumed = run_difftest("fuzz", "--no-progress", "--resume", str(out), env=clean_env(), cwd=tmp_path)
+        again = run_difftest("fuzz", "--no-progress", "--out", str(out), "--streams", "1", env=clean_env(),
+                             cwd=tmp_path)
+        for proc in (resumed, again):
+            assert proc.returncode == 2, proc.stdout + proc.stderr
+            (error,) = [line for line in proc.stderr.splitlines() if line.startswith("difftest: error")]
+            assert f"in use by another campaign (pid {first.pid})" in error and "Traceback" not in proc.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_duplicated_journal_records_are_counted_once(tmp_path):
+    proc = builtin_campaign(tmp_path, "out", "--streams", "3")
+    assert proc.returncode == 0, proc.stderr
+    journal = tmp_path / "out" / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    records = [line for line in lines if '"k"' in line]
+    journal.write_text("".join(records + records + lines[len(records):]))  # a double resume's journal
+    merged = run_difftest("merge", str(tmp_path / "out"), "--out", str(tmp_path / "m"), env=clean_env(), cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    report, original = report_of(tmp_path, "m"), report_of(tmp_path)
+    assert report["streams"] == 3 and report["ops"] == original["ops"]
+    assert [e["count"] for e in report["divergences"]] == [e["count"] for e in original["divergences"]]
