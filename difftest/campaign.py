@@ -485,7 +485,8 @@ class Campaign:
         (self.out / "corpus").mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "campaign.json", json.dumps(
             {"format": CAMPAIGN_FORMAT, "config": self.config.to_json(),
-             "known": [asdict(k) for k in self.known], "version": __version__}, indent=2))
+             "known": [asdict(k) for k in self.known], "version": __version__,
+             "budget": self.budget}, indent=2))
 
     def _load_state(self, repair: bool = True) -> None:
         journal = self.out / JOURNAL
@@ -516,8 +517,10 @@ class Campaign:
 
     def _replay_journal_entry(self, entry: dict[str, Any]) -> None:
         if entry.get("type") == "elapsed":
-            self.prior_elapsed = entry["elapsed"]
+            self.prior_elapsed = max(self.prior_elapsed, entry["elapsed"])
             return
+        # The campaign's time when the stream was committed: a killed session's time counts.
+        self.prior_elapsed = max(self.prior_elapsed, entry.get("at", 0.0))
         if entry["k"] in self._committed_set:
             return  # written twice (two sessions on one directory before it was locked)
         self._commit_hits(entry["k"], entry["seed"], entry["ops"], entry["hits"], entry.get("elapsed", 0.0),
@@ -552,7 +555,7 @@ class Campaign:
         for rec in new:
             self._write_divergence(rec)
         self._append_journal({"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits,
-                              "elapsed": round(res.elapsed, 6)})
+                              "elapsed": round(res.elapsed, 6), "at": round(self.elapsed(), 3)})
         return new
 
     def _commit_hits(self, k: int, seed: int, ops: int, hits: dict[str, Any], elapsed: float,
@@ -883,6 +886,15 @@ def read_campaign_meta(path: Path) -> tuple[CampaignConfig, list[KnownDivergence
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise BadInput(f"{path}: not a campaign directory ({meta_path.name}: {exc})") from None
     return config, known
+
+
+def read_campaign_budget(path: Path) -> float | None:
+    """The time budget a campaign was started with (None: none, or not recorded)."""
+    try:
+        budget = json.loads((Path(path) / "campaign.json").read_text(encoding="utf-8")).get("budget")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget > 0 else None
 
 
 def load_run_dir(path: Path) -> tuple[CampaignConfig, dict[str, SignatureRecord], list[int], int, list[KnownDivergence]]:

@@ -18,6 +18,7 @@ from difftest.campaign import (
     merge_runs,
     parse_duration,
     parse_shard,
+    read_campaign_budget,
     read_campaign_meta,
 )
 from difftest.cli_base import Context, cli, pass_ctx, progress_bar
@@ -133,9 +134,10 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         )
         known = load_baseline(baseline) if baseline else list(registry.known)
         out_dir = Path(out) if out else Path("difftest-out") / time.strftime("%Y%m%d-%H%M%S")
-    if budget is None and config.streams is None:
+    saved_budget = read_campaign_budget(out_dir) if resume and budget is None else None
+    if budget is None and config.streams is None and saved_budget is None:
         budget = DEFAULT_BUDGET
-    budget_s = parse_duration(budget) if budget else None
+    budget_s = parse_duration(budget) if budget else saved_budget
     show = not (as_json or no_progress) and sys.stderr.isatty()
     if not as_json:
         click.echo(f"campaign seed {config.seed} -> {out_dir}", err=True)

@@ -168,3 +168,35 @@ def test_duplicated_journal_records_are_counted_once(tmp_path):
     report, original = report_of(tmp_path, "m"), report_of(tmp_path)
     assert report["streams"] == 3 and report["ops"] == original["ops"]
     assert [e["count"] for e in report["divergences"]] == [e["count"] for e in original["divergences"]]
+
+
+# -- 4. --resume keeps the campaign's budget and time ---------------------------------------------------------
+
+
+def test_resume_keeps_the_budget_and_the_killed_sessions_time(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out), "--budget", "4s",
+         "--ops-per-stream", "300", "--workers", "1", "--seed", "2", "--shrink-budget", "1"],
+        env=clean_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert len(records) >= 3 and not (out / "report.json").exists()
+    # the journal says how long the campaign had run when each stream was committed
+    killed_at = max(r["at"] for r in records)
+    assert killed_at > 0
+    resumed = run_difftest("fuzz", "--no-progress", "--resume", str(out), env=clean_env(), cwd=tmp_path,
+                           timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    timing = report_of(tmp_path)["timing"]
+    assert timing["budget"] == 4.0  # the campaign's own, not the default
+    assert timing["elapsed"] >= killed_at  # the killed session's time is not lost
