@@ -913,14 +913,18 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     ops = 0
     base: CampaignConfig | None = None
     known: list[KnownDivergence] = []
+    shards: dict[int, Path] = {}
+    seen: set[int] = set()
     for d in dirs:
         config, records, committed, n_ops, kn = load_run_dir(Path(d))
         if base is None:
             base, known = config, kn
-        elif (config.seed, config.backends, config.generator, config.generator_options, config.ops_per_stream,
-              config.streams) != (base.seed, base.backends, base.generator, base.generator_options,
-                                  base.ops_per_stream, base.streams):
-            raise BadInput(f"{d}: not a shard of the same campaign as {dirs[0]}")
+        _check_shard(Path(d), config, base, Path(dirs[0]), shards)
+        shards[config.shard_index] = Path(d)
+        twice = seen.intersection(committed)
+        if twice:  # equal configs and distinct shards cannot share a stream; a copied journal can
+            raise BadInput(f"{d}: stream {min(twice)} is also in another shard given")
+        seen.update(committed)
         streams_run += len(committed)
         ops += n_ops
         for sig, rec in records.items():
@@ -934,6 +938,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
                 streams=have.streams + rec.streams, events=have.events + rec.events,
                 reproducer=first.reproducer, reproducer_ops=first.reproducer_ops, shrink_error=first.shrink_error)
     assert base is not None
+    missing = [i for i in range(base.shard_count) if i not in shards]
     config = CampaignConfig(**{**asdict(base), "shard_index": 0, "shard_count": 1,
                                "backends": base.backends, "plugins": base.plugins})
     out.mkdir(parents=True, exist_ok=True)
@@ -944,5 +949,30 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
     report = build_campaign_report(config, merged, known, streams_run, ops)
+    if missing:  # not the unsharded campaign's report: say what it lacks
+        report["campaign"]["shard"] = "+".join(str(i) for i in sorted(shards)) + f"/{base.shard_count}"
+        report["campaign"]["shards_missing"] = missing
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report
+
+
+def _check_shard(d: Path, config: CampaignConfig, base: CampaignConfig, first: Path,
+                 shards: dict[int, Path]) -> None:
+    """``d`` is one more shard of ``base``'s campaign, not given before (BadInput naming it)."""
+    if config.shard_count != base.shard_count:
+        raise BadInput(f"{d}: shard {config.shard_index}/{config.shard_count} overlaps the shards of "
+                       f"{first} (of {base.shard_count}): not the same split")
+    mine, theirs = asdict(config), asdict(base)
+    for name in mine:
+        if name != "shard_index" and mine[name] != theirs[name]:
+            raise BadInput(f"{d}: not a shard of the same campaign as {first} "
+                           f"({name} {_short(mine[name])} != {_short(theirs[name])})")
+    if config.shard_index in shards:
+        raise BadInput(f"{d}: shard {config.shard_index}/{config.shard_count} given twice "
+                       f"(also {shards[config.shard_index]})")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value for an error line: at most ``limit`` characters of its repr."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -200,3 +200,34 @@ def test_resume_keeps_the_budget_and_the_killed_sessions_time(tmp_path):
     timing = report_of(tmp_path)["timing"]
     assert timing["budget"] == 4.0  # the campaign's own, not the default
     assert timing["elapsed"] >= killed_at  # the killed session's time is not lost
+
+
+# -- 5. merge refuses inconsistent shard sets ---------------------------------------------------------------
+
+
+def test_merge_refuses_duplicate_overlapping_and_foreign_shards_and_names_missing_ones(tmp_path):
+    base = ["--streams", "6", "--shrink-budget", "1"]
+    runs = {"s0": [*base, "--shard", "0/3"], "s1": [*base, "--shard", "1/3"],
+            "seed": [*base, "--shard", "2/3", "--seed", "8"],
+            "pages": [*base, "--shard", "2/3", "--phys-pages", "4096"],
+            "half": [*base, "--shard", "1/2"]}
+    for out, args in runs.items():
+        proc = builtin_campaign(tmp_path, out, *args)
+        assert proc.returncode == 0, proc.stderr
+
+    def merge(*dirs: str):
+        return run_difftest("merge", *(str(tmp_path / d) for d in dirs), "--out", str(tmp_path / "m"),
+                            env=clean_env(), cwd=tmp_path)
+
+    for dirs, named, words in [(("s0", "s0"), "s0", "twice"), (("s0", "seed"), "seed", "seed"),
+                               (("s0", "pages"), "pages", "phys_pages"), (("s0", "half"), "half", "shard")]:
+        proc = merge(*dirs)
+        assert proc.returncode == 2, (dirs, proc.stdout + proc.stderr)
+        (error,) = proc.stderr.splitlines()
+        assert str(tmp_path / named) in error and words in error, error
+    partial = merge("s0", "s1")
+    assert partial.returncode == 0, partial.stderr
+    report = report_of(tmp_path, "m")
+    assert report["campaign"]["shards_missing"] == [2] and report["campaign"]["shard"] == "0+1/3"
+    assert "missing shard 2 of 3" in partial.stderr
+    assert report["streams"] == 4  # streams 0, 1, 3, 4: each once
