@@ -267,21 +267,32 @@ class StreamRun:
         pool.reserve_data(self.data_frames)
         invariants = [inv for inv in self.h.invariants if inv.applies_to(spec.name)]
         lane = Lane(spec=spec, backend=None, pool=pool, state=ContractState(spec.geometry), invariants=invariants)  # type: ignore[arg-type]
+        free_before = pool.free_frames
         try:
             lane.backend = spec.factory(pool)
+        except OutOfMemory as exc:
+            if free_before >= lane.state.create_frames():  # it had the frames: a bug
+                self._bootstrap_crash(lane, exc)
+            else:  # the machine is too small for this backend: allowed, as at pmap_create
+                lane.stopped = f"out of memory at bootstrap: {exc}"
+                self.result.stopped[spec.name] = lane.stopped
+                self._allow(lane, -1, "out-of-memory", f"bootstrap: {exc}")
         except BaseException as exc:
             if not plugin_fault(exc, (StreamTimeout,)):
                 raise
-            lane.stopped = f"crashed at bootstrap: {type(exc).__name__}: {exc}"
-            self.result.divergences.append(
-                Divergence(
-                    kind="crash", backend=spec.name, op_index=-1, op="bootstrap", op_kind="bootstrap",
-                    field="exception", cls=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
-                    traceback=tb.format_exc(),
-                )
-            )
-            self.result.stopped[spec.name] = lane.stopped
+            self._bootstrap_crash(lane, exc)
         return lane
+
+    def _bootstrap_crash(self, lane: Lane, exc: BaseException) -> None:
+        lane.stopped = f"crashed at bootstrap: {type(exc).__name__}: {exc}"
+        self.result.divergences.append(
+            Divergence(
+                kind="crash", backend=lane.name, op_index=-1, op="bootstrap", op_kind="bootstrap",
+                field="exception", cls=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
+                traceback=tb.format_exc(),
+            )
+        )
+        self.result.stopped[lane.name] = lane.stopped
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ each is that backend's crash or hang, the culprit named, exit 1, and the built-i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cliutil import CONSOLE_SCRIPT, clean_env, run_difftest
-from difftest.ops import Create, Enter, Protect, Remove
+from difftest.ops import Create, Enter, IsModified, Protect, Remove
 from difftest.streams import Stream, dumps
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -231,3 +232,34 @@ def test_merge_refuses_duplicate_overlapping_and_foreign_shards_and_names_missin
     assert report["campaign"]["shards_missing"] == [2] and report["campaign"]["shard"] == "0+1/3"
     assert "missing shard 2 of 3" in partial.stderr
     assert report["streams"] == 4  # streams 0, 1, 3, 4: each once
+
+
+# -- 6. a machine too small for a backend's bootstrap is not a divergence --------------------------------------
+
+
+def test_too_few_frames_for_the_bootstrap_is_allowed_not_a_crash(tmp_path):
+    # 13 data pages of 16: arm32's bootstrap (its kernel L1 table, 4 frames) cannot fit.
+    ops = tuple(IsModified(pa * 0x1000) for pa in range(13))
+    path = tmp_path / "small.json"
+    path.write_text(dumps(Stream(ops, 16, {})))
+    proc = run_difftest("replay", "--json", str(path), env=clean_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["divergences"] == []
+
+
+def test_out_of_memory_at_bootstrap_with_free_frames_is_still_a_crash():
+    from difftest.harness import Harness
+    from difftest.machine import OutOfMemory
+    from difftest.plugins import PluginHost
+
+    host = PluginHost()
+    host.load(())
+    real = host.registry.backends["arm32-refcount"]
+
+    def liar(pool):  # frames are free, yet it says there are none
+        raise OutOfMemory("none left, it says")
+
+    spec = dataclasses.replace(real, name="liar", factory=liar)
+    result = Harness([host.registry.backends["alpha-ref"], spec]).run(Stream((IsModified(0),), 64, {}))
+    (d,) = result.divergences
+    assert (d.backend, d.kind, d.op_kind, d.cls) == ("liar", "crash", "bootstrap", "OutOfMemory")
