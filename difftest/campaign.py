@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from difftest import __version__, interrupts, streams
 from difftest.divergence import Divergence, KnownDivergence
-from difftest.errors import BadInput, NothingToRun
+from difftest.errors import BadInput, NothingToRun, short
 from difftest.report import REPORT_FORMAT
 from difftest.streams import Stream, atomic_write_text
 
@@ -405,6 +405,44 @@ class SignatureRecord:
         return asdict(self)
 
 
+def journal_record_problem(entry: Any) -> str | None:
+    """What is wrong with a parsed journal line (None: a record ``_load_state`` can use)."""
+    if not isinstance(entry, dict):
+        return "record is not a JSON object"
+    if entry.get("type") == "elapsed":
+        ok = isinstance(entry.get("elapsed"), (int, float)) and not isinstance(entry.get("elapsed"), bool)
+        return None if ok else "elapsed record lacks a number 'elapsed'"
+    for key in ("k", "seed", "ops"):
+        if type(entry.get(key)) is not int or entry[key] < 0:
+            return f"record lacks a non-negative integer {key!r}"
+    for key in ("elapsed", "at"):
+        if key in entry and (not isinstance(entry[key], (int, float)) or isinstance(entry[key], bool)):
+            return f"record's {key!r} is not a number"
+    hits = entry.get("hits")
+    if not isinstance(hits, dict):
+        return "record lacks an object 'hits'"
+    for sig, hit in hits.items():
+        if (not isinstance(hit, list) or len(hit) != 2 or type(hit[0]) is not int or not isinstance(hit[1], dict)
+                or not {"kind", "backend", "op_kind", "field", "class"} <= set(hit[1])):
+            return f"record's hit {short(sig)} is not [count, divergence]"
+    return None
+
+
+def read_corpus_record(path: Path) -> dict[str, Any]:
+    """An ``OUT/corpus/*.json`` file: a signature's record, or a plain stream file (which
+    has no 'signature'); anything else is bad input naming the file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{path}: not a corpus record ({short(str(exc), 80)})") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{path}: not a corpus record (not a JSON object)")
+    repro = doc.get("reproducer")
+    if "signature" in doc and repro is not None and not (isinstance(repro, dict) and isinstance(repro.get("ops"), list)):
+        raise BadInput(f"{path}: not a corpus record ('reproducer' is not a stream)")
+    return doc
+
+
 def lock_run_dir(out: Path) -> int:
     """Take ``OUT/lock`` for this process (``flock``, released when it exits, even on
     ``kill -9``) and write our pid in it.  A directory in use: ``BadInput`` naming the pid
@@ -494,21 +532,30 @@ class Campaign:
             raise BadInput(f"{self.out}: no campaign to resume (campaign.json missing)")
         good: list[str] = []
         if journal.exists():
-            lines = journal.read_text(encoding="utf-8").splitlines(keepends=True)
-            for line in lines:
-                if not line.endswith("\n"):
+            try:
+                lines = journal.read_text(encoding="utf-8").splitlines(keepends=True)
+            except UnicodeDecodeError as exc:
+                raise BadInput(f"{journal}: not UTF-8 text (byte {exc.start})") from None
+            for lineno, line in enumerate(lines, 1):
+                last = lineno == len(lines)
+                if not line.endswith("\n") and last:
                     break  # torn by a kill: that stream is run again
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
-                    break
+                    if last:
+                        break
+                    raise BadInput(f"{journal}:{lineno}: not a JSON record") from None
+                problem = journal_record_problem(entry)
+                if problem:
+                    raise BadInput(f"{journal}:{lineno}: {problem}")
                 good.append(line)
                 self._replay_journal_entry(entry)
             # Drop a torn tail so that appends start on a clean line.
             if repair and len(good) != len(lines):
                 atomic_write_text(journal, "".join(good))
         for path in sorted((self.out / "corpus").glob("*.json")):
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = read_corpus_record(path)
             rec = self.records.get(doc.get("signature", ""))
             if rec is not None and doc.get("reproducer") is not None:
                 rec.reproducer = doc["reproducer"]
@@ -966,13 +1013,8 @@ def _check_shard(d: Path, config: CampaignConfig, base: CampaignConfig, first: P
     for name in mine:
         if name != "shard_index" and mine[name] != theirs[name]:
             raise BadInput(f"{d}: not a shard of the same campaign as {first} "
-                           f"({name} {_short(mine[name])} != {_short(theirs[name])})")
+                           f"({name} {short(mine[name])} != {short(theirs[name])})")
     if config.shard_index in shards:
         raise BadInput(f"{d}: shard {config.shard_index}/{config.shard_count} given twice "
                        f"(also {shards[config.shard_index]})")
 
-
-def _short(value: Any, limit: int = 40) -> str:
-    """A value for an error line: at most ``limit`` characters of its repr."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -9,6 +9,15 @@ EXIT_INTERNAL = 3
 EXIT_NOTHING = 5
 EXIT_INTERRUPTED = 130
 
+QUOTE_LIMIT = 40  # characters of a bad value quoted in an error line
+
+
+def short(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error line: at most ``limit`` characters of it, then "..."
+    (a bad value may be a megabyte long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 class DifftestError(Exception):
     """Base class: ``str(err)`` is the one line shown to the user."""

@@ -263,3 +263,51 @@ def test_out_of_memory_at_bootstrap_with_free_frames_is_still_a_crash():
     result = Harness([host.registry.backends["alpha-ref"], spec]).run(Stream((IsModified(0),), 64, {}))
     (d,) = result.divergences
     assert (d.backend, d.kind, d.op_kind, d.cls) == ("liar", "crash", "bootstrap", "OutOfMemory")
+
+
+# -- 7. bad files, special files --------------------------------------------------------------------------------
+
+
+def test_devices_and_oversized_stream_files_are_refused_unread(tmp_path):
+    for device in ("/dev/zero", "/dev/urandom"):
+        proc = run_difftest("validate", device, env=clean_env(), cwd=tmp_path, timeout=30)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"{device}: not a regular file" in proc.stderr
+    path = tmp_path / "s.json"
+    path.write_text(protect_stream())
+    size = path.stat().st_size
+    env = clean_env(DIFFTEST_MAX_STREAM_BYTES=str(size - 1))
+    for command in (["validate"], ["replay"], ["shrink", "--signature", "x", "-o", str(tmp_path / "o.json")]):
+        proc = run_difftest(*command, str(path), env=env, cwd=tmp_path, timeout=30)
+        assert proc.returncode == 2, (command, proc.stdout + proc.stderr)
+        assert f"larger than the limit of {size - 1} bytes (DIFFTEST_MAX_STREAM_BYTES)" in proc.stderr
+    assert run_difftest("validate", str(path), env=clean_env(DIFFTEST_MAX_STREAM_BYTES=str(size)),
+                        cwd=tmp_path).returncode == 0
+
+
+def test_one_nesting_limit_in_validate_replay_and_shrink(tmp_path):
+    text = protect_stream()
+    assert '"origin": {}' in text
+    path = tmp_path / "deep.json"  # an origin 983 objects deep (json.dumps cannot write it)
+    path.write_text(text.replace('"origin": {}', '"origin": ' + '{"o": ' * 982 + "{}" + "}" * 982))
+    for command in (["validate"], ["replay"], ["shrink", "--signature", "x", "-o", str(tmp_path / "o.json")]):
+        proc = run_difftest(*command, str(path), env=clean_env(), cwd=tmp_path, timeout=30)
+        assert proc.returncode == 2, (command, proc.stdout + proc.stderr)
+        assert "field 'origin' is nested deeper than 64 levels" in proc.stderr, (command, proc.stderr)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: (d / "journal.jsonl").write_text('{"k": 0}\n'), "journal.jsonl:1: record lacks"),
+    (lambda d: (d / "journal.jsonl").write_bytes(b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
+    (lambda d: (d / "corpus" / "junk.json").write_text("{garbage"), "junk.json: not a corpus record"),
+])
+def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, damage, words):
+    proc = builtin_campaign(tmp_path, "out", "--streams", "1")
+    assert proc.returncode == 0, proc.stderr
+    damage(tmp_path / "out")
+    for command in (["merge", str(tmp_path / "out"), "--out", str(tmp_path / "m")],
+                    ["fuzz", "--no-progress", "--resume", str(tmp_path / "out")]):
+        proc = run_difftest(*command, env=clean_env(), cwd=tmp_path)
+        assert proc.returncode == 2, (command, proc.stdout + proc.stderr)
+        (error,) = [line for line in proc.stderr.splitlines() if line.startswith("difftest: error")]
+        assert words in error, error
