@@ -311,3 +311,74 @@ def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path,
         assert proc.returncode == 2, (command, proc.stdout + proc.stderr)
         (error,) = [line for line in proc.stderr.splitlines() if line.startswith("difftest: error")]
         assert words in error, error
+
+
+# -- 8. reports trust no input ------------------------------------------------------------------------------------
+
+
+def _leaves(doc, path=()):
+    """Every (path, value) of a JSON document, objects and lists included."""
+    yield path, doc
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc[:2]):
+            yield from _leaves(value, (*path, i))
+
+
+def _set(doc, path, value):
+    doc = json.loads(json.dumps(doc))
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return doc
+
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    (tmp / "empty.toml").write_text("")
+    proc = builtin_campaign(tmp, "out", "--streams", "2", "--baseline", str(tmp / "empty.toml"))
+    assert proc.returncode == 1, proc.stderr
+    return json.loads((tmp / "out" / "report.json").read_text())
+
+
+def test_report_refuses_a_damaged_document_naming_the_field_never_a_crash(tmp_path, real_report, capsys):
+    from difftest.cli import main
+
+    paths = [p for p, _ in _leaves(real_report) if p and p[0] not in ("tool",)]
+    assert len(paths) > 60
+    run = tmp_path / "run"
+    run.mkdir()
+    refused = 0
+    for path in paths:
+        for n, bad in enumerate((None, "x", -1, 2**70, [], {"x": 1})):
+            doc = _set(real_report, path, bad)
+            (run / "report.json").write_text(json.dumps(doc))
+            for fmt in (("text", "markdown", "junit")[n % 3],):  # each writer sees each field damaged
+                code = main(["report", str(run), "--format", fmt, "-o", str(tmp_path / "r.out")])
+                out, err = capsys.readouterr()
+                assert code in (0, 2), (path, bad, fmt, err)
+                if code == 2:
+                    (line,) = err.splitlines()
+                    assert "report.json: not a difftest.report/1 document" in line, (path, bad, line)
+                    refused += 1
+    assert refused
+
+
+@pytest.mark.parametrize("path, bad, field", [
+    (("campaign", "ops_per_stream"), 2**70, "campaign.ops_per_stream"),
+    (("divergences", 0, "first_stream", "index"), "x", "divergences[0].first_stream.index"),
+    (("divergences", 0, "reproducer", "ops"), 5, "divergences[0].reproducer"),
+    (("timing", "first_hits", 0), 5, "timing.first_hits[0]"),
+])
+def test_html_report_of_a_damaged_document_is_exit_2_naming_the_field(tmp_path, real_report, path, bad, field):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(_set(real_report, path, bad)))
+    proc = run_difftest("report", str(run), "--format", "html", "-o", str(tmp_path / "r.html"), env=clean_env(),
+                        cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert field in proc.stderr
