@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import re
+import sys
 import time
 import tomllib
 from concurrent.futures.process import BrokenProcessPool
@@ -224,6 +225,7 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
     env = _WORKER_CACHE.get(key)
     if env is None:
         interrupts.install()
+        _stdout_to_stderr()
         host = _WORKER_CACHE.get(("host", config.plugins))
         if host is None:
             host = PluginHost()
@@ -240,6 +242,15 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
         env = (harness, gen)
         _WORKER_CACHE[key] = env
     return env
+
+
+def _stdout_to_stderr() -> None:
+    """In a worker process, what plugins print goes to stderr: the parent's stdout may be
+    a JSON document (``fuzz --json``) that a stray line would break."""
+    if multiprocessing.parent_process() is None:
+        return  # not a worker process (an in-process executor): the parent's stdout stays
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
 def make_stream(config: CampaignConfig, k: int) -> Stream:

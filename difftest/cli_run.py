@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -81,13 +82,15 @@ def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], 
     harness = make_harness(ctx, backends, reference, checkpoint_every=checkpoint_every,
                            invariants_per_op=invariants == "per-op")
     bar = _ops_bar(not (as_json or no_progress) and sys.stderr.isatty(), sum(len(s) for s in loaded))
-    try:
-        runs = [harness.run(_counted(stream, bar), time_limit=stream_timeout) for stream in loaded]
-    finally:
-        if bar is not None:
-            bar.close()
-    reproducers, notes = (_shrink_firsts(harness, runs, loaded, files, shrink_budget, stream_timeout)
-                          if do_shrink else ({}, {}))
+    # What a backend prints goes to stderr: stdout may be the JSON document.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            runs = [harness.run(_counted(stream, bar), time_limit=stream_timeout) for stream in loaded]
+        finally:
+            if bar is not None:
+                bar.close()
+        reproducers, notes = (_shrink_firsts(harness, runs, loaded, files, shrink_budget, stream_timeout)
+                              if do_shrink else ({}, {}))
     report = report_from_runs(runs, sources=files, reproducers=reproducers, shrink_notes=notes)
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False))

@@ -382,3 +382,31 @@ def test_html_report_of_a_damaged_document_is_exit_2_naming_the_field(tmp_path, 
                         cwd=tmp_path, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert field in proc.stderr
+
+
+# -- 9. smaller ---------------------------------------------------------------------------------------------------
+
+
+def test_plugin_prints_do_not_break_json_output(tmp_path):
+    proc = campaign(tmp_path, "mis-print", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # printing is no divergence; the leak is known
+    report = json.loads(proc.stdout)
+    assert report["streams"] == 2 and {e["backend"] for e in report["divergences"]} == {"arm32-leaky"}
+    assert "mis-print: enter" in proc.stderr  # shown, where it breaks nothing
+    path = tmp_path / "s.json"
+    path.write_text(protect_stream())
+    replayed = difftest(tmp_path, "replay", "--json", "--backends", "alpha-ref,mis-print", str(path))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert json.loads(replayed.stdout)["divergences"] == []
+    assert "mis-print: enter" in replayed.stderr
+
+
+def test_a_backend_killing_its_worker_leaves_the_others_findings_minimised(tmp_path):
+    proc = campaign(tmp_path, "mis-hardexit")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["streams"] == 2
+    died = assert_culprit_and_leak(report, "mis-hardexit")  # the leak's reproducer: <= 3 ops
+    assert died["class"] == "worker-died"
+    assert {d["stream"] for d in report["worker_deaths"]} == {0, 1}
+    assert all(d["backends"] == ["mis-hardexit"] for d in report["worker_deaths"])
