@@ -299,7 +299,10 @@ class StreamRun:
     def execute(self, deadline: float | None, start: int = 0) -> None:
         every = self.h.checkpoint_every
         ops = self.stream.ops
+        stopped, lanes = self.result.stopped, len(self.lanes)
         for index in range(start, len(ops)):
+            if len(stopped) >= lanes:
+                break  # every lane has stopped: the ops left run nowhere (and are not counted)
             if deadline is not None and (index & 63) == 0 and time.monotonic() > deadline:
                 raise StreamTimeout
             self.current_index = index

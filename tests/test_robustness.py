@@ -410,3 +410,14 @@ def test_a_backend_killing_its_worker_leaves_the_others_findings_minimised(tmp_p
     assert died["class"] == "worker-died"
     assert {d["stream"] for d in report["worker_deaths"]} == {0, 1}
     assert all(d["backends"] == ["mis-hardexit"] for d in report["worker_deaths"])
+
+
+def test_ops_count_only_what_some_backend_ran(tmp_path):
+    ops = (Create(), Enter(1, 0x10000, 0x5000, PROT_RW, 0, False, False), Remove(1, 0x10000, 0x11000),
+           Enter(1, 0x10000, 0x5000, PROT_RW, 0, False, False), Enter(1, 0x20000, 0x6000, PROT_RW, 0, False, False))
+    path = tmp_path / "s.json"
+    path.write_text(dumps(Stream(ops, 64, {})))
+    proc = difftest(tmp_path, "replay", "--json", "--backends", "mis-oom-remove", str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ops"] == 3  # the only backend stopped at op 2: ops 3 and 4 ran nowhere
