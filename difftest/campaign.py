@@ -287,8 +287,11 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
                              time.perf_counter() - started, f"no minimiser: {exc}")
     try:
         # Every run is bounded, as the campaign's are: a hanging lane cannot hang the shrink.
-        outcome = shrink(stream, harness, task.signature, time_budget=task.config.shrink_budget,
-                         time_limit=task.config.stream_timeout)
+        # A budget of work (runs), not of seconds: equal seeds give equal reproducers on a
+        # loaded machine too.  The time budget is only a ceiling far above it.
+        outcome = shrink(stream, harness, task.signature,
+                         time_budget=SHRINK_TIME_CEILING * task.config.shrink_budget,
+                         time_limit=task.config.stream_timeout, max_runs=shrink_runs(task.config))
         small = outcome.stream
         error = None
         # The reproducer is data: keep timings out of it, so reports compare equal.
@@ -305,6 +308,15 @@ def local_process_pool(workers: int) -> cf.Executor:
     """The default executor: ``workers`` spawned processes (Hypothesis is not thread-safe,
     and fork would copy whatever state the parent has)."""
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+SHRINK_RUNS_PER_SECOND = 20  # a campaign's --shrink-budget S is 20 * S harness runs
+SHRINK_TIME_CEILING = 4  # ... and at most 4 * S seconds (a slow machine's safety net)
+
+
+def shrink_runs(config: CampaignConfig) -> int:
+    """The harness runs a campaign's shrink may make, from ``--shrink-budget`` seconds."""
+    return max(1, round(config.shrink_budget * SHRINK_RUNS_PER_SECOND))
 
 
 WATCHDOG_GRACE = 1.0  # seconds past a task's allowance before the parent kills its worker
@@ -326,7 +338,8 @@ def watchdog_limits(config: CampaignConfig) -> tuple[float, float, float]:
     bound (prefixes of growing length)."""
     allowance = unit_allowance(config)
     grace = WATCHDOG_GRACE + config.stream_timeout
-    return 2 * allowance + grace, config.shrink_budget + 8 * allowance + grace, allowance + grace
+    return (2 * allowance + grace, SHRINK_TIME_CEILING * config.shrink_budget + 8 * allowance + grace,
+            allowance + grace)
 
 
 def kill_workers(executor: cf.Executor) -> bool:

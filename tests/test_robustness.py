@@ -421,3 +421,33 @@ def test_ops_count_only_what_some_backend_ran(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["ops"] == 3  # the only backend stopped at op 2: ops 3 and 4 ran nowhere
+
+
+class _SlowClock:
+    """``time`` for difftest.shrink as on a loaded machine: 0.1 s passes at every look."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 0.1
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.monotonic()
+
+
+def test_a_campaigns_shrink_is_the_same_on_a_loaded_machine(monkeypatch):
+    from difftest import campaign as C
+    from difftest import shrink as S
+
+    config = C.CampaignConfig(backends=("alpha-ref", "arm32-leaky", "arm32-refcount"), reference="alpha-ref",
+                              seed=11, ops_per_stream=400, shrink_budget=5.0)
+    sig = "resource:arm32-leaky:protect:pt_frames:pt-frames-held>needed"  # about 60 runs to shrink
+    assert sig in C.run_unit(C.UnitTask(config, 0)).hits
+    task = C.ShrinkTask(config, sig, 0, ("alpha-ref", "arm32-leaky"))
+    idle = C.shrink_unit(task)
+    monkeypatch.setattr(S, "time", _SlowClock())
+    loaded = C.shrink_unit(task)
+    assert idle.error is None and idle.stream_json["origin"]["shrink"]["complete"]
+    assert loaded.stream_json == idle.stream_json
