@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched
 from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState, apply_protect
 from difftest.divergence import Allowed, Divergence, RunResult
-from difftest.errors import BadInput
+from difftest.errors import BadInput, short
 from difftest.interrupts import plugin_fault
 from difftest.machine import (
     KERNEL_MAX,
@@ -420,6 +420,26 @@ class StreamRun:
         lane.stopped = why
         self.result.stopped[lane.name] = why
 
+    def _follow_backend(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int, va: int,
+                        pas: set[int]) -> None:
+        """A result outside the contract says nothing of what the backend did: take its
+        translation at (pmap, va) and the pages' attributes as they are, so that one bad
+        result is one divergence, not a cascade of the ops that follow."""
+        st = lane.state
+        got = self._call(lane, index, op, divs, lane.backend.walk, pmap, va)
+        if got is None:
+            st.delete(pmap, va)
+        else:
+            st.put(pmap, va, (got.pa, got.prot, got.wired, True))
+            pas.add(got.pa)
+        try:
+            self._resync_attributes(lane, pas)
+        except BaseException as exc:
+            if not plugin_fault(exc, (StreamTimeout,)):
+                raise
+            self._crashed(lane, index, op, divs, exc)
+            raise LaneStopped from None
+
     def _stop(self, lane: Lane, why: str) -> None:
         lane.stopped = why
         self.result.stopped[lane.name] = why
@@ -487,8 +507,9 @@ class StreamRun:
             else:
                 divs.append(
                     self._div(lane, index, op, "result", "result", "bad-enter-result",
-                              f"pmap_enter returned {res!r}", location=_loc(pmap, va))
+                              f"pmap_enter returned {short(res)}", location=_loc(pmap, va))
                 )
+                self._follow_backend(lane, index, op, divs, pmap, va, pas)
             step = _Step([(pmap, va)], pas, (pmap,))
 
         elif t is Remove:

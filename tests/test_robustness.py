@@ -451,3 +451,11 @@ def test_a_campaigns_shrink_is_the_same_on_a_loaded_machine(monkeypatch):
     loaded = C.shrink_unit(task)
     assert idle.error is None and idle.stream_json["origin"]["shrink"]["complete"]
     assert loaded.stream_json == idle.stream_json
+
+
+def test_a_bad_enter_result_is_one_divergence_not_a_cascade(tmp_path):
+    (tmp_path / "empty.toml").write_text("")
+    proc = campaign(tmp_path, "mis-none-enter", "--baseline", str(tmp_path / "empty.toml"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    mine = [e["signature"] for e in report_of(tmp_path)["divergences"] if e["backend"] == "mis-none-enter"]
+    assert mine == ["result:mis-none-enter:enter:result:bad-enter-result"]

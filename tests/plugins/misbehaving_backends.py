@@ -94,6 +94,16 @@ class PrintsInEnter(Arm32Refcount):
         return super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
 
 
+class EnterReturnsNone(Arm32Refcount):
+    name = "mis-none-enter"
+    description = "test-only: pmap_enter maps, then returns None instead of a result"
+    run_by_default = False
+
+    def pmap_enter(self, pmap, va, pa, prot, access, wired, canfail):
+        super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
+        return None
+
+
 class HardExitInProtect(_InProtect):
     name = "mis-hardexit"
     description = "test-only: pmap_protect calls os._exit(0) (the worker dies mid-stream)"
@@ -106,5 +116,5 @@ class HardExitInProtect(_InProtect):
 @hookimpl
 def difftest_register_backends(register):
     for cls in (ExitsInProtect, InterruptsInProtect, OutOfMemoryInRemove, SleepsInProtect,
-                IgnoresAlarmInProtect, PrintsInEnter, HardExitInProtect):
+                IgnoresAlarmInProtect, PrintsInEnter, HardExitInProtect, EnterReturnsNone):
         register(cls)
