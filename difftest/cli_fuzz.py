@@ -21,6 +21,7 @@ from difftest.campaign import (
     read_campaign_meta,
 )
 from difftest.cli_base import Context, cli, pass_ctx
+from difftest.corpus import Corpus
 from difftest.cli_run import split_names
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE
@@ -29,14 +30,45 @@ from difftest.streams import atomic_write_text
 DEFAULT_BUDGET = "20s"
 
 
-def summary_table(report: dict) -> str:
+SUMMARY_WIDTH = 100  # the terminal summary fits this many columns
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary_table(report: dict, width: int = SUMMARY_WIDTH) -> str:
+    """One row per bug (status, backend, head, signatures, streams, reproducer ops), within
+    ``width`` columns: the head is clipped, the signatures and paths are in the report."""
     rows = []
-    for e in report["divergences"]:
-        status = "known" if e["known"] else "NEW"
-        rows.append([e["kind"], e["backend"], e["signature"], e["count"], status,
-                     e.get("reproducer_ops") or "-", e.get("reproducer_path") or "-"])
-    return tabulate(rows, headers=["kind", "backend", "signature", "streams", "status", "ops", "reproducer"],
-                    tablefmt="simple")
+    for b in report.get("bugs", []):
+        rows.append([b["status"], b["backend"], b["head"], len(b["members"]), b["count"],
+                     b.get("reproducer_ops") if b.get("reproducer_ops") is not None else "-"])
+    headers = ["status", "backend", "bug (head)", "sigs", "streams", "ops"]
+    heads = [str(r[2]) for r in rows]
+    for r in rows:
+        r[1] = _clip(str(r[1]), 18)
+    head_w = max((len(h) for h in heads), default=0)
+    while True:
+        for r, h in zip(rows, heads):
+            r[2] = _clip(h, head_w)
+        text = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+        over = max((len(line) for line in text.splitlines()), default=0) - width
+        if over <= 0 or head_w <= 20:
+            return text
+        head_w = max(20, head_w - over)
+
+
+def survival_lines(report: dict) -> list[str]:
+    """One line per backend: streams survived, out of memory, the first op it died at."""
+    lines = []
+    for name, s in (report.get("survival") or {}).items():
+        if s["out_of_memory"]:
+            lines.append(f"survival: {name}: out of memory in {s['out_of_memory']} of {s['streams']} streams "
+                         f"(first at op {s['first_out_of_memory_op']})")
+        else:
+            lines.append(f"survival: {name}: survived all {s['streams']} streams")
+    return lines
 
 
 def _progress_bar(enabled: bool, total: int | None):
@@ -91,12 +123,16 @@ def _progress_bar(enabled: bool, total: int | None):
               show_default=True, help="Check backend invariants after every op, or only at checkpoints (faster).")
 @click.option("--report", "report_formats", multiple=True, metavar="FORMAT",
               help="Also write OUT/report.FORMAT with a registered report writer (repeatable).")
+@click.option("--corpus", "corpus_dir", default=None, type=click.Path(file_okay=False),
+              help="A directory of reproducers kept between runs: replayed first, new bugs added.")
+@click.option("--compare", "previous", default=None, metavar="PREVIOUS_RUN_DIR", type=click.Path(),
+              help="Mark each signature new, still open, fixed, regressed or known against an earlier run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout (no progress bar).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
 def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_stream, seed, workers, generator,
              phys_pages, out, baseline, resume, shard, stream_timeout, shrink_budget, checkpoint_every,
-             invariants, report_formats, as_json, no_progress) -> int:
+             invariants, report_formats, corpus_dir, previous, as_json, no_progress) -> int:
     """Run a fuzz campaign: seeded streams on every backend, divergences deduplicated,
     minimised, and split into new and known.  Exit 1 only for new divergences."""
     registry = ctx.registry
@@ -139,13 +175,25 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     if not as_json:
         click.echo(f"campaign seed {config.seed} -> {out_dir}", err=True)
     bar, update = _progress_bar(show, config.streams)
+    before = None
+    if previous is not None:
+        from difftest.cli_report import load_report
+
+        before, _ = load_report(previous, what="--compare")
+    if resume and corpus_dir is None:
+        corpus_dir = _campaign_corpus(out_dir)
+    corpus = Corpus.open(corpus_dir) if corpus_dir else None
     campaign = Campaign(config, out_dir, known, workers=workers or os.cpu_count() or 1, budget=budget_s,
-                        progress=update, resume=bool(resume))
+                        progress=update, resume=bool(resume), corpus=corpus)
     try:
         report = campaign.run()
     finally:
         if bar is not None:
             bar.close()
+    if before is not None:
+        from difftest.lifecycle import compare
+
+        report = {**report, "lifecycle": compare(report, before, previous_label=str(previous))}
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False))
     for fmt in report_formats:
         spec = registry.reporters[fmt]
@@ -162,21 +210,44 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False))
     else:
-        t = report.get("timing", {})
-        click.echo(f"{report['streams']} streams, {report['ops']} ops in {t.get('elapsed', 0):.1f} s "
-                   f"({t.get('ops_per_second') or 0:,.0f} ops/s, {t.get('workers')} workers); "
-                   f"backends {', '.join(report['backends'])}, reference {report['reference']}")
-        if report["divergences"]:
-            click.echo(summary_table(report))
-        else:
-            click.echo("no divergences")
-        for gone in report["no_longer_seen"]:
-            click.echo(f"no longer seen (fixed?): {gone['signature']}  [{gone['reason']}]")
-        for death in report["worker_deaths"]:
-            click.echo(f"worker died on stream {death['stream']} (seed {death['seed']}); "
-                       f"alone: {', '.join(death['backends']) or 'no single backend'}")
-        click.echo(f"report: {out_dir / 'report.json'}")
-    return EXIT_DIVERGENCES if report["summary"]["new"] else EXIT_OK
+        print_summary(report, out_dir)
+    return EXIT_DIVERGENCES if report["summary"]["failing_bugs"] else EXIT_OK
+
+
+def _campaign_corpus(out_dir: Path) -> str | None:
+    """The --corpus a campaign directory was started with."""
+    try:
+        return json.loads((out_dir / "campaign.json").read_text(encoding="utf-8")).get("corpus")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def print_summary(report: dict, out_dir: Path) -> None:
+    """What a campaign found, bugs first, within SUMMARY_WIDTH columns."""
+    t = report.get("timing", {})
+    click.echo(f"{report['streams']} streams, {report['ops']:,} ops in {t.get('elapsed', 0):.1f} s "
+               f"({t.get('ops_per_second') or 0:,.0f} ops/s, {t.get('workers')} workers)")
+    click.echo(f"backends {', '.join(report['backends'])}; reference {report['reference']}")
+    summary = report["summary"]
+    bugs = report.get("bugs", [])
+    if bugs:
+        click.echo(f"{summary['bugs']} bug(s) ({summary['signatures']} signatures): {summary['failing_bugs']} failing, "
+                   f"{summary['known_bugs']} known, {summary['fixed_bugs']} fixed")
+        click.echo(summary_table(report))
+    else:
+        click.echo("no divergences")
+    for line in survival_lines(report):
+        click.echo(line)
+    corpus = report.get("corpus")
+    if corpus:
+        click.echo(f"corpus {corpus['path']}: {corpus['replayed']} of {corpus['entries']} reproducers replayed, "
+                   f"{corpus['diverged']} still diverge, {corpus['added']} added")
+    for gone in report["no_longer_seen"]:
+        click.echo(f"no longer seen (fixed?): {gone['signature']}  [{gone['reason']}]")
+    for death in report["worker_deaths"]:
+        click.echo(f"worker died on stream {death['stream']} (seed {death['seed']}); "
+                   f"alone: {', '.join(death['backends']) or 'no single backend'}")
+    click.echo(f"report: {out_dir / 'report.json'}")
 
 
 @cli.command("merge")
@@ -190,6 +261,6 @@ def merge_cmd(dirs, out, as_json) -> int:
         click.echo(json.dumps(report, indent=2, allow_nan=False))
     else:
         click.echo(f"{report['streams']} streams, {report['ops']} ops from {len(dirs)} shard(s)")
-        click.echo(summary_table(report) if report["divergences"] else "no divergences")
+        click.echo(summary_table(report) if report["bugs"] else "no divergences")
         click.echo(f"report: {Path(out) / 'report.json'}")
-    return EXIT_DIVERGENCES if report["summary"]["new"] else EXIT_OK
+    return EXIT_DIVERGENCES if report["summary"]["failing_bugs"] else EXIT_OK
