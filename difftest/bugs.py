@@ -12,9 +12,10 @@ start with the same divergence.
   signature needs: the cause.
 * The head's *key* is its signature with the op kind replaced by ``*`` where the op kind only
   names where the bug surfaced (``SURFACING_KINDS``: frames held against what the live
-  mappings need, backend invariants; both are standing properties of the backend's state,
-  checked after whichever op happened to expose them: PR 5666's leak at remove, protect and
-  page_protect is one bug).  Elsewhere the op kind stays: a wrong PA on enter and a wrong PA
+  mappings need, REF/MOD page attributes, backend invariants; standing properties of the
+  backend's state, checked after whichever op happened to expose them: PR 5666's leak at
+  remove, protect and page_protect is one bug, and so is a MOD bit lost by a remove that
+  protect and page_protect call too).  Elsewhere the op kind stays: a wrong PA on enter and a wrong PA
   on protect are different code paths.
 * Signatures with equal head keys are one bug; a signature without a minimised reproducer
   (shrinking off or failed) is its own head: nothing shows what it shares.
@@ -30,8 +31,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-#: divergence kinds whose op kind names where the bug surfaced, not where it is
-SURFACING_KINDS = frozenset({"resource", "invariant"})
+#: divergence kinds whose op kind names where the bug surfaced, not where it is: standing
+#: state (frames held, page attributes, backend invariants) that every op path reaching the
+#: faulty code exposes (protect to none and page_protect remove mappings too)
+SURFACING_KINDS = frozenset({"resource", "attribute", "invariant"})
 
 
 def head_key(first: Mapping[str, Any]) -> str:

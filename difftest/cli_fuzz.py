@@ -243,7 +243,7 @@ def print_summary(report: dict, out_dir: Path) -> None:
         click.echo(f"corpus {corpus['path']}: {corpus['replayed']} of {corpus['entries']} reproducers replayed, "
                    f"{corpus['diverged']} still diverge, {corpus['added']} added")
     for gone in report["no_longer_seen"]:
-        click.echo(f"no longer seen (fixed?): {gone['signature']}  [{gone['reason']}]")
+        click.echo(_clip(f"no longer seen (fixed?): {gone['signature']}  [{gone['reason']}]", SUMMARY_WIDTH))
     for death in report["worker_deaths"]:
         click.echo(f"worker died on stream {death['stream']} (seed {death['seed']}); "
                    f"alone: {', '.join(death['backends']) or 'no single backend'}")
