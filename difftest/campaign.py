@@ -42,6 +42,7 @@ from difftest.streams import Stream, atomic_write_text
 CAMPAIGN_FORMAT = "difftest.campaign/1"
 #: bug statuses that make ``difftest fuzz`` exit 1: seen now and not in the baseline
 FAILING_STATUSES = ("new", "open", "regressed")
+EXIT_ORPHANED = 70  # a worker whose campaign process died (never seen by the user)
 JOURNAL = "journal.jsonl"
 
 ExecutorFactory = Callable[[int], cf.Executor]
@@ -352,8 +353,26 @@ def replay_corpus_entry(task: CorpusTask) -> dict[str, Any]:
 
 def local_process_pool(workers: int) -> cf.Executor:
     """The default executor: ``workers`` spawned processes (Hypothesis is not thread-safe,
-    and fork would copy whatever state the parent has)."""
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    and fork would copy whatever state the parent has), each exiting when the campaign's
+    process dies (``exit_with_parent``)."""
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a worker: a daemon thread that ends the process once ``parent`` is gone (a
+    ``kill -9`` of the campaign leaves no orphan worker running its stream to the end)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="difftest-parent-watch", daemon=True).start()
 
 
 # -- the campaign (parent side) --------------------------------------------------------------------
@@ -580,6 +599,7 @@ class Campaign:
         done = set(self.committed)
         units = (k for k in config.units() if k not in done)
         deadline = None if self.budget is None else time.monotonic() + max(0.0, self.budget - self.prior_elapsed)
+        children_before = {c.pid for c in multiprocessing.active_children()}
         executor = self.executor_factory(self.workers)
         pending: dict[cf.Future, int] = {}
         buffer: dict[int, UnitResult] = {}
@@ -635,11 +655,16 @@ class Campaign:
                 self._collect_shrinks(block=False)
                 self._report_progress()
             self._collect_shrinks(block=True)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
             interrupted = True
             raise
         finally:
             executor.shutdown(wait=not interrupted, cancel_futures=True)
+            if interrupted:
+                # Workers would run their streams to the end: stop them now.
+                for child in multiprocessing.active_children():
+                    if child.pid not in children_before:
+                        child.terminate()
             if self._journal is not None:
                 self._append_journal({"type": "elapsed", "elapsed": round(self.elapsed(), 3)})
                 self._journal.close()

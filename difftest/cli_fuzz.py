@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from tabulate import tabulate
@@ -23,7 +26,7 @@ from difftest.campaign import (
 from difftest.cli_base import Context, cli, pass_ctx
 from difftest.corpus import Corpus
 from difftest.cli_run import split_names
-from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
+from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput, Terminated
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE
 from difftest.streams import atomic_write_text
 
@@ -186,7 +189,14 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     campaign = Campaign(config, out_dir, known, workers=workers or os.cpu_count() or 1, budget=budget_s,
                         progress=update, resume=bool(resume), corpus=corpus)
     try:
-        report = campaign.run()
+        with _sigterm_as_interrupt():
+            report = campaign.run()
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        _print_interrupted(campaign, out_dir)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -212,6 +222,32 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     else:
         print_summary(report, out_dir)
     return EXIT_DIVERGENCES if report["summary"]["failing_bugs"] else EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (timeout, CI runners, Slurm) ends the campaign as Ctrl-C does: workers
+    stopped, journal closed, a summary, resumable; then exit 143 (``errors.Terminated``)."""
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_interrupted(campaign: Campaign, out_dir: Path) -> None:
+    """What an interrupted campaign had found, and how to go on (stderr)."""
+    signatures = len(campaign.records)
+    click.echo(f"interrupted after {len(campaign.committed)} streams, {campaign.ops:,} ops: "
+               f"{signatures} signature(s) found so far, kept in {out_dir}", err=True)
+    click.echo(f"go on with: difftest fuzz --resume {out_dir}", err=True)
 
 
 def _campaign_corpus(out_dir: Path) -> str | None:

@@ -76,6 +76,10 @@ def bug_body(report: dict[str, Any], bug: dict[str, Any], run_dir: Any = None) -
     lines = [f"bug {bug.get('head')}: {bug.get('kind')} in {bug.get('backend')}, status {common.bug_status(report, bug)}, "
              f"seen in {bug.get('count')} stream(s)"]
     lines.append("also seen as: " + ", ".join(map(str, members)))
+    if isinstance(report.get("lifecycle"), dict):
+        st = bug_lifecycle(report, bug)
+        lines.append(f"lifecycle: {common.STATUS_TITLES.get(st or '', st)}"
+                     + (" (fixed in an earlier run, back now)" if st == "regressed" else ""))
     if lead is not None:
         lines.append("")
         lines.append(failure_body(report, lead, run_dir).rstrip("\n"))
@@ -96,7 +100,7 @@ def build(report: dict[str, Any], run_dir: Any = None) -> ET.Element:
     else:
         cases = [("bug", b) for b in report.get("bugs") or ()]
     lifecycle = report.get("lifecycle") if isinstance(report.get("lifecycle"), dict) else None
-    fixed = list((lifecycle or {}).get("fixed") or []) if "bugs" not in report else []
+    fixed = list((lifecycle or {}).get("fixed") or [])
     failures = sum(1 for what, c in cases if (common.bug_is_failure(c) if what == "bug" else common.is_failure(report, c)))
     skipped = sum(1 for what, c in cases if (c.get("status") == "known" if what == "bug" else c.get("known")))
     # One passing testcase per backend (it ran, and how it survived): a clean run is not empty.
@@ -132,7 +136,7 @@ def build(report: dict[str, Any], run_dir: Any = None) -> ET.Element:
 
     for what, entry in cases:
         if what == "bug":
-            _bug_case(suite, report, entry, run_dir)
+            _bug_case(suite, report, entry, lifecycle, run_dir)
         else:
             _signature_case(suite, report, entry, lifecycle, run_dir)
     for item in fixed:
@@ -151,12 +155,22 @@ def build(report: dict[str, Any], run_dir: Any = None) -> ET.Element:
     return root
 
 
-def _bug_case(suite: ET.Element, report: dict[str, Any], bug: dict[str, Any], run_dir: Any) -> None:
+def bug_lifecycle(report: dict[str, Any], bug: dict[str, Any]) -> str | None:
+    """The most urgent ``--compare`` status among a bug's signatures (regressed first)."""
+    from difftest.lifecycle import ORDER
+
+    statuses = [common.status(report, {"signature": m, "known": bug.get("known")}) for m in bug.get("members") or ()]
+    return min(statuses, key=lambda st: ORDER.get(st, 9)) if statuses else None
+
+
+def _bug_case(suite: ET.Element, report: dict[str, Any], bug: dict[str, Any], lifecycle: Any, run_dir: Any) -> None:
     st = common.bug_status(report, bug)
     case = _el(suite, "testcase", classname=f"difftest.{bug.get('kind')}.{bug.get('backend')}",
                name=str(bug.get("head", "")), time="0")
     cprops = _el(case, "properties")
     _el(cprops, "property", name="status", value=st)
+    if lifecycle:
+        _el(cprops, "property", name="lifecycle", value=str(bug_lifecycle(report, bug)))
     for m in bug.get("members") or ():
         _el(cprops, "property", name="signature", value=str(m))
     if common.bug_is_failure(bug):

@@ -58,25 +58,13 @@ class LosesModOnRemove(Arm32Refcount):
             self.pmap_clear_modify(pa)
 
 
-class TwoBugs(Arm32Refcount):
+class TwoBugs(WrongPaOnReplace, LosesModOnRemove):
     """Two independent bugs: a replace with a new PA maps the page after it, and
-    pmap_remove forgets the MOD bit of the pages it unmaps."""
+    pmap_remove forgets the MOD bit of the pages it unmaps (both parents' overrides)."""
 
     name = "bug-two"
     description = "test-only: a replace maps pa + 4 KiB, and remove clears MOD"
     run_by_default = False
-
-    def pmap_enter(self, pmap, va, pa, prot, access, wired, canfail):
-        old = self.walk(pmap, va)
-        if old is not None and old.pa != pa:
-            pa += PAGE_SIZE
-        return super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
-
-    def pmap_remove(self, pmap, sva, eva):
-        pages = [t.pa for _, t in self.walk_range(pmap, sva, eva)]
-        super().pmap_remove(pmap, sva, eva)
-        for pa in pages:
-            self.pmap_clear_modify(pa)
 
 
 class UnwireKeepsCount(Arm32Refcount):
