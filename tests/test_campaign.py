@@ -170,19 +170,25 @@ def test_two_shards_merged_equal_the_unsharded_run(tmp_path):
     assert comparable(report_of(tmp_path, "m")) == comparable(report_of(tmp_path, "whole"))
 
 
-def test_killed_campaign_resumes_without_losing_or_duplicating(tmp_path):
-    args = ["--streams", "24", "--ops-per-stream", "600", "--seed", "13", "--workers", "1",
-            "--shrink-budget", "5", "--baseline", str(tmp_path / "empty.toml")]
+def _uninterrupted(tmp_path: Path, streams: int, workers: int, shrink_budget: str) -> list[str]:
+    """Run the campaign to be interrupted once whole (into ``whole``); return its args."""
+    args = ["--streams", str(streams), "--ops-per-stream", "600", "--seed", "13", "--workers", str(workers),
+            "--shrink-budget", shrink_budget, "--baseline", str(tmp_path / "empty.toml")]
     (tmp_path / "empty.toml").write_text("")
     whole = fuzz(tmp_path, *args, out="whole")
     assert whole.returncode == 1, whole.stderr
+    return args
 
+
+def _start(tmp_path: Path, out: Path, args: list[str], **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out), *args],
+                            env=clean_env(), cwd=tmp_path, **popen)
+
+
+def test_killed_campaign_resumes_without_losing_or_duplicating(tmp_path):
+    args = _uninterrupted(tmp_path, 24, 1, "5")
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out), *args],
-        env=clean_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _start(tmp_path, out, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = out / "journal.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -240,15 +246,9 @@ def _wait_gone(pids: set[int], limit: float = 60) -> set[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_sigterm_ends_the_campaign_cleanly_and_resume_completes_it(tmp_path):
-    args = ["--streams", "16", "--ops-per-stream", "600", "--seed", "13", "--workers", "2",
-            "--shrink-budget", "3", "--baseline", str(tmp_path / "empty.toml")]
-    (tmp_path / "empty.toml").write_text("")
-    whole = fuzz(tmp_path, *args, out="whole")
-    assert whole.returncode == 1, whole.stderr
-
+    args = _uninterrupted(tmp_path, 16, 2, "3")
     out = tmp_path / "termed"
-    proc = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out), *args],
-                            env=clean_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start(tmp_path, out, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_streams(out / "journal.jsonl", 3, proc)
     workers = _children(proc.pid)
     assert workers, "no worker processes to check"
@@ -268,9 +268,8 @@ def test_sigterm_ends_the_campaign_cleanly_and_resume_completes_it(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_workers_exit_when_the_campaign_is_killed(tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out),
-                             "--streams", "40", "--ops-per-stream", "3000", "--workers", "2", "--seed", "5"],
-                            env=clean_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _start(tmp_path, out, ["--streams", "40", "--ops-per-stream", "3000", "--workers", "2", "--seed", "5"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_streams(out / "journal.jsonl", 1, proc)
     workers = _children(proc.pid)
     assert workers and proc.poll() is None
