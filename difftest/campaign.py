@@ -485,7 +485,8 @@ class Campaign:
         atomic_write_text(self.out / "campaign.json", json.dumps(
             {"format": CAMPAIGN_FORMAT, "config": self.config.to_json(),
              "known": [asdict(k) for k in self.known], "version": __version__,
-             "corpus": str(self.corpus.path) if self.corpus is not None else None}, indent=2))
+             "corpus": str(self.corpus.path) if self.corpus is not None else None,
+             "budget": self.budget}, indent=2))
 
     def _load_state(self, repair: bool = True) -> None:
         journal = self.out / JOURNAL
@@ -789,8 +790,11 @@ class Campaign:
         if self.progress is None:
             return
         new = sum(1 for r in self.records.values() if match_known(r.signature, self.known) is None)
+        kinds = Counter(r.first.get("kind") for r in self.records.values())
         self.progress({"streams": len(self.committed), "ops": self.ops, "elapsed": self.elapsed(),
-                       "new": new, "known": len(self.records) - new})
+                       "new": new, "known": len(self.records) - new, "crashes": kinds["crash"],
+                       "hangs": kinds["hang"], "last_new": self.timeline[-1][0] if self.timeline else None,
+                       "budget": self.budget})
 
     # -- the report ----------------------------------------------------------------------------------
 

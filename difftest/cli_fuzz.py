@@ -15,6 +15,7 @@ import click
 from tabulate import tabulate
 
 from difftest.campaign import (
+    JOURNAL,
     Campaign,
     CampaignConfig,
     load_baseline,
@@ -26,7 +27,7 @@ from difftest.campaign import (
 from difftest.cli_base import Context, cli, pass_ctx
 from difftest.corpus import Corpus
 from difftest.cli_run import split_names
-from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput, Terminated
+from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput, NothingToRun, Terminated
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE
 from difftest.streams import atomic_write_text
 
@@ -74,8 +75,32 @@ def survival_lines(report: dict) -> list[str]:
     return lines
 
 
-def _progress_bar(enabled: bool, total: int | None):
-    """A tqdm bar on stderr (streams, ops/s, new/known), or None."""
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def progress_text(state: dict) -> str:
+    """The bar's words: ops/s (one unit, always), finds, crashes and hangs, the time since the
+    last new signature; with a budget, elapsed of budget and the time left."""
+    elapsed = state["elapsed"]
+    rate = state["ops"] / elapsed if elapsed > 0 else 0.0
+    last = state.get("last_new")
+    parts = [f"{rate:,.0f} ops/s, new {state['new']}, known {state['known']}",
+             f"crashes {state.get('crashes', 0)}, hangs {state.get('hangs', 0)}",
+             f"last new find {_clock(elapsed - last)} ago" if last is not None else "no find yet"]
+    budget = state.get("budget")
+    if budget:
+        parts.insert(0, f"{state['streams']} streams, {_clock(elapsed)} of {_clock(budget)}, "
+                        f"ETA {_clock(budget - elapsed)}")
+    return "; ".join(parts)
+
+
+def _progress_bar(enabled: bool, total: int | None, budget: float | None = None):
+    """A tqdm bar on stderr, or None: over streams with --streams, over the time budget
+    otherwise.  The rate is printed by us in ops/s (tqdm's own would flip between
+    stream/s and s/stream)."""
     if not enabled:
         return None, None
     from tqdm import tqdm
@@ -84,14 +109,17 @@ def _progress_bar(enabled: bool, total: int | None):
         sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
     except OSError:
         sized = False
+    by_time = total is None and budget is not None
+    fmt = ("{l_bar}{bar}| {postfix}" if by_time
+           else "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
     # A terminal that reports no size (a bare pseudo-terminal) would get a zero-width bar.
-    bar = tqdm(total=total, unit="stream", file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
+    bar = tqdm(total=int(budget) if by_time else total, file=sys.stderr, dynamic_ncols=sized,
+               ncols=None if sized else 100, nrows=None if sized else 24, bar_format=fmt,
                leave=False, colour=None if os.environ.get("NO_COLOR") else "green")
 
     def update(state: dict) -> None:
-        bar.n = state["streams"]
-        rate = state["ops"] / state["elapsed"] if state["elapsed"] > 0 else 0.0
-        bar.set_postfix_str(f"{rate:,.0f} ops/s, new {state['new']}, known {state['known']}", refresh=False)
+        bar.n = min(int(state["elapsed"]), int(budget)) if by_time else state["streams"]
+        bar.set_postfix_str(progress_text(state), refresh=False)
         bar.refresh()
 
     return bar, update
@@ -147,6 +175,11 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         if not (out_dir / "campaign.json").exists():
             raise BadInput(f"--resume {resume}: no campaign.json there")
         config, known = read_campaign_meta(out_dir)
+        _refuse_conflicts(config, resume, backends=split_names(backends) or None, reference=reference, seed=seed,
+                          generator=generator, ops_per_stream=ops_per_stream, phys_pages=phys_pages,
+                          streams=n_streams, stream_timeout=stream_timeout, shrink_budget=shrink_budget,
+                          checkpoint_every=checkpoint_every, invariants=invariants)
+        budget = _resumed_budget(config, out_dir, budget, as_json)
     else:
         names = split_names(backends) or registry.default_backends()
         if not names:
@@ -159,6 +192,9 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         ref = reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else names[0])
         if ref not in names:
             raise BadInput(f"reference {ref!r} is not among the backends ({', '.join(names)})")
+        if reference is None and ref != DEFAULT_REFERENCE and not as_json:
+            click.echo(f"reference {ref}: {DEFAULT_REFERENCE} is not among the backends (choose one with "
+                       f"--reference)", err=True)
         if seed is None:
             seed = int(time.time())
         shard_index, shard_count = parse_shard(shard)
@@ -177,7 +213,7 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     show = not (as_json or no_progress) and sys.stderr.isatty()
     if not as_json:
         click.echo(f"campaign seed {config.seed} -> {out_dir}", err=True)
-    bar, update = _progress_bar(show, config.streams)
+    bar, update = _progress_bar(show, config.streams, budget_s)
     before = None
     if previous is not None:
         from difftest.cli_report import load_report
@@ -186,11 +222,16 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     if resume and corpus_dir is None:
         corpus_dir = _campaign_corpus(out_dir)
     corpus = Corpus.open(corpus_dir) if corpus_dir else None
-    campaign = Campaign(config, out_dir, known, workers=workers or os.cpu_count() or 1, budget=budget_s,
-                        progress=update, resume=bool(resume), corpus=corpus)
+    fresh = not resume and not out_dir.exists()
     try:
+        campaign = Campaign(config, out_dir, known, workers=workers or os.cpu_count() or 1, budget=budget_s,
+                            progress=update, resume=bool(resume), corpus=corpus)
         with _sigterm_as_interrupt():
             report = campaign.run()
+    except (BadInput, NothingToRun):
+        if fresh:
+            _remove_failed_start(out_dir, default_parent=out is None)
+        raise
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -248,6 +289,66 @@ def _print_interrupted(campaign: Campaign, out_dir: Path) -> None:
     click.echo(f"interrupted after {len(campaign.committed)} streams, {campaign.ops:,} ops: "
                f"{signatures} signature(s) found so far, kept in {out_dir}", err=True)
     click.echo(f"go on with: difftest fuzz --resume {out_dir}", err=True)
+
+
+RESUME_FIXED = {"backends": "--backends", "reference": "--reference", "seed": "--seed", "generator": "--generator",
+                "ops_per_stream": "--ops-per-stream", "phys_pages": "--phys-pages", "streams": "--streams",
+                "stream_timeout": "--stream-timeout", "shrink_budget": "--shrink-budget",
+                "checkpoint_every": "--checkpoint-every", "invariants": "--invariants"}
+
+
+def _refuse_conflicts(config: CampaignConfig, resume: str, **given: Any) -> None:
+    """--resume goes on with the campaign as it was defined: an option given on the command
+    line that says otherwise is refused (it would be another campaign), never ignored."""
+    ctx = click.get_current_context()
+    for name, flag in RESUME_FIXED.items():
+        value = given[name]
+        param = "n_streams" if name == "streams" else name
+        explicit = ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE
+        if not explicit or value is None:
+            continue
+        have = list(config.backends) if name == "backends" else getattr(config, name)
+        if value != have:
+            shown = ",".join(have) if name == "backends" else have
+            raise BadInput(f"--resume {resume}: the campaign has {flag} {shown}; {flag} "
+                           f"{','.join(value) if name == 'backends' else value} would make another campaign "
+                           f"(start it with --out DIR)")
+
+
+def _resumed_budget(config: CampaignConfig, out_dir: Path, budget: str | None, quiet: bool) -> str | None:
+    """The budget of a resumed campaign: its own (over every --resume), or --budget, said so."""
+    meta_path = out_dir / "campaign.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    stored = meta.get("budget")
+    if config.streams is not None:
+        if budget is not None:
+            raise BadInput(f"--resume {out_dir}: the campaign runs exactly {config.streams} streams; "
+                           f"--budget does not apply to it")
+        return None
+    if budget is None:
+        return f"{stored}s" if stored else DEFAULT_BUDGET
+    new = parse_duration(budget)
+    if new != stored:
+        if not quiet:
+            was = f" (it was {stored:g} s)" if stored else ""
+            click.echo(f"--budget {budget}: the campaign's budget is now {new:g} s in all, over every --resume{was}",
+                       err=True)
+        atomic_write_text(meta_path, json.dumps({**meta, "budget": new}, indent=2))
+    return budget
+
+
+def _remove_failed_start(out_dir: Path, default_parent: bool) -> None:
+    """A campaign that failed to start (exit 2 or 5) leaves no directory behind, unless a
+    stream was committed (then it can be resumed)."""
+    import shutil
+
+    journal = out_dir / JOURNAL
+    if journal.exists() and any('"k"' in line for line in journal.read_text(encoding="utf-8").splitlines()):
+        return
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if default_parent:
+        with contextlib.suppress(OSError):
+            out_dir.parent.rmdir()  # difftest-out/, when it held only this run
 
 
 def _campaign_corpus(out_dir: Path) -> str | None:

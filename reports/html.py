@@ -106,6 +106,9 @@ def _divergence(report: dict[str, Any], entry: dict[str, Any], i: int, registry:
                                                       limit=OP_TABLE_ROWS)
         return item
     marks = {d.op_index for d in traced.divergences if d.signature == entry.get("signature") and d.op_index >= 0}
+    if entry.get("class") == "out-of-memory" and entry.get("backend") in traced.died:
+        # Not a harness divergence: the finding is the backend dying where the reference lives.
+        marks.add(traced.died[entry["backend"]])
     svg, note = _safe_plot(plots.frames_plot, traced, f"r{i}",
                            "the reproducer: PT + L1 frames held (solid) and needed (dashed); dotted: the divergence",
                            sorted(marks))

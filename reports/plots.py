@@ -128,8 +128,8 @@ def frames_plot(traced: Any, name: str, title: str, marks: Sequence[int] = ()) -
         y = traced.held[b][-1]
         top.plot([at], [y], marker="X", ms=11, color=colors[i % len(colors)], mec="black", mew=0.8, ls="none",
                  zorder=5, label=label(f"{b} out of memory (op {at})"))
-        top.annotate(label(f"{b}: out of memory at op {at}"), (at, y), textcoords="offset points", xytext=(-6, 8),
-                     ha="right", fontsize=8, color="#922b21")
+        top.annotate(label(f"{b}: out of memory at op {at}"), (at, y), textcoords="offset points", xytext=(10, -3),
+                     ha="left", va="top", fontsize=8, color="#922b21")
     top.set_ylabel("frames")
     bottom.set_ylabel("held − needed")
     bottom.set_xlabel("after op" if short else "op index")
