@@ -6,8 +6,8 @@ or machines.  Results are committed strictly in k order (a reorder buffer), so t
 hit of a signature, its reproducer and the report do not depend on the number of workers.
 
 Everything found is on disk as soon as it is committed (``OUT/journal.jsonl``, appended
-line by line, and ``OUT/divergences/*.json`` and ``OUT/corpus/*.json``, written then
-renamed); ``--resume OUT`` reads them back and goes on at the first uncommitted stream.
+line by line, and ``OUT/divergences/*.json``, ``OUT/corpus/*.record.json`` and the
+reproducers ``OUT/corpus/*.stream.json``, written then renamed); ``--resume OUT`` reads them back and goes on at the first uncommitted stream.
 
 Workers run through a ``concurrent.futures.Executor`` made by an *executor factory*
 (a local process pool by default; a cluster's executor plugs in the same way).  Each task

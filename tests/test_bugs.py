@@ -195,3 +195,64 @@ def test_a_backend_that_runs_out_of_memory_where_the_reference_survives(tmp_path
     assert bug["head"] == LEAK_HEAD and bug["status"] == "known" and ooms[0]["signature"] in bug["members"]
     assert "survival: arm32-leaky: out of memory in" in proc.stdout
     assert "survival: alpha-ref: survived all 2 streams" in proc.stdout
+
+
+# -- paper cuts of a nightly -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_clean_run_files_respect_the_umask_and_junit_is_not_empty(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from cliutil import CONSOLE_SCRIPT
+
+    out = tmp_path / "clean"
+    proc = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--backends",
+                           "alpha-ref,arm32-refcount", "--streams", "1", "--ops-per-stream", "100", "--workers", "1",
+                           "--out", str(out), "--report", "junit", "--report", "html", "--report", "text"],
+                          env=clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: os.umask(0o022))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("report.json", "report.html", "report.xml", "report.txt", "campaign.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+    suite = ET.parse(out / "report.xml").getroot().find("testsuite")
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["alpha-ref", "arm32-refcount"] and suite.get("failures") == "0"
+    assert "survived all 1 streams" in cases[0].find("system-out").text
+
+
+@pytest.mark.slow
+def test_failed_starts_resume_conflicts_and_the_reference_are_said(tmp_path):
+    # a budget too small to run one stream: exit 5, and no directory left behind
+    tiny = run_difftest("fuzz", "--no-progress", "--budget", "0.001s", env=clean_env(), cwd=tmp_path)
+    assert tiny.returncode == 5 and not (tmp_path / "difftest-out").exists()
+    # alpha-ref not listed: the reference it falls back to is announced
+    run = run_difftest("fuzz", "--no-progress", "--backends", "arm32-refcount,arm32-leaky", "--streams", "1",
+                       "--ops-per-stream", "100", "--workers", "1", "--out", str(tmp_path / "r"),
+                       env=clean_env(), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "reference arm32-refcount: alpha-ref is not among the backends" in run.stderr
+    # --resume with options that would make another campaign: refused, one line, exit 2
+    for extra, needle in ((["--backends", "alpha-ref"], "--backends"), (["--seed", "99"], "--seed"),
+                          (["--budget", "5s"], "exactly 1 streams")):
+        proc = run_difftest("fuzz", "--no-progress", "--resume", str(tmp_path / "r"), *extra, env=clean_env(),
+                            cwd=tmp_path)
+        assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    # shrink takes durations like fuzz
+    bad = run_difftest("shrink", "x.json", "-o", "y.json", "--budget", "5x", env=clean_env(), cwd=tmp_path)
+    assert bad.returncode == 2 and "5x" in bad.stderr
+
+
+def test_progress_words():
+    from difftest.cli_fuzz import progress_text
+
+    state = {"streams": 12, "ops": 24000, "elapsed": 80.0, "new": 1, "known": 2, "crashes": 1, "hangs": 0,
+             "last_new": 50.0, "budget": 300.0}
+    assert progress_text(state) == ("12 streams, 01:20 of 05:00, ETA 03:40; 300 ops/s, new 1, known 2; "
+                                    "crashes 1, hangs 0; last new find 00:30 ago")
+    # with --streams (no budget) the bar counts streams itself; a slow rate keeps its unit
+    slow = dict(state, budget=None, ops=3, last_new=None)
+    assert progress_text(slow) == "0 ops/s, new 1, known 2; crashes 1, hangs 0; no find yet"
