@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -364,7 +365,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
     t = report.get("timing", {})
     click.echo(f"{report['streams']} streams, {report['ops']:,} ops in {t.get('elapsed', 0):.1f} s "
                f"({t.get('ops_per_second') or 0:,.0f} ops/s, {t.get('workers')} workers)")
-    click.echo(f"backends {', '.join(report['backends'])}; reference {report['reference']}")
+    click.echo(textwrap.fill(f"backends {', '.join(report['backends'])}; reference {report['reference']}",
+                             SUMMARY_WIDTH, subsequent_indent="  ", break_on_hyphens=False))
     summary = report["summary"]
     bugs = report.get("bugs", [])
     if bugs:

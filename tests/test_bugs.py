@@ -124,12 +124,15 @@ def test_three_nights_on_one_corpus_new_fixed_regressed(tmp_path):
 
     # Night 2: the same backend name, fixed (another plugin module), and a seed whose random
     # streams say nothing: the bug is fixed because its reproducer ran clean.
-    night2 = fuzz(tmp_path, *common, "--seed", "2", "--out", str(tmp_path / "n2"), plugin="fixed_backends")
+    night2 = fuzz(tmp_path, *common, "--seed", "2", "--out", str(tmp_path / "n2"), "--compare", str(tmp_path / "n1"),
+                  plugin="fixed_backends")
     assert night2.returncode == 0, night2.stdout + night2.stderr
     r2 = json.loads((tmp_path / "n2" / "report.json").read_text())
     assert [(b["head"], b["status"]) for b in r2["bugs"]] == [(bug["head"], "fixed")]
     assert r2["corpus"] == {"path": str(corpus), "entries": 1, "replayed": 1, "diverged": 0, "not_run": [], "added": 0}
     assert r2["summary"]["fixed_bugs"] == 1 and r2["divergences"] == []
+    # fuzz --compare: the signature lifecycle on top, in the report it writes
+    assert [f["signature"] for f in r2["lifecycle"]["fixed"]] == bug["members"]
     record = json.loads(next(corpus.glob("*.record.json")).read_text())
     assert record["status"] == "fixed"
 
