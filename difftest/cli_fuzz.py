@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tabulate import tabulate
 
 from difftest.campaign import (
     JOURNAL,
@@ -44,24 +43,21 @@ def _clip(text: str, width: int) -> str:
 
 def summary_table(report: dict, width: int = SUMMARY_WIDTH) -> str:
     """One row per bug (status, backend, head, signatures, streams, reproducer ops), within
-    ``width`` columns: the head is clipped, the signatures and paths are in the report."""
-    rows = []
-    for b in report.get("bugs", []):
-        rows.append([b["status"], b["backend"], b["head"], len(b["members"]), b["count"],
-                     b.get("reproducer_ops") if b.get("reproducer_ops") is not None else "-"])
+    ``width`` columns: columns two spaces apart, the head clipped only when it must be (the
+    signatures and paths are in the report)."""
     headers = ["status", "backend", "bug (head)", "sigs", "streams", "ops"]
-    heads = [str(r[2]) for r in rows]
-    for r in rows:
-        r[1] = _clip(str(r[1]), 18)
-    head_w = max((len(h) for h in heads), default=0)
-    while True:
-        for r, h in zip(rows, heads):
-            r[2] = _clip(h, head_w)
-        text = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
-        over = max((len(line) for line in text.splitlines()), default=0) - width
-        if over <= 0 or head_w <= 20:
-            return text
-        head_w = max(20, head_w - over)
+    rows = [[str(b["status"]), _clip(str(b["backend"]), 18), str(b["head"]), str(len(b["members"])), str(b["count"]),
+             str(b["reproducer_ops"]) if b.get("reproducer_ops") is not None else "-"]
+            for b in report.get("bugs", [])]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    widths[2] = max(20, min(widths[2], width - (sum(widths) - widths[2]) - 2 * (len(headers) - 1)))
+    right = {3, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        out = [(c.rjust(w) if i in right else _clip(c, w).ljust(w)) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
 def survival_lines(report: dict) -> list[str]:
