@@ -620,7 +620,7 @@ class Importer:
 
     # -- processes ---------------------------------------------------------------------------------
 
-    def proc(self, pid: int, line: int) -> Proc:
+    def proc(self, pid: int) -> Proc:
         p = self.procs.get(pid)
         if p is not None:
             return p
@@ -711,11 +711,11 @@ class Importer:
         if known is None:
             self.unknown_fds += 1
             return f"fd {fd} of process {p.pid}", ("fd", p.pid, fd)
-        path, cut = known
+        path, _ = known
         return path, ("file", path)
 
     def call(self, c: Call) -> None:
-        p = self.proc(c.pid, c.line)
+        p = self.proc(c.pid)
         self.event += 1
         p.space.active = self.event
         self.current = p.space
