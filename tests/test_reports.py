@@ -302,7 +302,7 @@ def test_junit_report(runs):
             assert all(m in body for m in b["members"])
             lead = entries[b["reproducer_signature"]]
             assert lead["reproducer_path"] in body
-            ops = [line for line in body.splitlines() if re.match(r"^[ >] \d+  \w+\(", line)]
+            ops = [line for line in body.splitlines() if re.match(r"^[ >] +\d+  \w+\(", line)]
             assert len(ops) == lead["reproducer_ops"]
     props = {p.get("name"): p.get("value") for p in suite.find("properties")}
     assert props["seed"] == "5" and props["tool_version"] == runs.report["tool"]["version"]
