@@ -37,6 +37,10 @@ def _dict(v: Any) -> bool:
     return isinstance(v, dict)
 
 
+def _map_of(check: Check) -> Check:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and check(x) for k, x in v.items())
+
+
 def _list_of(check: Check) -> Check:
     return lambda v: isinstance(v, list) and all(check(x) for x in v)
 
@@ -63,8 +67,27 @@ FIRST_HIT: dict[str, Check] = {"elapsed": _num, "streams": _int(), "signature": 
 ENTRY: dict[str, Check] = {
     "op_kind": _str, "field": _str, "class": _str, "known_reason": _or_none(_str), "count": _int(),
     "events": _int(), "first": _dict, "reproducer_ops": _or_none(_int()), "reproducer_path": _or_none(_str),
-    "shrink_note": _or_none(_str), "reproducer_ref": _or_none(_dict),
+    "shrink_note": _or_none(_str), "reproducer_ref": _or_none(_dict), "bug": _str,
 }
+REPRODUCER_REF: dict[str, Check] = {"stream": _str, "start": _int(), "end": _int()}
+BUG: dict[str, Check] = {
+    "head": _str, "head_signature": _str, "backend": _str, "kind": _str, "members": _list_of(_str),
+    "count": _int(), "events": _int(), "known": _bool, "known_reason": _or_none(_str), "status": _str,
+    "reproducer_ops": _or_none(_int()), "reproducer_path": _or_none(_str),
+    "reproducer_signature": _or_none(_str),
+}
+SURVIVAL: dict[str, Check] = {"streams": _int(), "out_of_memory": _int(), "first_out_of_memory_op": _or_none(_int())}
+CORPUS: dict[str, Check] = {"path": _str, "entries": _int(), "replayed": _int(), "diverged": _int(),
+                            "added": _int()}
+NOT_RUN: dict[str, Check] = {"head": _str, "backend": _str}
+LIFECYCLE: dict[str, Check] = {
+    "format": _str, "previous": _dict, "status": _map_of(_str), "counts": _map_of(_int()),
+    "new": _list_of(_str), "regressed": _list_of(_str), "open": _list_of(_str), "known": _list_of(_str),
+}
+PREVIOUS: dict[str, Check] = {"path": _str, "seed": _or_none(SEED), "streams": _or_none(_int()),
+                              "ops": _or_none(_int()), "signatures": _int()}
+FIXED: dict[str, Check] = {"signature": _str, "kind": _or_none(_str), "backend": _or_none(_str), "known": _bool,
+                           "since": _str}
 FIRST: dict[str, Check] = {
     "signature": _str, "kind": _str, "backend": _str, "op_index": ANY_INT, "op": _str, "op_kind": _str,
     "field": _str, "class": _str, "message": _str, "location": _or_none(_str), "attribution": _or_none(_str),
@@ -100,6 +123,10 @@ def _entry_problem(e: dict[str, Any], where: str) -> str | None:
     problem = _fields(e, ENTRY, where)
     if problem:
         return problem
+    if e.get("reproducer_ref") is not None:
+        problem = _fields(e["reproducer_ref"], REPRODUCER_REF, f"{where}.reproducer_ref")
+        if problem:
+            return problem
     if "first" in e:
         problem = _fields(e["first"], FIRST, f"{where}.first")
         if problem:
@@ -108,14 +135,7 @@ def _entry_problem(e: dict[str, Any], where: str) -> str | None:
         problem = _fields(e["first_stream"], FIRST_STREAM, f"{where}.first_stream")
         if problem:
             return problem
-    if e.get("reproducer") is not None:
-        from difftest.streams import stream_from_json
-
-        try:
-            stream_from_json(e["reproducer"])
-        except StreamError as exc:
-            return f"{where}.reproducer is not a stream ({short(str(exc), 80)})"
-    return None
+    return _stream_problem(e.get("reproducer"), f"{where}.reproducer")
 
 
 def nested_problem(doc: dict[str, Any]) -> str | None:
@@ -140,4 +160,54 @@ def nested_problem(doc: dict[str, Any]) -> str | None:
         problem = _entry_problem(e, f"divergences[{i}]")
         if problem:
             return problem
+    for problem in _campaign_extras(doc):
+        if problem:
+            return problem
     return None
+
+
+def _stream_problem(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    from difftest.streams import stream_from_json
+
+    try:
+        stream_from_json(value)
+    except StreamError as exc:
+        return f"{where} is not a stream ({short(str(exc), 80)})"
+    return None
+
+
+def _campaign_extras(doc: dict[str, Any]):
+    """Problems (or None) in bugs, survival, corpus, lifecycle, allowed and stopped."""
+    if "bugs" in doc:
+        yield _objects(doc["bugs"], BUG, "bugs")
+        for i, bug in enumerate(doc["bugs"]):
+            if bug.get("first_stream") is not None:
+                yield _fields(bug["first_stream"], FIRST_STREAM, f"bugs[{i}].first_stream")
+            yield _stream_problem(bug.get("reproducer"), f"bugs[{i}].reproducer")
+    if "survival" in doc:
+        survival = doc["survival"]
+        if not isinstance(survival, dict):
+            yield "survival is not an object"
+            return
+        for name, entry in survival.items():
+            yield _fields(entry, SURVIVAL, f"survival.{name}")
+    if "corpus" in doc:
+        yield _fields(doc["corpus"], CORPUS, "corpus")
+        if isinstance(doc["corpus"], dict) and "not_run" in doc["corpus"]:
+            yield _objects(doc["corpus"]["not_run"], NOT_RUN, "corpus.not_run")
+    if "lifecycle" in doc:
+        lc = doc["lifecycle"]
+        yield _fields(lc, LIFECYCLE, "lifecycle")
+        if isinstance(lc, dict):
+            if "previous" in lc:
+                yield _fields(lc["previous"], PREVIOUS, "lifecycle.previous")
+            if "fixed" in lc:
+                yield _objects(lc["fixed"], FIXED, "lifecycle.fixed")
+            if "no_longer_seen" in lc:
+                yield _objects(lc["no_longer_seen"], GONE, "lifecycle.no_longer_seen")
+    if "allowed" in doc and not _map_of(_map_of(_int()))(doc["allowed"]):
+        yield "allowed is not a map of backends to counts"
+    if "stopped" in doc and not _map_of(_str)(doc["stopped"]):
+        yield "stopped is not a map of backends to reasons"

@@ -299,7 +299,7 @@ def test_one_nesting_limit_in_validate_replay_and_shrink(tmp_path):
 @pytest.mark.parametrize("damage, words", [
     (lambda d: (d / "journal.jsonl").write_text('{"k": 0}\n'), "journal.jsonl:1: record lacks"),
     (lambda d: (d / "journal.jsonl").write_bytes(b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
-    (lambda d: (d / "corpus" / "junk.json").write_text("{garbage"), "junk.json: not a corpus record"),
+    (lambda d: (d / "corpus" / "junk.record.json").write_text("{garbage"), "junk.record.json: not a corpus record"),
 ])
 def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, damage, words):
     proc = builtin_campaign(tmp_path, "out", "--streams", "1")
