@@ -825,7 +825,7 @@ class Campaign:
         exhausted = False
         interrupted = False
         try:
-            self._replay_corpus(executor)
+            executor = self._replay_corpus(executor)
             # Signatures found before a kill whose reproducer was not written: shrink again.
             for rec in sorted(self.records.values(), key=lambda r: r.first_k):
                 if rec.reproducer is None:
@@ -898,21 +898,41 @@ class Campaign:
             report["corpus"] = self.corpus.summary()
         return report
 
-    def _replay_corpus(self, executor: cf.Executor) -> None:
-        """Replay the corpus's reproducers first (those not replayed before a --resume)."""
+    def _replay_corpus(self, executor: cf.Executor) -> cf.Executor:
+        """Replay the corpus's reproducers first (those not replayed before a --resume),
+        under the watchdog.  Returns the executor to go on with (a fresh one after a
+        worker died or hung: the entries then in flight are replayed again one by one)."""
         if self.corpus is None:
-            return
+            return executor
         todo = [e for e in self.corpus.runnable(self.config.backends) if e.name not in self.corpus_runs]
-        futures = {executor.submit(replay_corpus_entry, CorpusTask(self.config, e.stream, e.backend)): e for e in todo}
-        for fut in cf.as_completed(futures):
-            entry = futures[fut]
-            try:
-                outcome = fut.result()
-            except BrokenProcessPool:
+        pending = {executor.submit(replay_corpus_entry, CorpusTask(self.config, e.stream, e.backend)): e
+                   for e in todo}
+        broken = []
+        while pending:
+            finished, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            self._enforce_deadlines(executor, dict.fromkeys(pending, 0))
+            for fut in finished:
+                entry = pending.pop(fut)
+                try:
+                    self._record_corpus_run(entry.name, fut.result())
+                except BrokenProcessPool:
+                    broken.append(entry)
+        if not broken:
+            return executor
+        executor.shutdown(wait=False, cancel_futures=True)
+        for entry in broken:
+            task = CorpusTask(self.config, entry.stream, entry.backend)
+            outcome, fate = run_alone(self.executor_factory, task, replay_corpus_entry, self._limits[2])
+            if fate != "ok":
                 outcome = {"diverged": True, "signatures": [], "head_signature": None,
-                           "note": "the worker died replaying it"}
-            self.corpus_runs[entry.name] = outcome
-            self._append_journal({"type": "corpus", "entry": entry.name, "outcome": outcome})
+                           "note": f"the worker {'hung' if fate == 'hung' else 'died'} replaying it"}
+            self._record_corpus_run(entry.name, outcome)
+        self._watchdog.forget()
+        return self.executor_factory(self.workers)
+
+    def _record_corpus_run(self, name: str, outcome: dict[str, Any]) -> None:
+        self.corpus_runs[name] = outcome
+        self._append_journal({"type": "corpus", "entry": name, "outcome": outcome})
 
     def _submit_shrink(self, executor: cf.Executor, rec: SignatureRecord) -> None:
         if self.config.shrink_budget <= 0:

@@ -24,6 +24,8 @@ from cliutil import CONSOLE_SCRIPT, clean_env, run_difftest
 from difftest.ops import Create, Enter, IsModified, Protect, Remove
 from difftest.streams import Stream, dumps
 
+pytestmark = pytest.mark.slow
+
 PLUGINS = Path(__file__).parent / "plugins"
 LEAK = "resource:arm32-leaky:remove:pt_frames:pt-frames-held>needed"
 PROT_RW = 3
@@ -459,3 +461,15 @@ def test_a_bad_enter_result_is_one_divergence_not_a_cascade(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     mine = [e["signature"] for e in report_of(tmp_path)["divergences"] if e["backend"] == "mis-none-enter"]
     assert mine == ["result:mis-none-enter:enter:result:bad-enter-result"]
+
+
+def test_a_corpus_reproducer_that_hangs_its_worker_is_bounded_too(tmp_path):
+    corpus = str(tmp_path / "corpus")
+    first = campaign(tmp_path, "mis-noalarm", "--corpus", corpus, n_streams=1, out="r1")
+    assert first.returncode == 1, first.stdout + first.stderr
+    # the next night replays the corpus first: the hanging backend's reproducer among it
+    again = campaign(tmp_path, "mis-noalarm", "--corpus", corpus, n_streams=1, out="r2", timeout=90)
+    assert again.returncode == 1, again.stdout + again.stderr
+    report = report_of(tmp_path, "r2")
+    assert report["streams"] == 1 and report["corpus"]["replayed"] >= 2
+    assert_culprit_and_leak(report, "mis-noalarm", kind="hang")
