@@ -61,7 +61,7 @@ class CampaignConfig:
     shrink_budget: float = 10.0
     checkpoint_every: int = 1000
     plugins: tuple[str, ...] = ()
-    invariants: str = "per-op"  # or "checkpoint"
+    invariants: str = "auto"  # or "per-op", "checkpoint" (Harness: fast path, precise path, neither)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -221,7 +221,8 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
         reference = config.reference if config.reference in names else names[0]
         harness = Harness.from_registry(host.registry, names, reference,
                                         checkpoint_every=config.checkpoint_every,
-                                        invariants_per_op=config.invariants == "per-op")
+                                        invariants_per_op=config.invariants == "per-op",
+                                        fast=config.invariants == "auto")
         gen = host.registry.generators.get(config.generator)
         if gen is None:
             raise BadInput(f"unknown generator {config.generator!r}")

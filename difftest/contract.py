@@ -190,7 +190,8 @@ class ContractState:
         table = self.maps.get(pmap)
         if table is None:
             return 0
-        n = self._top_frames if tag == self._top_tag and (table or not self._top_lazy) else 0
+        # The kernel's top-level table exists from bootstrap on, whatever the geometry.
+        n = self._top_frames if tag == self._top_tag and (table or not self._top_lazy or pmap == KERNEL_PMAP) else 0
         for (_, frames, level_tag), counter in zip(self._lower_levels, self._regions[pmap]):
             if level_tag == tag:
                 n += len(counter) * frames
@@ -201,7 +202,7 @@ class ContractState:
         if va in self.maps[pmap]:
             return 0
         extra = 0
-        if self._top_lazy and not self.maps[pmap]:
+        if self._top_lazy and not self.maps[pmap] and pmap != KERNEL_PMAP:
             extra += self._top_frames
         for (span, frames, _), counter in zip(self._lower_levels, self._regions[pmap]):
             if va // span not in counter:

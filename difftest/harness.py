@@ -91,6 +91,12 @@ class LaneStopped(Exception):
     """Raised inside a step when the lane cannot go on (its divergence already recorded)."""
 
 
+class _NeedsPrecise(BaseException):
+    """The fast path found a backend invariant broken at an audit: the stream is re-run on
+    the precise path, which says at which op it broke.  A BaseException, so that the
+    audit's own error handling does not take it for a crash."""
+
+
 class StreamTimeout(BaseException):
     """Raised by the alarm when a stream runs past its time limit.
 
@@ -142,6 +148,7 @@ class Harness:
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         trace: bool = False,
         invariants_per_op: bool = True,
+        fast: bool = False,
     ) -> None:
         if not specs:
             raise BadInput("no backends to run")
@@ -159,12 +166,17 @@ class Harness:
         self.trace = trace
         # Backend invariants after every op (on what it touched), or only in the full
         # audits: about twice the campaign throughput, an invariant break found later.
-        self.invariants_per_op = invariants_per_op
+        self.invariants_per_op = invariants_per_op and not fast
+        # The fast path: invariants only in the audits, and a break found there re-runs the
+        # stream on the precise path (per-op invariants), so that it is reported at the op
+        # that broke it.  Everything else the harness checks is the same code on both paths,
+        # so the two report the same divergences (streams are deterministic).
+        self.fast = fast
 
     def start(self, stream: Stream) -> "StreamRun":
         """Set up the lanes for ``stream`` without running it (``step``/``audit`` by hand)."""
         result = RunResult(stream=stream, backends=[s.name for s in self.specs], reference=self.reference)
-        return StreamRun(self, stream, result)
+        return StreamRun(self, stream, result, escalate=False)
 
     @classmethod
     def from_registry(
@@ -193,8 +205,21 @@ class Harness:
         elsewhere it is checked between ops, and every backend still running is blamed).
         """
         started = time.perf_counter()
+        if self.fast:
+            try:
+                result = self._run(stream, time_limit, escalate=True)
+            except _NeedsPrecise:
+                result = self._run(stream, time_limit, escalate=False)
+                result.localised = True
+        else:
+            result = self._run(stream, time_limit, escalate=False)
+        result.elapsed = time.perf_counter() - started
+        return result
+
+    def _run(self, stream: Stream, time_limit: float | None, escalate: bool) -> RunResult:
         result = RunResult(stream=stream, backends=[s.name for s in self.specs], reference=self.reference)
-        run = StreamRun(self, stream, result)
+        run = StreamRun(self, stream, result, per_op_invariants=self.invariants_per_op or (self.fast and not escalate),
+                        escalate=escalate)
         start: int | None = 0
         while start is not None:
             # After a hang the hung backend stops and the others go on, under a fresh
@@ -205,7 +230,6 @@ class Harness:
                     start = None
                 except StreamTimeout:
                     start = run.timed_out(time_limit or 0.0)
-        result.elapsed = time.perf_counter() - started
         return result
 
 
@@ -240,8 +264,11 @@ class StreamRun:
     themselves (``Harness.start``).
     """
 
-    def __init__(self, harness: Harness, stream: Stream, result: RunResult) -> None:
+    def __init__(self, harness: Harness, stream: Stream, result: RunResult,
+                 per_op_invariants: bool | None = None, escalate: bool = False) -> None:
         self.h = harness
+        self.per_op_invariants = harness.invariants_per_op if per_op_invariants is None else per_op_invariants
+        self.escalate = escalate
         self.stream = stream
         self.result = result
         self.refs: dict[int, int] = {KERNEL_PMAP: 1}
@@ -392,7 +419,13 @@ class StreamRun:
             self._stop(lane, f"crashed at op {index}: {type(exc).__name__}: {exc}")
         raise AssertionError("unreachable")
 
-    def _stop(self, lane: Lane, why: str) -> None:
+    def _stop(self, lane: Lane, why: str, allowed: bool = False) -> None:
+        if self.escalate and lane.invariants:
+            # The fast path would lose the invariant breaks that led up to a crash (the
+            # lane gets no more audits): the precise path localises them.  Running out of
+            # memory is allowed; there only a broken invariant sends the stream there.
+            if not allowed or self._invariant_messages(lane, None):
+                raise _NeedsPrecise
         lane.stopped = why
         self.result.stopped[lane.name] = why
         raise LaneStopped
@@ -402,7 +435,7 @@ class StreamRun:
         the frames the geometry needs."""
         if free_before < extra:
             self._allow(lane, index, "out-of-memory", f"{describe(op)}: needs {extra} frames, {free_before} free")
-            self._stop(lane, f"out of memory at op {index} (needs {extra} frames, {free_before} free)")
+            self._stop(lane, f"out of memory at op {index} (needs {extra} frames, {free_before} free)", allowed=True)
         divs.append(
             self._div(
                 lane, index, op, "resource", "pool", "oom-with-free-frames",
@@ -471,7 +504,7 @@ class StreamRun:
             for va in keys:
                 if st.maps[pmap][va][MANAGED]:
                     st.delete(pmap, va)
-            step = _Step([(pmap, va) for va in keys], pas, (pmap,))
+            step = _Step(_with_edges(pmap, op.sva, op.eva, keys), pas, (pmap,))
 
         elif t is Access:
             pmap, va = op.pmap, op.va
@@ -524,7 +557,7 @@ class StreamRun:
                     st.delete(pmap, va)
                 elif new != m[PROT]:
                     st.put(pmap, va, (m[PA], new, m[WIRED], True))
-            step = _Step([(pmap, va) for va in keys], pas, (pmap,))
+            step = _Step(_with_edges(pmap, op.sva, op.eva, keys), pas, (pmap,))
 
         elif t is Unwire:
             pmap, va = op.pmap, op.va
@@ -599,7 +632,7 @@ class StreamRun:
             for va in keys:
                 if not st.maps[KERNEL_PMAP][va][MANAGED]:
                     st.delete(KERNEL_PMAP, va)
-            step = _Step([(KERNEL_PMAP, va) for va in keys], set(), (KERNEL_PMAP,))
+            step = _Step(_with_edges(KERNEL_PMAP, op.va, op.va + op.size, keys), set(), (KERNEL_PMAP,))
 
         elif t is Create:
             pmap = self.next_pmap - 1
@@ -661,10 +694,9 @@ class StreamRun:
                 self._judge_referenced(lane, index, op, divs, pa, lane.backend.pmap_is_referenced(pa), query=False)
             for pmap in step.pmaps:
                 self._check_counts(lane, index, op, divs, pmap)
-                if pmap != KERNEL_PMAP:
-                    self._check_frames(lane, index, op, divs, pmap)
+                self._check_frames(lane, index, op, divs, pmap)
             self._check_pool(lane, index, op, divs)
-            if lane.invariants and self.h.invariants_per_op:
+            if lane.invariants and self.per_op_invariants:
                 touched = Touched(frozenset(step.pmaps), tuple(step.keys), frozenset(step.pas))
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
@@ -802,11 +834,14 @@ class StreamRun:
     def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
         pool = lane.pool
         st = lane.state
+        # A backend that never frees the kernel's page-table pages may hold more of them
+        # than the live kernel mappings need (an allowance), never fewer.
+        keeps = pmap == KERNEL_PMAP and lane.backend.keeps_kernel_page_tables
         for tag, fld, short in _FRAME_FIELDS:
             held = pool.held(pmap, tag)
             want = st.needed_frames(pmap, tag)
             key = (pmap, tag)
-            if held == want:
+            if held == want or (keeps and held > want):
                 lane.resource_open.discard(key)
                 continue
             if key in lane.resource_open:
@@ -825,18 +860,26 @@ class StreamRun:
             lane.violations_seen += 1
             divs.append(self._div(lane, index, op, "resource", "pool", "frame-misuse", msg))
 
-    def _check_invariants(self, lane: Lane, index: int, op: Op, divs: list[Divergence], touched: Touched | None) -> None:
+    @staticmethod
+    def _invariant_messages(lane: Lane, touched: Touched | None) -> list[tuple[str, str]]:
+        """(invariant, message) for every violation the lane's invariants report."""
+        out = []
         for inv in lane.invariants:
             try:
                 messages = list(inv.check(lane.backend, touched))
             except Exception as exc:
                 messages = [f"the check raised {type(exc).__name__}: {exc}"]
-            for msg in messages:
-                key = (inv.name, msg)
-                if key in lane.invariant_open:
-                    continue
-                lane.invariant_open.add(key)
-                divs.append(self._div(lane, index, op, "invariant", inv.name, "violated", msg))
+            out.extend((inv.name, msg) for msg in messages)
+        return out
+
+    def _check_invariants(self, lane: Lane, index: int, op: Op, divs: list[Divergence], touched: Touched | None) -> None:
+        for key in self._invariant_messages(lane, touched):
+            if key in lane.invariant_open:
+                continue
+            if self.escalate:
+                raise _NeedsPrecise
+            lane.invariant_open.add(key)
+            divs.append(self._div(lane, index, op, "invariant", key[0], "violated", key[1]))
 
     # -- audits -------------------------------------------------------------------------------------
 
@@ -856,6 +899,8 @@ class StreamRun:
             except LaneStopped:
                 pass
             except Exception as exc:
+                if self.escalate and lane.invariants:
+                    raise _NeedsPrecise from exc  # as in _stop
                 divs.append(self._div(lane, index, op, "crash", "observe", type(exc).__name__,
                                       f"auditing the backend raised {type(exc).__name__}: {exc}",
                                       traceback=tb.format_exc()))
@@ -877,8 +922,7 @@ class StreamRun:
             keys = sorted(set(got) | {(pmap, va) for va in st.maps[pmap]})
             self._check_keys(lane, index, op, divs, keys, got_map=got)
             self._check_counts(lane, index, op, divs, pmap)
-            if pmap != KERNEL_PMAP:
-                self._check_frames(lane, index, op, divs, pmap)
+            self._check_frames(lane, index, op, divs, pmap)
         # Frames still held by pmaps that no longer exist.
         for owner in sorted(lane.pool.owners()):
             if owner not in st.maps and owner >= 1:
@@ -998,6 +1042,17 @@ class _AuditOp:
 
     def __init__(self, index: int) -> None:
         self.index = index
+
+
+def _with_edges(pmap: int, sva: int, eva: int, vas: list[int]) -> list[tuple[int, int]]:
+    """The keys a range op touches, plus the page just before ``sva`` and the page at
+    ``eva`` (inside the pmap's range): an op that goes one page too far is caught there."""
+    lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == KERNEL_PMAP else (USER_MIN, USER_MAX)
+    keys = [(pmap, sva - PAGE_SIZE)] if sva - PAGE_SIZE >= lo else []
+    keys.extend((pmap, va) for va in vas)
+    if eva < hi:
+        keys.append((pmap, eva))
+    return keys
 
 
 def _loc(pmap: int, va: int | None = None) -> str:

@@ -1,0 +1,251 @@
+"""The harness's overhead over the backends' own work, and its per-op cost as the address
+space grows with heavily shared pages.
+
+    python benchmarks/bench_overhead.py [--streams 10] [--ops 2000] [--repeats 5] [--seed 1]
+
+Three ways of running the same ops on the same backends (the default set):
+
+* ``bare``: a plain loop calling the backends' pmap(9) functions, nothing observed (the
+  backends' own time, the floor);
+* ``default``: ``Harness.run`` built as ``difftest fuzz`` builds it by default;
+* ``precise``: ``Harness.run`` with backend invariants after every op (``--invariants per-op``).
+
+Workloads: the first ``--streams`` streams of a campaign (``random`` generator, seeds as
+``difftest fuzz --seed S`` derives them, ``--ops`` each), and a *shared-pages* stream: a
+prefix maps N pages (N = 10 or 10,000) in 4 pmaps, ~600 mappings per data page at
+10,000, then a fixed suffix of single-page ops (enter, access, protect, extract, remove,
+unwire) on those same shared pages.  Its per-op cost is the marginal one:
+(time(prefix + suffix) - time(prefix)) / len(suffix), so the prefix and the final audit
+cancel out.
+
+All figures are CPU time (``time.process_time``) of this process.  Repeats run the
+configurations interleaved, so that machine drift hits all alike; figures are medians,
+ratios are taken repeat by repeat and then their median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from difftest.machine import USER_MAX, USER_MIN, OutOfMemory, PhysPool
+from difftest import ops as o
+from difftest.plugins import PluginHost
+from difftest.streams import Stream, make_stream
+
+PAGE = 4096
+SHARE = 600  # mappings per shared data page at 10,000 live mappings
+
+
+# -- the backends' own work ---------------------------------------------------------------
+
+def _bare_calls(b: Any, op: Any, refs: dict[int, int], next_pmap: list[int]) -> None:
+    t = type(op)
+    if t is o.Enter:
+        b.pmap_enter(op.pmap, op.va, op.pa, op.prot, op.access, op.wired, op.canfail)
+    elif t is o.Remove:
+        b.pmap_remove(op.pmap, op.sva, op.eva)
+    elif t is o.Access:
+        b.pmap_access(op.pmap, op.va, op.kind)
+    elif t is o.Extract:
+        b.pmap_extract(op.pmap, op.va)
+    elif t is o.Protect:
+        b.pmap_protect(op.pmap, op.sva, op.eva, op.prot)
+    elif t is o.Unwire:
+        b.pmap_unwire(op.pmap, op.va)
+    elif t is o.PageProtect:
+        b.pmap_page_protect(op.pa, op.prot)
+    elif t is o.Collect:
+        b.pmap_collect(op.pmap)
+    elif t is o.ClearModify:
+        b.pmap_clear_modify(op.pa)
+    elif t is o.IsModified:
+        b.pmap_is_modified(op.pa)
+    elif t is o.ClearReference:
+        b.pmap_clear_reference(op.pa)
+    elif t is o.IsReferenced:
+        b.pmap_is_referenced(op.pa)
+    elif t is o.KEnter:
+        b.pmap_kenter_pa(op.va, op.pa, op.prot)
+    elif t is o.KRemove:
+        b.pmap_kremove(op.va, op.size)
+    elif t is o.Create:
+        b.pmap_create(next_pmap[0])
+    elif t is o.Reference:
+        b.pmap_reference(op.pmap)
+    elif t is o.Destroy:
+        if refs[op.pmap] == 0:  # the last reference: the VM layer empties the pmap first
+            b.pmap_remove(op.pmap, USER_MIN, USER_MAX)
+        b.pmap_destroy(op.pmap)
+    elif t is o.Update:
+        b.pmap_update(op.pmap)
+
+
+def run_bare(specs: Sequence[Any], stream: Stream) -> None:
+    """Apply ``stream`` to fresh backends with no observation at all, op by op in lockstep
+    (as the harness does); a backend that runs out of memory simply stops."""
+    data = stream.data_frames()
+    backends = []
+    for spec in specs:
+        pool = PhysPool(stream.phys_pages)
+        pool.reserve_data(data)
+        backends.append(spec.factory(pool))
+    refs: dict[int, int] = {0: 1}
+    next_pmap = [0]
+    live = list(backends)
+    for op in stream.ops:
+        t = type(op)
+        if t is o.Create:
+            next_pmap[0] += 1
+            refs[next_pmap[0]] = 1
+        elif t is o.Reference:
+            refs[op.pmap] += 1
+        elif t is o.Destroy:
+            refs[op.pmap] -= 1
+        for b in live:
+            try:
+                _bare_calls(b, op, refs, next_pmap)
+            except OutOfMemory:
+                live = [x for x in live if x is not b]
+
+
+# -- workloads ------------------------------------------------------------------------------
+
+def campaign_streams(host: PluginHost, seed: int, n: int, ops: int) -> list[Stream]:
+    from difftest.campaign import unit_seed
+
+    gen = host.registry.generators["random"]
+    return [gen.generate(unit_seed(seed, k), ops, 8192) for k in range(n)]
+
+
+PMAPS = 4
+SUFFIX_BASE = 0x60000000  # the measured ops' VAs, away from the prefix's
+
+
+def shared_prefix(n: int) -> list:
+    """``n`` mappings over ``PMAPS`` pmaps, ~``SHARE`` per data page (at least one page)."""
+    pages = max(1, n // SHARE)
+    ops: list = [o.Create() for _ in range(PMAPS)]
+    for i in range(n):
+        pmap = 1 + i % PMAPS
+        va = 0x00400000 + (i // PMAPS) * PAGE
+        pa = (64 + i % pages) * PAGE
+        ops.append(o.Enter(pmap, va, pa, PROT_R | PROT_W, 0, False, False))
+    return ops
+
+
+def shared_suffix(count: int, n: int, seed: int = 1) -> list:
+    """Single-page ops on the shared pages (so each op touches a page with ~600 mappings)."""
+    rng = random.Random(seed)
+    pages = [(64 + i) * PAGE for i in range(max(1, n // SHARE))]
+    ops: list = []
+    live: list[tuple[int, int]] = []
+    while len(ops) < count:
+        r = rng.random()
+        if r < 0.3 or not live:
+            pmap = rng.randrange(1, PMAPS + 1)
+            va = SUFFIX_BASE + rng.randrange(256) * PAGE
+            if (pmap, va) in live:
+                continue
+            ops.append(o.Enter(pmap, va, rng.choice(pages), PROT_R | PROT_W,
+                             rng.choice((0, PROT_R, PROT_W | PROT_R)), rng.random() < 0.1, False))
+            live.append((pmap, va))
+        elif r < 0.5:
+            pmap, va = rng.choice(live)
+            ops.append(o.Access(pmap, va, rng.choice("rw")))
+        elif r < 0.6:
+            pmap, va = rng.choice(live)
+            ops.append(o.Protect(pmap, va, va + PAGE, PROT_R))
+        elif r < 0.7:
+            pmap, va = rng.choice(live)
+            ops.append(o.Extract(pmap, va))
+        elif r < 0.75:
+            pmap, va = rng.choice(live)
+            ops.append(o.Unwire(pmap, va))
+        else:
+            pmap, va = live.pop(rng.randrange(len(live)))
+            ops.append(o.Remove(pmap, va, va + PAGE))
+    return ops
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+def cpu(fn: Callable[[], Any]) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+def build_harnesses(host: PluginHost) -> tuple[Any, Any, Any]:
+    """(specs, default harness, precise harness), the default built as ``difftest fuzz``
+    builds it from its default options."""
+    from difftest.campaign import CampaignConfig, _worker_env
+
+    names = tuple(host.registry.default_backends())
+    config = CampaignConfig(backends=names, reference="alpha-ref", seed=0)
+    default, _ = _worker_env(config)
+    from difftest.harness import Harness
+
+    precise = Harness.from_registry(host.registry, names, "alpha-ref", invariants_per_op=True)
+    return default.specs, default, precise
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=10, help="campaign streams (default 10)")
+    ap.add_argument("--ops", type=int, default=2000, help="ops per campaign stream (default 2000)")
+    ap.add_argument("--suffix", type=int, default=3000, help="measured ops of the shared-pages stream")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--skip-precise", action="store_true", help="leave out the precise path")
+    args = ap.parse_args(argv)
+
+    host = PluginHost()
+    host.load()
+    specs, default, precise = build_harnesses(host)
+    streams = campaign_streams(host, args.seed, args.streams, args.ops)
+    n_ops = sum(len(s.ops) for s in streams)
+    sizes = (10, 10_000)
+    shared = {}
+    for n in sizes:
+        prefix = shared_prefix(n)
+        shared[n] = (make_stream(prefix), make_stream(prefix + shared_suffix(args.suffix, n)))
+
+    modes: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: run_bare(specs, s), "default": default.run}
+    if not args.skip_precise:
+        modes["precise"] = precise.run
+    camp: dict[str, list[float]] = {m: [] for m in modes}
+    marg: dict[tuple[str, int], list[float]] = {(m, n): [] for m in modes for n in sizes}
+    for _ in range(args.repeats):
+        for mode, fn in modes.items():  # interleaved: every mode once per repeat
+            camp[mode].append(cpu(lambda: [fn(s) for s in streams]) / n_ops)
+            for n in sizes:
+                pre, full = shared[n]
+                t_full = cpu(lambda: fn(full))
+                t_pre = cpu(lambda: fn(pre))
+                marg[(mode, n)].append(max(0.0, t_full - t_pre) / args.suffix)
+
+    med = statistics.median
+    us = lambda x: f"{x * 1e6:8.1f}"  # noqa: E731
+    print(f"backends: {', '.join(s.name for s in specs)}; {args.repeats} repeats, CPU time, medians")
+    print(f"campaign streams: {args.streams} x {args.ops} ops (random generator, seed {args.seed})")
+    print(f"{'mode':10} {'us/op':>8} {'ops/s':>9} {'x bare':>7} {'overhead':>9}  (overhead: (mode - bare) / bare)")
+    for mode in modes:
+        ratio = med([h / b for h, b in zip(camp[mode], camp["bare"])])
+        over = med([(h - b) / b for h, b in zip(camp[mode], camp["bare"])])
+        print(f"{mode:10} {us(med(camp[mode]))} {1 / med(camp[mode]):9,.0f} {ratio:6.2f}x {over:8.2f}x")
+    print(f"shared-pages stream: {args.suffix} single-page ops on pages with up to {SHARE} mappings each")
+    print(f"{'mode':10} {'10 live':>8} {'10,000':>8} {'ratio':>7}   (us/op, marginal)")
+    for mode in modes:
+        ratios = [l / s for s, l in zip(marg[(mode, 10)], marg[(mode, 10_000)]) if s > 0]
+        print(f"{mode:10} {us(med(marg[(mode, 10)]))} {us(med(marg[(mode, 10_000)]))} "
+              f"{med(ratios) if ratios else float('nan'):6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
