@@ -45,6 +45,7 @@ class ContractState:
         "_top_tag",
         "_top_frames",
         "_top_lazy",
+        "_lower",
     )
 
     def __init__(self, geometry: Geometry) -> None:
@@ -64,6 +65,8 @@ class ContractState:
         # mappings per region of that span: len(counter) tables are needed.
         self._lower_levels = tuple((lvl.span, lvl.frames, lvl.tag) for lvl in geometry.levels[1:])
         self._regions: dict[int, list[dict[int, int]]] = {KERNEL_PMAP: [{} for _ in self._lower_levels]}
+        # pmap -> {tag: frames its lower-level tables need}, kept as regions fill and empty
+        self._lower: dict[int, dict[int, int]] = {KERNEL_PMAP: {}}
 
     # -- pmaps ------------------------------------------------------------------------------
 
@@ -73,12 +76,14 @@ class ContractState:
         self.wired[pmap] = 0
         self.refs[pmap] = 1
         self._regions[pmap] = [{} for _ in self._lower_levels]
+        self._lower[pmap] = {}
 
     def forget_pmap(self, pmap: int) -> None:
         """The pmap died (its mappings were removed before)."""
         for va in list(self.maps[pmap]):
             self.delete(pmap, va)
         del self.maps[pmap], self.buckets[pmap], self.wired[pmap], self.refs[pmap], self._regions[pmap]
+        del self._lower[pmap]
 
     def alive(self, pmap: int) -> bool:
         return pmap in self.maps
@@ -168,18 +173,24 @@ class ContractState:
     # -- needed page-table frames ----------------------------------------------------------
 
     def _regions_add(self, pmap: int, va: int) -> None:
-        for (span, _, _), counter in zip(self._lower_levels, self._regions[pmap]):
+        lower = self._lower[pmap]
+        for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
             key = va // span
-            counter[key] = counter.get(key, 0) + 1
+            n = counter.get(key, 0)
+            counter[key] = n + 1
+            if not n:  # a new table of this level
+                lower[tag] = lower.get(tag, 0) + frames
 
     def _regions_remove(self, pmap: int, va: int) -> None:
-        for (span, _, _), counter in zip(self._lower_levels, self._regions[pmap]):
+        lower = self._lower[pmap]
+        for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
             key = va // span
             left = counter[key] - 1
             if left:
                 counter[key] = left
             else:
                 del counter[key]
+                lower[tag] -= frames
 
     def needed(self, pmap: int) -> dict[Tag, int]:
         """Frames by tag that ``pmap`` needs for its live mappings under the geometry."""
@@ -192,10 +203,11 @@ class ContractState:
             return 0
         # The kernel's top-level table exists from bootstrap on, whatever the geometry.
         n = self._top_frames if tag == self._top_tag and (table or not self._top_lazy or pmap == KERNEL_PMAP) else 0
-        for (_, frames, level_tag), counter in zip(self._lower_levels, self._regions[pmap]):
-            if level_tag == tag:
-                n += len(counter) * frames
-        return n
+        return n + self._lower[pmap].get(tag, 0)
+
+    def needed_pt_l1(self, pmap: int) -> tuple[int, int]:
+        """``(needed_frames(pmap, PT), needed_frames(pmap, L1))`` in one call."""
+        return self.needed_frames(pmap, Tag.PT), self.needed_frames(pmap, Tag.L1)
 
     def extra_frames_for(self, pmap: int, va: int) -> int:
         """Frames an enter at (pmap, va) must allocate: what a legitimate ENOMEM needs."""

@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import traceback as tb
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -127,7 +128,7 @@ class Lane:
         return self.spec.name
 
 
-@dataclass
+@dataclass(slots=True)
 class _Step:
     """What one op touched in one lane: the places to observe afterwards."""
 
@@ -311,19 +312,25 @@ class StreamRun:
 
     def execute(self, deadline: float | None, start: int = 0) -> None:
         every = self.h.checkpoint_every
-        ops = self.stream.ops
-        for index in range(start, len(ops)):
+        due: int | None = None
+        # Iterated, not indexed: the ops may come from a lazy sequence.
+        for index, op in enumerate(islice(self.stream.ops, start, None), start):
+            if due is not None:
+                # The checkpoint after op ``due``, run only now that another op follows:
+                # after the last op the final audit is the checkpoint (never two in a row).
+                self.audit(due)
+                due = None
             if deadline is not None and (index & 63) == 0 and time.monotonic() > deadline:
                 raise StreamTimeout
             self.current_index = index
-            self.step(index, ops[index])
+            self.step(index, op)
             self.result.ops_run = index + 1
             self.since_audit += 1
             if self.since_audit >= every and self.since_audit >= self._live_mappings():
                 self.since_audit = 0
-                self.audit(index)
+                due = index
         self.final_audit = True
-        self.audit(self.result.ops_run - 1 if ops else -1, final=True)
+        self.audit(self.result.ops_run - 1, final=True)
 
     def timed_out(self, limit: float) -> int | None:
         """The alarm fired: blame the backend that was running and stop it.
@@ -390,7 +397,8 @@ class StreamRun:
             except LaneStopped:
                 pass
             lane.next_op = index + 1
-            found.extend((lane, d) for d in divs)
+            if divs:
+                found.extend((lane, d) for d in divs)
         self.current_lane = None
         self.pending = []
         if found:
@@ -459,13 +467,14 @@ class StreamRun:
             pas = {op.pa}
             if old is not None and old[MANAGED]:
                 pas.add(old[PA])
-            extra = st.extra_frames_for(pmap, va)
+            # The state is unchanged until the put below, so the frames a legitimate
+            # ENOMEM or panic needs are worked out only when one happens.
             free_before = pool.free_frames
-            held_before = (pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1))
+            held_before = (pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1)) if op.canfail else None
             try:
                 res = call(lane, index, op, divs, b.pmap_enter, pmap, va, op.pa, op.prot, op.access, op.wired, op.canfail)
             except OutOfMemory:
-                self._out_of_memory(lane, index, op, divs, extra, free_before)
+                self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
             lane.result = res
             if res == OK:
                 st.put(pmap, va, (op.pa, op.prot, op.wired, True))
@@ -475,6 +484,7 @@ class StreamRun:
                 elif op.access:
                     st.ref.add(op.pa)
             elif res == ENOMEM and op.canfail:
+                extra = st.extra_frames_for(pmap, va)
                 if free_before >= extra:
                     divs.append(
                         self._div(lane, index, op, "result", "result", "enomem-with-free-frames",
@@ -683,19 +693,34 @@ class StreamRun:
     # -- observing and judging --------------------------------------------------------------------
 
     def _observe(self, lane: Lane, index: int, op: Op, divs: list[Divergence], step: _Step) -> None:
+        """Observe what the op touched.  The common case (everything as the contract says)
+        costs one backend read per place and builds nothing; the judging methods run only
+        where a value differs."""
         try:
-            tainted = self._check_keys(lane, index, op, divs, step.keys, step.optional)
+            b = lane.backend
+            st = lane.state
+            tainted = self._check_keys(lane, index, op, divs, step.keys, step.optional) if step.keys else None
             if tainted:
                 # A mapping that pointed at the wrong page moved this op's REF/MOD effects
                 # with it: follow the backend on those pages instead of reporting them.
                 self._resync_attributes(lane, tainted)
-            for pa in sorted(step.pas - tainted if tainted else step.pas):
-                self._judge_modified(lane, index, op, divs, pa, lane.backend.pmap_is_modified(pa), query=False)
-                self._judge_referenced(lane, index, op, divs, pa, lane.backend.pmap_is_referenced(pa), query=False)
+            pas = step.pas
+            if pas:
+                mod, ref = st.mod, st.ref
+                is_modified, is_referenced = b.pmap_is_modified, b.pmap_is_referenced
+                for pa in sorted(pas - tainted if tainted else pas) if len(pas) > 1 else pas:
+                    got = is_modified(pa)
+                    want = pa in mod
+                    if got is not want and got != want:
+                        self._judge_modified(lane, index, op, divs, pa, got, query=False)
+                    got = is_referenced(pa)
+                    if got and pa not in ref:
+                        self._judge_referenced(lane, index, op, divs, pa, got, query=False)
             for pmap in step.pmaps:
                 self._check_counts(lane, index, op, divs, pmap)
                 self._check_frames(lane, index, op, divs, pmap)
-            self._check_pool(lane, index, op, divs)
+            if len(lane.pool.violations) > lane.violations_seen:
+                self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
                 touched = Touched(frozenset(step.pmaps), tuple(step.keys), frozenset(step.pas))
                 self._check_invariants(lane, index, op, divs, touched)
@@ -813,9 +838,8 @@ class StreamRun:
             return
         b = lane.backend
         offsets = lane.count_offsets
-        resident = b.pmap_resident_count(pmap) - len(st.maps[pmap])
-        wired = b.pmap_wired_count(pmap) - st.wired[pmap]
-        if not (resident or wired or offsets):
+        if (not offsets and b.pmap_resident_count(pmap) == len(st.maps[pmap])
+                and b.pmap_wired_count(pmap) == st.wired[pmap]):
             return  # the common case: both counters right, nothing reported before
         for fld, got, want in (
             ("resident_count", b.pmap_resident_count(pmap), st.resident(pmap)),
@@ -836,13 +860,17 @@ class StreamRun:
         st = lane.state
         # A backend that never frees the kernel's page-table pages may hold more of them
         # than the live kernel mappings need (an allowance), never fewer.
+        open_ = lane.resource_open
+        if not open_ and pool.held_pt_l1(pmap) == st.needed_pt_l1(pmap):
+            return  # the common case: exactly what the geometry needs, nothing open
         keeps = pmap == KERNEL_PMAP and lane.backend.keeps_kernel_page_tables
         for tag, fld, short in _FRAME_FIELDS:
             held = pool.held(pmap, tag)
             want = st.needed_frames(pmap, tag)
             key = (pmap, tag)
             if held == want or (keeps and held > want):
-                lane.resource_open.discard(key)
+                if open_:
+                    open_.discard(key)
                 continue
             if key in lane.resource_open:
                 continue  # the same excess, already reported: one leak, one line
