@@ -13,8 +13,8 @@ Three ways of running the same ops on the same backends (the default set):
 Workloads: the first ``--streams`` streams of a campaign (``random`` generator, seeds as
 ``difftest fuzz --seed S`` derives them, ``--ops`` each), and a *shared-pages* stream: a
 prefix maps N pages (N = 10 or 10,000) in 4 pmaps, ~600 mappings per data page at
-10,000, then a fixed suffix of single-page ops (enter, access, protect, extract, remove,
-unwire) on those same shared pages.  Its per-op cost is the marginal one:
+10,000, then a suffix of single-page ops (enter, access, protect, extract, remove, unwire)
+that maps those same shared pages and keeps at most 16 live mappings of its own.  Its per-op cost is the marginal one:
 (time(prefix + suffix) - time(prefix)) / len(suffix), so the prefix and the final audit
 cancel out.
 
@@ -26,6 +26,7 @@ ratios are taken repeat by repeat and then their median.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -124,6 +125,7 @@ def campaign_streams(host: PluginHost, seed: int, n: int, ops: int) -> list[Stre
 
 PMAPS = 4
 SUFFIX_BASE = 0x60000000  # the measured ops' VAs, away from the prefix's
+LIVE_SUFFIX = 16  # the measured ops' own live mappings, at most
 
 
 def shared_prefix(n: int) -> list:
@@ -134,7 +136,7 @@ def shared_prefix(n: int) -> list:
         pmap = 1 + i % PMAPS
         va = 0x00400000 + (i // PMAPS) * PAGE
         pa = (64 + i % pages) * PAGE
-        ops.append(o.Enter(pmap, va, pa, PROT_R | PROT_W, 0, False, False))
+        ops.append(o.Enter(pmap, va, pa, o.PROT_R | o.PROT_W, 0, False, False))
     return ops
 
 
@@ -146,20 +148,22 @@ def shared_suffix(count: int, n: int, seed: int = 1) -> list:
     live: list[tuple[int, int]] = []
     while len(ops) < count:
         r = rng.random()
+        if len(live) >= LIVE_SUFFIX:
+            r = 0.9  # a remove: the suffix keeps at most LIVE_SUFFIX mappings of its own
         if r < 0.3 or not live:
             pmap = rng.randrange(1, PMAPS + 1)
             va = SUFFIX_BASE + rng.randrange(256) * PAGE
             if (pmap, va) in live:
                 continue
-            ops.append(o.Enter(pmap, va, rng.choice(pages), PROT_R | PROT_W,
-                             rng.choice((0, PROT_R, PROT_W | PROT_R)), rng.random() < 0.1, False))
+            ops.append(o.Enter(pmap, va, rng.choice(pages), o.PROT_R | o.PROT_W,
+                             rng.choice((0, o.PROT_R, o.PROT_W | o.PROT_R)), rng.random() < 0.1, False))
             live.append((pmap, va))
         elif r < 0.5:
             pmap, va = rng.choice(live)
             ops.append(o.Access(pmap, va, rng.choice("rw")))
         elif r < 0.6:
             pmap, va = rng.choice(live)
-            ops.append(o.Protect(pmap, va, va + PAGE, PROT_R))
+            ops.append(o.Protect(pmap, va, va + PAGE, o.PROT_R))
         elif r < 0.7:
             pmap, va = rng.choice(live)
             ops.append(o.Extract(pmap, va))
@@ -198,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=10, help="campaign streams (default 10)")
     ap.add_argument("--ops", type=int, default=2000, help="ops per campaign stream (default 2000)")
-    ap.add_argument("--suffix", type=int, default=3000, help="measured ops of the shared-pages stream")
+    ap.add_argument("--suffix", type=int, default=2000, help="measured ops of the shared-pages stream")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip-precise", action="store_true", help="leave out the precise path")
+    ap.add_argument("--json", metavar="FILE", help="also write the medians as JSON to FILE")
     args = ap.parse_args(argv)
 
     host = PluginHost()
@@ -244,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [l / s for s, l in zip(marg[(mode, 10)], marg[(mode, 10_000)]) if s > 0]
         print(f"{mode:10} {us(med(marg[(mode, 10)]))} {us(med(marg[(mode, 10_000)]))} "
               f"{med(ratios) if ratios else float('nan'):6.2f}x")
+    if args.json:
+        doc = {mode: {"campaign_us_per_op": med(camp[mode]) * 1e6,
+                      "campaign_x_bare": med([h / b for h, b in zip(camp[mode], camp["bare"])]),
+                      "shared_us_per_op": {str(n): med(marg[(mode, n)]) * 1e6 for n in sizes}}
+               for mode in modes}
+        with open(args.json, "w") as out:
+            json.dump(doc, out, indent=1)
     return 0
 
 

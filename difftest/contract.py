@@ -207,7 +207,16 @@ class ContractState:
 
     def needed_pt_l1(self, pmap: int) -> tuple[int, int]:
         """``(needed_frames(pmap, PT), needed_frames(pmap, L1))`` in one call."""
-        return self.needed_frames(pmap, Tag.PT), self.needed_frames(pmap, Tag.L1)
+        if pmap not in self.maps:
+            return 0, 0
+        lower = self._lower[pmap]
+        pt, l1 = lower.get(Tag.PT, 0), lower.get(Tag.L1, 0)
+        if self.maps[pmap] or not self._top_lazy or pmap == KERNEL_PMAP:
+            if self._top_tag == Tag.PT:
+                pt += self._top_frames
+            elif self._top_tag == Tag.L1:
+                l1 += self._top_frames
+        return pt, l1
 
     def extra_frames_for(self, pmap: int, va: int) -> int:
         """Frames an enter at (pmap, va) must allocate: what a legitimate ENOMEM needs."""

@@ -716,10 +716,18 @@ class StreamRun:
                     got = is_referenced(pa)
                     if got and pa not in ref:
                         self._judge_referenced(lane, index, op, divs, pa, got, query=False)
+            maps, wired = st.maps, st.wired
+            pool = lane.pool
             for pmap in step.pmaps:
-                self._check_counts(lane, index, op, divs, pmap)
-                self._check_frames(lane, index, op, divs, pmap)
-            if len(lane.pool.violations) > lane.violations_seen:
+                # Both checks in their common case inline: the counters and the frames are
+                # as the contract says and nothing about them is open.
+                table = maps.get(pmap)
+                if table is not None and (lane.count_offsets or b.pmap_resident_count(pmap) != len(table)
+                                          or b.pmap_wired_count(pmap) != wired[pmap]):
+                    self._check_counts(lane, index, op, divs, pmap)
+                if lane.resource_open or pool.held_pt_l1(pmap) != st.needed_pt_l1(pmap):
+                    self._check_frames(lane, index, op, divs, pmap)
+            if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
                 touched = Touched(frozenset(step.pmaps), tuple(step.keys), frozenset(step.pas))
