@@ -14,9 +14,10 @@ Workloads: the first ``--streams`` streams of a campaign (``random`` generator, 
 ``difftest fuzz --seed S`` derives them, ``--ops`` each), and a *shared-pages* stream: a
 prefix maps N pages (N = 10 or 10,000) in 4 pmaps, ~600 mappings per data page at
 10,000, then a suffix of single-page ops (enter, access, protect, extract, remove, unwire)
-that maps those same shared pages and keeps at most 16 live mappings of its own.  Its per-op cost is the marginal one:
-(time(prefix + suffix) - time(prefix)) / len(suffix), so the prefix and the final audit
-cancel out.
+that maps those same shared pages and keeps at most 16 live mappings of its own.  The
+prefix runs untimed; the suffix is then timed op by op (``Harness.start`` and
+``StreamRun.step``, the per-op path, no checkpoint audit inside: audits cost O(live
+mappings) by design and are spaced at least that many ops apart).
 
 All figures are CPU time (``time.process_time``) of this process.  Repeats run the
 configurations interleaved, so that machine drift hits all alike; figures are medians,
@@ -86,32 +87,41 @@ def _bare_calls(b: Any, op: Any, refs: dict[int, int], next_pmap: list[int]) -> 
         b.pmap_update(op.pmap)
 
 
-def run_bare(specs: Sequence[Any], stream: Stream) -> None:
-    """Apply ``stream`` to fresh backends with no observation at all, op by op in lockstep
-    (as the harness does); a backend that runs out of memory simply stops."""
-    data = stream.data_frames()
-    backends = []
-    for spec in specs:
-        pool = PhysPool(stream.phys_pages)
-        pool.reserve_data(data)
-        backends.append(spec.factory(pool))
-    refs: dict[int, int] = {0: 1}
-    next_pmap = [0]
-    live = list(backends)
-    for op in stream.ops:
+class BareRun:
+    """``stream``'s ops applied to fresh backends with no observation at all, op by op in
+    lockstep (as the harness does); a backend that runs out of memory simply stops."""
+
+    def __init__(self, specs: Sequence[Any], stream: Stream) -> None:
+        data = stream.data_frames()
+        self.live = []
+        for spec in specs:
+            pool = PhysPool(stream.phys_pages)
+            pool.reserve_data(data)
+            self.live.append(spec.factory(pool))
+        self.refs: dict[int, int] = {0: 1}
+        self.next_pmap = [0]
+
+    def step(self, index: int, op: Any) -> None:
         t = type(op)
+        refs = self.refs
         if t is o.Create:
-            next_pmap[0] += 1
-            refs[next_pmap[0]] = 1
+            self.next_pmap[0] += 1
+            refs[self.next_pmap[0]] = 1
         elif t is o.Reference:
             refs[op.pmap] += 1
         elif t is o.Destroy:
             refs[op.pmap] -= 1
-        for b in live:
+        for b in self.live:
             try:
-                _bare_calls(b, op, refs, next_pmap)
+                _bare_calls(b, op, refs, self.next_pmap)
             except OutOfMemory:
-                live = [x for x in live if x is not b]
+                self.live = [x for x in self.live if x is not b]
+
+
+def run_bare(specs: Sequence[Any], stream: Stream) -> None:
+    run = BareRun(specs, stream)
+    for i, op in enumerate(stream.ops):
+        run.step(i, op)
 
 
 # -- workloads ------------------------------------------------------------------------------
@@ -184,18 +194,32 @@ def cpu(fn: Callable[[], Any]) -> float:
     return time.process_time() - t0
 
 
-def build_harnesses(host: PluginHost) -> tuple[Any, Any, Any]:
+def build_harnesses(host: PluginHost, checkpoint_every: int = 1000) -> tuple[Any, Any, Any]:
     """(specs, default harness, precise harness), the default built as ``difftest fuzz``
     builds it from its default options."""
     from difftest.campaign import CampaignConfig, _worker_env
-
-    names = tuple(host.registry.default_backends())
-    config = CampaignConfig(backends=names, reference="alpha-ref", seed=0)
-    default, _ = _worker_env(config)
     from difftest.harness import Harness
 
-    precise = Harness.from_registry(host.registry, names, "alpha-ref", invariants_per_op=True)
+    names = tuple(host.registry.default_backends())
+    config = CampaignConfig(backends=names, reference="alpha-ref", seed=0, checkpoint_every=checkpoint_every)
+    default, _ = _worker_env(config)
+    precise = Harness.from_registry(host.registry, names, "alpha-ref", invariants_per_op=True,
+                                    checkpoint_every=checkpoint_every)
     return default.specs, default, precise
+
+
+def time_suffix(start: Callable[[Stream], Any], stream: Stream, suffix: int) -> float:
+    """CPU seconds per op of the last ``suffix`` ops, stepped one by one after the prefix
+    (untimed): the per-op path alone, no checkpoint audit inside."""
+    run = start(stream)
+    ops = stream.ops
+    pre = len(ops) - suffix
+    for i in range(pre):
+        run.step(i, ops[i])
+    t0 = time.process_time()
+    for i in range(pre, len(ops)):
+        run.step(i, ops[i])
+    return (time.process_time() - t0) / suffix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,22 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (10, 10_000)
     shared = {}
     for n in sizes:
-        prefix = shared_prefix(n)
-        shared[n] = (make_stream(prefix), make_stream(prefix + shared_suffix(args.suffix, n)))
+        shared[n] = make_stream(shared_prefix(n) + shared_suffix(args.suffix, n))
 
-    modes: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: run_bare(specs, s), "default": default.run}
+    bare = lambda s: run_bare(specs, s)  # noqa: E731
+    modes: dict[str, Callable[[Stream], Any]] = {"bare": bare, "default": default.run}
+    starts: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: BareRun(specs, s), "default": default.start}
     if not args.skip_precise:
         modes["precise"] = precise.run
+        starts["precise"] = precise.start
     camp: dict[str, list[float]] = {m: [] for m in modes}
     marg: dict[tuple[str, int], list[float]] = {(m, n): [] for m in modes for n in sizes}
     for _ in range(args.repeats):
         for mode, fn in modes.items():  # interleaved: every mode once per repeat
             camp[mode].append(cpu(lambda: [fn(s) for s in streams]) / n_ops)
             for n in sizes:
-                pre, full = shared[n]
-                t_full = cpu(lambda: fn(full))
-                t_pre = cpu(lambda: fn(pre))
-                marg[(mode, n)].append(max(0.0, t_full - t_pre) / args.suffix)
+                marg[(mode, n)].append(time_suffix(starts[mode], shared[n], args.suffix))
 
     med = statistics.median
     us = lambda x: f"{x * 1e6:8.1f}"  # noqa: E731
@@ -244,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         over = med([(h - b) / b for h, b in zip(camp[mode], camp["bare"])])
         print(f"{mode:10} {us(med(camp[mode]))} {1 / med(camp[mode]):9,.0f} {ratio:6.2f}x {over:8.2f}x")
     print(f"shared-pages stream: {args.suffix} single-page ops on pages with up to {SHARE} mappings each")
-    print(f"{'mode':10} {'10 live':>8} {'10,000':>8} {'ratio':>7}   (us/op, marginal)")
+    print(f"{'mode':10} {'10 live':>8} {'10,000':>8} {'ratio':>7}   (us/op, suffix)")
     for mode in modes:
         ratios = [l / s for s, l in zip(marg[(mode, 10)], marg[(mode, 10_000)]) if s > 0]
         print(f"{mode:10} {us(med(marg[(mode, 10)]))} {us(med(marg[(mode, 10_000)]))} "

@@ -258,6 +258,8 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     started = time.perf_counter()
     stream = make_stream(task.config, task.k)
     harness, _ = _worker_env(task.config)
+    if harness.fast:
+        harness = harness.precise()  # the same findings; minimised on the precise path
     try:
         from difftest.shrink import shrink
     except ImportError as exc:  # the minimiser is optional for a campaign to run

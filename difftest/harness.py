@@ -174,6 +174,13 @@ class Harness:
         # so the two report the same divergences (streams are deterministic).
         self.fast = fast
 
+    def precise(self) -> "Harness":
+        """This harness on the precise path (per-op invariants): what replay and shrink use."""
+        if not self.fast and self.invariants_per_op:
+            return self
+        return Harness(self.specs, self.reference, self.invariants, self.checkpoint_every, self.trace,
+                       invariants_per_op=True)
+
     def start(self, stream: Stream) -> "StreamRun":
         """Set up the lanes for ``stream`` without running it (``step``/``audit`` by hand)."""
         result = RunResult(stream=stream, backends=[s.name for s in self.specs], reference=self.reference)

@@ -86,3 +86,14 @@ def test_a_break_first_seen_at_an_audit_is_reported_at_its_op(registry):
     # without the re-run (invariants at checkpoints only) the break is pinned on the audit
     late = Harness.from_registry(registry, ["alpha-ref", "bug-ptfree"], "alpha-ref", invariants_per_op=False).run(stream)
     assert {d.op_kind for d in late.divergences if d.kind == "invariant"} == {"audit"}
+
+
+def test_precise_twin_of_a_fast_harness(registry):
+    """Shrinking in a campaign uses the precise twin of the campaign's harness."""
+    fast, _ = pair(registry, BUILTINS, checkpoint_every=50)
+    twin = fast.precise()
+    assert twin is not fast and not twin.fast and twin.invariants_per_op
+    assert (twin.specs, twin.reference, twin.checkpoint_every) == (fast.specs, fast.reference, 50)
+    assert twin.precise() is twin
+    stream = registry.generators["random"].generate(3, 200, 8192)
+    assert everything(twin.run(stream)) == everything(fast.run(stream))
