@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched
-from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState, apply_protect
+from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState
 from difftest.divergence import Allowed, Divergence, RunResult
 from difftest.errors import BadInput
 from difftest.machine import (
@@ -400,7 +400,7 @@ class StreamRun:
             divs: list[Divergence] = []
             self.current_lane = lane
             try:
-                self._step_lane(lane, index, op, divs, self.destroy_frees)
+                self._step_lane(lane, index, op, divs)
             except LaneStopped:
                 pass
             lane.next_op = index + 1
@@ -459,243 +459,162 @@ class StreamRun:
         )
         self._stop(lane, f"out of memory at op {index} with {free_before} frames free")
 
-    def _step_lane(self, lane: Lane, index: int, op: Op, divs: list[Divergence], destroy_frees: bool) -> None:
-        b = lane.backend
-        st = lane.state
-        pool = lane.pool
-        call = self._call
-        optional: frozenset[tuple[int, int]] = frozenset()
+    def _step_lane(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> None:
+        """Call the backend for ``op``, apply the op to the lane's contract state (the
+        contract model says what it means and what it touched), judge the result, then
+        observe what was touched."""
         lane.result = None
-        t = type(op)
-
-        if t is Enter:
-            pmap, va = op.pmap, op.va
-            old = st.get(pmap, va)
-            pas = {op.pa}
-            if old is not None and old[MANAGED]:
-                pas.add(old[PA])
-            # The state is unchanged until the put below, so the frames a legitimate
-            # ENOMEM or panic needs are worked out only when one happens.
-            free_before = pool.free_frames
-            held_before = (pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1)) if op.canfail else None
-            try:
-                res = call(lane, index, op, divs, b.pmap_enter, pmap, va, op.pa, op.prot, op.access, op.wired, op.canfail)
-            except OutOfMemory:
-                self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
-            lane.result = res
-            if res == OK:
-                st.put(pmap, va, (op.pa, op.prot, op.wired, True))
-                if op.access & PROT_W:
-                    st.mod.add(op.pa)
-                    st.ref.add(op.pa)
-                elif op.access:
-                    st.ref.add(op.pa)
-            elif res == ENOMEM and op.canfail:
-                extra = st.extra_frames_for(pmap, va)
-                if free_before >= extra:
-                    divs.append(
-                        self._div(lane, index, op, "result", "result", "enomem-with-free-frames",
-                                  f"ENOMEM with {free_before} free frames where {extra} were needed",
-                                  location=_loc(pmap, va))
-                    )
-                else:
-                    self._allow(lane, index, "enomem", f"{describe(op)}: {extra} frames needed, {free_before} free")
-                if pool.free_frames != free_before or (pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1)) != held_before:
-                    divs.append(
-                        self._div(lane, index, op, "resource", "pool", "enomem-left-trace",
-                                  f"ENOMEM but the pool changed: {free_before} -> {pool.free_frames} free",
-                                  location=_loc(pmap))
-                    )
-            else:
-                divs.append(
-                    self._div(lane, index, op, "result", "result", "bad-enter-result",
-                              f"pmap_enter returned {res!r}", location=_loc(pmap, va))
-                )
-            step = _Step([(pmap, va)], pas, (pmap,))
-
-        elif t is Remove:
-            pmap = op.pmap
-            keys = st.in_range(pmap, op.sva, op.eva)
-            pas = self._managed_pas(st, pmap, keys)
-            call(lane, index, op, divs, b.pmap_remove, pmap, op.sva, op.eva)
-            for va in keys:
-                if st.maps[pmap][va][MANAGED]:
-                    st.delete(pmap, va)
-            step = _Step(_with_edges(pmap, op.sva, op.eva, keys), pas, (pmap,))
-
-        elif t is Access:
-            pmap, va = op.pmap, op.va
-            m = st.get(pmap, va)
-            expect_ok = m is not None and bool(m[PROT] & _KIND_BIT[op.kind])
-            res = call(lane, index, op, divs, b.pmap_access, pmap, va, op.kind)
-            lane.result = res
-            pas = set()
-            if m is not None and m[MANAGED]:
-                pas.add(m[PA])
-            if res not in (ACCESS_OK, ACCESS_FAULT):
-                divs.append(self._div(lane, index, op, "result", "result", "bad-access-result",
-                                      f"pmap_access returned {res!r}", location=_loc(pmap, va)))
-            elif (res == ACCESS_OK) != expect_ok:
-                cls = "access-ok-expected-fault" if res == ACCESS_OK else "access-fault-expected-ok"
-                want = "ok" if expect_ok else "fault"
-                divs.append(self._div(lane, index, op, "result", "result", cls,
-                                      f"access {op.kind} gave {res}, the contract says {want}",
-                                      location=_loc(pmap, va)))
-            elif expect_ok and m[MANAGED]:
-                if op.kind == "w":
-                    st.mod.add(m[PA])
-                st.ref.add(m[PA])
-            step = _Step([(pmap, va)], pas, (pmap,))
-
-        elif t is Extract:
-            pmap, va = op.pmap, op.va
-            res = call(lane, index, op, divs, b.pmap_extract, pmap, va)
-            lane.result = res
-            m = st.get(pmap, va)
-            want = None if m is None else m[PA]
-            if res != want:
-                divs.append(self._div(lane, index, op, "result", "result", "extract-mismatch",
-                                      f"extract gave {_pa_text(res)}, the tables say {_pa_text(want)}",
-                                      location=_loc(pmap, va)))
-            step = _Step([(pmap, va)], set(), (pmap,))
-
-        elif t is Protect:
-            pmap = op.pmap
-            keys = st.in_range(pmap, op.sva, op.eva)
-            pas = self._managed_pas(st, pmap, keys)
-            call(lane, index, op, divs, b.pmap_protect, pmap, op.sva, op.eva, op.prot)
-            table = st.maps[pmap]
-            for va in keys:
-                m = table[va]
-                if not m[MANAGED]:
-                    continue
-                new = apply_protect(op.prot, m[PROT])
-                if new is None:
-                    st.delete(pmap, va)
-                elif new != m[PROT]:
-                    st.put(pmap, va, (m[PA], new, m[WIRED], True))
-            step = _Step(_with_edges(pmap, op.sva, op.eva, keys), pas, (pmap,))
-
-        elif t is Unwire:
-            pmap, va = op.pmap, op.va
-            call(lane, index, op, divs, b.pmap_unwire, pmap, va)
-            m = st.get(pmap, va)
-            if m is not None and m[MANAGED] and m[WIRED]:
-                st.put(pmap, va, (m[PA], m[PROT], False, True))
-            step = _Step([(pmap, va)], set(), (pmap,))
-
-        elif t is PageProtect:
-            keys = st.mappings_of(op.pa)
-            call(lane, index, op, divs, b.pmap_page_protect, op.pa, op.prot)
-            opt = []
-            if not op.prot & PROT_W:
-                for key in keys:
-                    m = st.get(*key)
-                    if op.prot & PROT_R:
-                        if m[PROT] & PROT_W:
-                            st.put(key[0], key[1], (m[PA], m[PROT] & ~PROT_W, m[WIRED], True))
-                    elif m[WIRED]:
-                        opt.append(key)  # alpha keeps wired mappings, arm32 removes them
-                    else:
-                        st.delete(*key)
-            step = _Step(keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(opt))
-
-        elif t is Collect:
-            pmap = op.pmap
-            keys = [(pmap, va) for va, _ in st.items(pmap)] if pmap != KERNEL_PMAP else []
-            call(lane, index, op, divs, b.pmap_collect, pmap)
-            optional = frozenset(k for k in keys if st.maps[pmap][k[1]][MANAGED] and not st.maps[pmap][k[1]][WIRED])
-            pas = self._managed_pas(st, pmap, [k[1] for k in keys])
-            step = _Step(keys, pas, (pmap,), optional)
-
-        elif t is ClearModify or t is IsModified:
-            fn = b.pmap_clear_modify if t is ClearModify else b.pmap_is_modified
-            res = call(lane, index, op, divs, fn, op.pa)
-            lane.result = res
-            self._judge_modified(lane, index, op, divs, op.pa, res)
-            if t is ClearModify:
-                st.mod.discard(op.pa)
-                step = _Step(st.mappings_of(op.pa), {op.pa}, ())
-            else:
-                step = _Step([], set(), ())
-
-        elif t is ClearReference or t is IsReferenced:
-            fn = b.pmap_clear_reference if t is ClearReference else b.pmap_is_referenced
-            res = call(lane, index, op, divs, fn, op.pa)
-            lane.result = res
-            self._judge_referenced(lane, index, op, divs, op.pa, res)
-            if t is ClearReference:
-                st.ref.discard(op.pa)
-                step = _Step(st.mappings_of(op.pa), {op.pa}, ())
-            else:
-                step = _Step([], set(), ())
-
-        elif t is KEnter:
-            va = op.va
-            old = st.get(KERNEL_PMAP, va)
-            pas = {old[PA]} if old is not None and old[MANAGED] else set()
-            free_before = pool.free_frames
-            extra = st.extra_frames_for(KERNEL_PMAP, va)
-            try:
-                call(lane, index, op, divs, b.pmap_kenter_pa, va, op.pa, op.prot)
-            except OutOfMemory:
-                self._out_of_memory(lane, index, op, divs, extra, free_before)
-            st.put(KERNEL_PMAP, va, (op.pa, op.prot, True, False))
-            step = _Step([(KERNEL_PMAP, va)], pas, (KERNEL_PMAP,))
-
-        elif t is KRemove:
-            keys = st.in_range(KERNEL_PMAP, op.va, op.va + op.size)
-            call(lane, index, op, divs, b.pmap_kremove, op.va, op.size)
-            for va in keys:
-                if not st.maps[KERNEL_PMAP][va][MANAGED]:
-                    st.delete(KERNEL_PMAP, va)
-            step = _Step(_with_edges(KERNEL_PMAP, op.va, op.va + op.size, keys), set(), (KERNEL_PMAP,))
-
-        elif t is Create:
-            pmap = self.next_pmap - 1
-            free_before = pool.free_frames
-            st.create(pmap)
-            try:
-                call(lane, index, op, divs, b.pmap_create, pmap)
-            except OutOfMemory:
-                self._out_of_memory(lane, index, op, divs, st.create_frames(), free_before)
-            step = _Step([], set(), (pmap,))
-
-        elif t is Destroy:
-            pmap = op.pmap
-            if destroy_frees:
-                # At the last reference the pmap must be empty: the VM layer (here, the
-                # harness) removes what is left first (MODEL §3).
-                keys = [(pmap, va) for va, _ in st.items(pmap)]
-                pas = self._managed_pas(st, pmap, [k[1] for k in keys])
-                call(lane, index, op, divs, b.pmap_remove, pmap, USER_MIN, USER_MAX)
-                for _, va in keys:
-                    st.delete(pmap, va)
-                self._observe(lane, index, op, divs, _Step(keys, pas, ()))
-                call(lane, index, op, divs, b.pmap_destroy, pmap)
-                st.forget_pmap(pmap)
-                step = _Step([], set(), (pmap,))
-            else:
-                call(lane, index, op, divs, b.pmap_destroy, pmap)
-                step = _Step([], set(), ())
-
-        elif t is Reference:
-            call(lane, index, op, divs, b.pmap_reference, op.pmap)
-            step = _Step([], set(), ())
-
-        elif t is Update:
-            call(lane, index, op, divs, b.pmap_update, op.pmap)
-            step = _Step([], set(), ())
-
-        else:  # pragma: no cover - the loader refuses unknown ops
+        handler = _HANDLERS.get(type(op))
+        if handler is None:  # pragma: no cover - the loader refuses unknown ops
             raise BadInput(f"op {index}: unsupported op {op!r}")
+        self._observe(lane, index, op, divs, handler(self, lane, index, op, divs))
 
-        self._observe(lane, index, op, divs, step)
+    # One handler per op kind: the backend call and the judging of its result; the op's
+    # effect on the expected state is the contract model's (ContractState).
 
-    @staticmethod
-    def _managed_pas(st: ContractState, pmap: int, vas: Iterable[int]) -> set[int]:
-        table = st.maps[pmap]
-        return {table[va][PA] for va in vas if table[va][MANAGED]}
+    def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step:
+        st, pool = lane.state, lane.pool
+        pmap, va = op.pmap, op.va
+        pas = st.enter_pages(pmap, va, op.pa)
+        # The state is unchanged until st.enter below, so the frames a legitimate ENOMEM
+        # or panic needs are worked out only when one happens.
+        free_before = pool.free_frames
+        held_before = pool.held_pt_l1(pmap) if op.canfail else None
+        try:
+            res = self._call(lane, index, op, divs, lane.backend.pmap_enter, pmap, va, op.pa, op.prot, op.access,
+                             op.wired, op.canfail)
+        except OutOfMemory:
+            self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
+        lane.result = res
+        if res == OK:
+            st.enter(pmap, va, op.pa, op.prot, op.access, op.wired)
+        elif res == ENOMEM and op.canfail:
+            extra = st.extra_frames_for(pmap, va)
+            if free_before >= extra:
+                divs.append(self._div(lane, index, op, "result", "result", "enomem-with-free-frames",
+                                      f"ENOMEM with {free_before} free frames where {extra} were needed",
+                                      location=_loc(pmap, va)))
+            else:
+                self._allow(lane, index, "enomem", f"{describe(op)}: {extra} frames needed, {free_before} free")
+            if pool.free_frames != free_before or pool.held_pt_l1(pmap) != held_before:
+                divs.append(self._div(lane, index, op, "resource", "pool", "enomem-left-trace",
+                                      f"ENOMEM but the pool changed: {free_before} -> {pool.free_frames} free",
+                                      location=_loc(pmap)))
+        else:
+            divs.append(self._div(lane, index, op, "result", "result", "bad-enter-result",
+                                  f"pmap_enter returned {res!r}", location=_loc(pmap, va)))
+        return _Step([(pmap, va)], pas, (pmap,))
+
+    def _remove(self, lane: Lane, index: int, op: Remove, divs: list[Divergence]) -> _Step:
+        vas, pas = lane.state.remove(op.pmap, op.sva, op.eva)
+        self._call(lane, index, op, divs, lane.backend.pmap_remove, op.pmap, op.sva, op.eva)
+        return _Step(_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,))
+
+    def _protect(self, lane: Lane, index: int, op: Protect, divs: list[Divergence]) -> _Step:
+        vas, pas = lane.state.protect(op.pmap, op.sva, op.eva, op.prot)
+        self._call(lane, index, op, divs, lane.backend.pmap_protect, op.pmap, op.sva, op.eva, op.prot)
+        return _Step(_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,))
+
+    def _access(self, lane: Lane, index: int, op: Access, divs: list[Divergence]) -> _Step:
+        pmap, va = op.pmap, op.va
+        expect_ok, m = lane.state.access_allowed(pmap, va, _KIND_BIT[op.kind])
+        res = self._call(lane, index, op, divs, lane.backend.pmap_access, pmap, va, op.kind)
+        lane.result = res
+        if res not in (ACCESS_OK, ACCESS_FAULT):
+            divs.append(self._div(lane, index, op, "result", "result", "bad-access-result",
+                                  f"pmap_access returned {res!r}", location=_loc(pmap, va)))
+        elif (res == ACCESS_OK) != expect_ok:
+            cls = "access-ok-expected-fault" if res == ACCESS_OK else "access-fault-expected-ok"
+            want = "ok" if expect_ok else "fault"
+            divs.append(self._div(lane, index, op, "result", "result", cls,
+                                  f"access {op.kind} gave {res}, the contract says {want}",
+                                  location=_loc(pmap, va)))
+        elif expect_ok:
+            lane.state.accessed(m, op.kind == "w")
+        return _Step([(pmap, va)], {m[PA]} if m is not None and m[MANAGED] else set(), (pmap,))
+
+    def _extract(self, lane: Lane, index: int, op: Extract, divs: list[Divergence]) -> _Step:
+        pmap, va = op.pmap, op.va
+        res = self._call(lane, index, op, divs, lane.backend.pmap_extract, pmap, va)
+        lane.result = res
+        m = lane.state.get(pmap, va)
+        want = None if m is None else m[PA]
+        if res != want:
+            divs.append(self._div(lane, index, op, "result", "result", "extract-mismatch",
+                                  f"extract gave {_pa_text(res)}, the tables say {_pa_text(want)}",
+                                  location=_loc(pmap, va)))
+        return _Step([(pmap, va)], set(), (pmap,))
+
+    def _unwire(self, lane: Lane, index: int, op: Unwire, divs: list[Divergence]) -> _Step:
+        self._call(lane, index, op, divs, lane.backend.pmap_unwire, op.pmap, op.va)
+        lane.state.unwire(op.pmap, op.va)
+        return _Step([(op.pmap, op.va)], set(), (op.pmap,))
+
+    def _page_protect(self, lane: Lane, index: int, op: PageProtect, divs: list[Divergence]) -> _Step:
+        keys, optional = lane.state.page_protect(op.pa, op.prot)
+        self._call(lane, index, op, divs, lane.backend.pmap_page_protect, op.pa, op.prot)
+        return _Step(keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(optional))
+
+    def _collect(self, lane: Lane, index: int, op: Collect, divs: list[Divergence]) -> _Step:
+        keys, pas, optional = lane.state.collect(op.pmap)
+        self._call(lane, index, op, divs, lane.backend.pmap_collect, op.pmap)
+        return _Step(keys, pas, (op.pmap,), optional)
+
+    def _page_attribute(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> _Step:
+        method, modified, clears = _ATTRIBUTE_OPS[type(op)]
+        res = self._call(lane, index, op, divs, getattr(lane.backend, method), op.pa)
+        lane.result = res
+        (self._judge_modified if modified else self._judge_referenced)(lane, index, op, divs, op.pa, res)
+        if not clears:
+            return _Step([], set(), ())
+        (lane.state.mod if modified else lane.state.ref).discard(op.pa)
+        return _Step(lane.state.mappings_of(op.pa), {op.pa}, ())
+
+    def _kenter(self, lane: Lane, index: int, op: KEnter, divs: list[Divergence]) -> _Step:
+        free_before = lane.pool.free_frames
+        try:
+            self._call(lane, index, op, divs, lane.backend.pmap_kenter_pa, op.va, op.pa, op.prot)
+        except OutOfMemory:
+            self._out_of_memory(lane, index, op, divs, lane.state.extra_frames_for(KERNEL_PMAP, op.va), free_before)
+        pas = lane.state.kenter(op.va, op.pa, op.prot)
+        return _Step([(KERNEL_PMAP, op.va)], pas, (KERNEL_PMAP,))
+
+    def _kremove(self, lane: Lane, index: int, op: KRemove, divs: list[Divergence]) -> _Step:
+        vas = lane.state.kremove(op.va, op.size)
+        self._call(lane, index, op, divs, lane.backend.pmap_kremove, op.va, op.size)
+        return _Step(_with_edges(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,))
+
+    def _create(self, lane: Lane, index: int, op: Create, divs: list[Divergence]) -> _Step:
+        pmap = self.next_pmap - 1
+        free_before = lane.pool.free_frames
+        lane.state.create(pmap)
+        try:
+            self._call(lane, index, op, divs, lane.backend.pmap_create, pmap)
+        except OutOfMemory:
+            self._out_of_memory(lane, index, op, divs, lane.state.create_frames(), free_before)
+        return _Step([], set(), (pmap,))
+
+    def _destroy(self, lane: Lane, index: int, op: Destroy, divs: list[Divergence]) -> _Step:
+        pmap = op.pmap
+        if not self.destroy_frees:
+            self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
+            return _Step([], set(), ())
+        # At the last reference the pmap must be empty: the VM layer (here, the harness)
+        # removes what is left first (MODEL §3).
+        keys, pas = lane.state.empty(pmap)
+        self._call(lane, index, op, divs, lane.backend.pmap_remove, pmap, USER_MIN, USER_MAX)
+        self._observe(lane, index, op, divs, _Step(keys, pas, ()))
+        self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
+        lane.state.forget_pmap(pmap)
+        return _Step([], set(), (pmap,))
+
+    def _reference(self, lane: Lane, index: int, op: Reference, divs: list[Divergence]) -> _Step:
+        self._call(lane, index, op, divs, lane.backend.pmap_reference, op.pmap)
+        return _Step([], set(), ())
+
+    def _update(self, lane: Lane, index: int, op: Update, divs: list[Divergence]) -> _Step:
+        self._call(lane, index, op, divs, lane.backend.pmap_update, op.pmap)
+        return _Step([], set(), ())
 
     # -- observing and judging --------------------------------------------------------------------
 
@@ -1075,6 +994,23 @@ class StreamRun:
             held = sum(lane.pool.held(p, t) for p in st.pmaps() if p != KERNEL_PMAP for t in (Tag.PT, Tag.L1))
             needed = sum(n for p in st.pmaps() if p != KERNEL_PMAP for n in st.needed(p).values())
             trace[lane.name].append((held, needed, lane.pool.frees))
+
+
+# The page-attribute ops: (backend method, MOD (else REF), clears the attribute).
+_ATTRIBUTE_OPS = {
+    ClearModify: ("pmap_clear_modify", True, True), IsModified: ("pmap_is_modified", True, False),
+    ClearReference: ("pmap_clear_reference", False, True), IsReferenced: ("pmap_is_referenced", False, False),
+}
+
+_HANDLERS: dict[type, Callable[..., _Step]] = {
+    Enter: StreamRun._enter, Remove: StreamRun._remove, Protect: StreamRun._protect,
+    Access: StreamRun._access, Extract: StreamRun._extract, Unwire: StreamRun._unwire,
+    PageProtect: StreamRun._page_protect, Collect: StreamRun._collect,
+    ClearModify: StreamRun._page_attribute, IsModified: StreamRun._page_attribute,
+    ClearReference: StreamRun._page_attribute, IsReferenced: StreamRun._page_attribute,
+    KEnter: StreamRun._kenter, KRemove: StreamRun._kremove, Create: StreamRun._create,
+    Destroy: StreamRun._destroy, Reference: StreamRun._reference, Update: StreamRun._update,
+}
 
 
 class _AuditOp:
