@@ -1,7 +1,8 @@
 """The pmap(9) contract as a model: what a stream established, per backend.
 
-The harness keeps one ``ContractState`` per backend.  It applies every op with the
-contract's semantics (docs/SEMANTICS.md) and is then held against what the backend shows
+The harness keeps one ``ContractState`` per backend.  Each op's meaning lives here, in one
+method per op (docs/SEMANTICS.md): it applies the op with the contract's semantics and
+returns what the op touched, which the harness then holds against what the backend shows
 (walks, results, attributes).  Where the contract leaves a choice open (a non-wired
 mapping forgotten by ``collect``, a wired mapping under ``page_protect(none)``) the state
 marks the mapping *optional* for that op and afterwards follows what the backend did.

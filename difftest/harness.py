@@ -2,18 +2,26 @@
 
 Data path per op, for every backend (a *lane*: backend, its pool, its contract state):
 
-1. work out what the op can touch from the contract state *before* the op (the VA, the
-   mappings in a range, the mappings of a page, the pmap);
-2. apply the op to the backend (an exception is a ``crash``; the lane stops);
-3. apply the op to the contract state, following the backend where the contract leaves a
-   choice open (ENOMEM, forgetting non-wired mappings on ``collect``);
-4. observe only what the op touched: walk those VAs, read those pages' attributes, the
-   named pmap's counters and held frames, the incremental invariants.  Nothing here
-   grows with the size of the address space.
+1. the op's handler calls the backend (an exception is a ``crash``; the lane stops) and
+   judges its result;
+2. the contract model (``ContractState``) applies the op and returns what it touched: the
+   VA, the mappings in a range and the page on either side of it, the mappings of a page,
+   the pmap; where the contract leaves a choice open (ENOMEM, forgetting non-wired
+   mappings on ``collect``, revoking a wired mapping) the state follows the backend;
+3. only what the op touched is observed: walk those VAs, read those pages' attributes, the
+   named pmaps' counters and held frames (the kernel's too).  Nothing here grows with the
+   size of the address space.
 
 Every ``checkpoint_every`` ops (or every *live mappings* ops, whichever is more, so an
 audit costs O(1) amortised per op) and at the end, a full audit compares whole address
 spaces, all counters, all pages, the pool, and the invariants in their full form.
+
+Two speeds.  The *precise* path also runs the backends' invariants after every op, on what
+it touched.  The *fast* path (``fast=True``, ``difftest fuzz``'s default) runs them only
+in the audits; a break found there, or a lane that crashes, sends the stream back to the
+precise path from the start (streams are deterministic), which reports it at the op that
+broke it.  Everything else is the same code on both paths, so both report the same
+divergences; ``tests/test_fast_path.py`` holds them to it.
 
 Differences are classified (MODEL.md §5) and then attributed across lanes: whether the
 reference and the majority agree with the contract where this backend does not.  After a
