@@ -221,14 +221,15 @@ class Harness:
         elsewhere it is checked between ops, and every backend still running is blamed).
         """
         started = time.perf_counter()
+        result: RunResult | None = None
         if self.fast:
             try:
                 result = self._run(stream, time_limit, escalate=True)
             except _NeedsPrecise:
-                result = self._run(stream, time_limit, escalate=False)
-                result.localised = True
-        else:
+                pass  # re-run below, outside this handler: no exception context in tracebacks
+        if result is None:
             result = self._run(stream, time_limit, escalate=False)
+            result.localised = self.fast
         result.elapsed = time.perf_counter() - started
         return result
 

@@ -40,7 +40,7 @@ def registry():
 def everything(result):
     """All a run reports, in order, every field (observations and attribution included)."""
     divs = [(d.op_index, d.kind, d.backend, d.signature, d.op, d.message, d.location, d.attribution,
-             tuple(sorted(d.observations.items())), d.traceback is None) for d in result.divergences]
+             tuple(sorted(d.observations.items())), d.traceback) for d in result.divergences]
     return divs, result.allowed, dict(result.allowed_counts), result.stopped, result.ops_run, result.checkpoints
 
 
@@ -97,3 +97,29 @@ def test_precise_twin_of_a_fast_harness(registry):
     assert twin.precise() is twin
     stream = registry.generators["random"].generate(3, 200, 8192)
     assert everything(twin.run(stream)) == everything(fast.run(stream))
+
+
+@pytest.mark.slow
+def test_fuzz_default_and_per_op_write_the_same_report(tmp_path):
+    """End to end: ``difftest fuzz`` on the fast path (the default, ``--invariants auto``)
+    and on the precise path (``--invariants per-op``) write the same report, test-only
+    bugs included; only the recorded setting and the timings differ."""
+    import json
+
+    from cliutil import clean_env, run_difftest
+
+    args = ["-p", "broken_backends", "fuzz", "--no-progress", "--streams", "4", "--ops-per-stream", "400",
+            "--seed", "21", "--workers", "1", "--shrink-budget", "0", "--checkpoint-every", "100",
+            "--backends", "alpha-ref,arm32-leaky,bug-ptfree,bug-modloss,bug-protect-past-eva"]
+    reports = {}
+    for mode in ("auto", "per-op"):
+        out = tmp_path / mode
+        proc = run_difftest(*args, "--invariants", mode, "--out", str(out), env=clean_env([PLUGINS]),
+                            cwd=tmp_path, timeout=240)
+        assert proc.returncode == 1, proc.stderr  # the bugs are new divergences
+        doc = json.loads((out / "report.json").read_text())
+        assert doc["campaign"].pop("invariants") == mode
+        doc.pop("timing", None)
+        reports[mode] = doc
+    assert {d["backend"] for d in reports["auto"]["divergences"]} >= {"bug-ptfree", "bug-modloss"}
+    assert reports["auto"] == reports["per-op"]
