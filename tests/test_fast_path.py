@@ -21,7 +21,7 @@ from difftest.streams import make_stream
 PLUGINS = Path(__file__).parent / "plugins"
 BUILTINS = ["alpha-ref", "arm32-leaky", "arm32-refcount"]
 # Every test-only backend that runs to the end of a stream (bug-hang and bug-exit do not).
-BROKEN = ["bug-wrongpa", "bug-wrongpa-once", "bug-modloss", "bug-wiredcount", "bug-protect-raises",
+BROKEN = ["bug-wrongpa", "bug-wrongpa-once", "bug-modloss", "bug-two", "bug-wiredcount", "bug-protect-raises",
           "bug-ptfree", "bug-extra", "bug-kpt-free", "bug-protect-past-eva",
           "shrinkbug-extract", "shrinkbug-wiredpp", "shrinkbug-destroy"]
 
