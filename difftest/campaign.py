@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterator, Sequence
 from difftest import __version__, streams
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun
+from difftest.features import CoverageTally, recorder_for
+from difftest.feedback import FeedbackPool, Recipe, build_stream
 from difftest.report import REPORT_FORMAT
 from difftest.streams import Stream, atomic_write_text
 
@@ -62,6 +64,7 @@ class CampaignConfig:
     checkpoint_every: int = 1000
     plugins: tuple[str, ...] = ()
     invariants: str = "per-op"  # or "checkpoint"
+    feedback: bool = False  # coverage feedback: mutants of a feedback pool (difftest/feedback.py)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -170,6 +173,7 @@ class UnitTask:
     config: CampaignConfig
     k: int
     backends: tuple[str, ...] | None = None  # a subset, when finding which backend kills a worker
+    recipe: Recipe | None = None  # with feedback: how stream k is made
 
 
 @dataclass
@@ -181,6 +185,7 @@ class UnitResult:
     # signature -> (events in this stream, the first divergence as JSON)
     hits: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)  # difftest.features
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,7 @@ class ShrinkTask:
     config: CampaignConfig
     signature: str
     k: int
+    recipe: Recipe | None = None
 
 
 @dataclass
@@ -230,9 +236,17 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
     return env
 
 
-def make_stream(config: CampaignConfig, k: int) -> Stream:
+def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) -> Stream:
+    """Stream k: the generator's, or with feedback the mutant its recipe says."""
     _, gen = _worker_env(config)
-    return gen.generate(unit_seed(config.seed, k), config.ops_per_stream, config.phys_pages)
+
+    def fresh(j: int) -> Stream:
+        return gen.generate(unit_seed(config.seed, j), config.ops_per_stream, config.phys_pages)
+
+    if recipe is None or recipe.parent is None:
+        return fresh(k)
+    return build_stream(recipe, fresh, config.ops_per_stream, config.seed,
+                        key=(config.seed, config.generator, config.ops_per_stream, config.phys_pages))
 
 
 def run_unit(task: UnitTask) -> UnitResult:
@@ -240,9 +254,12 @@ def run_unit(task: UnitTask) -> UnitResult:
     harness, gen = _worker_env(task.config, task.backends)
     config = task.config
     seed = unit_seed(config.seed, task.k)
-    stream = gen.generate(seed, config.ops_per_stream, config.phys_pages)
+    stream = make_stream(config, task.k, task.recipe)
+    recorder = recorder_for(harness)
+    recorder.start()
     result = harness.run(stream, time_limit=config.stream_timeout)
-    out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped))
+    out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
+                     features=sorted(recorder.features(stream)))
     for d in result.divergences:
         if d.signature in out.hits:
             n, first = out.hits[d.signature]
@@ -255,7 +272,7 @@ def run_unit(task: UnitTask) -> UnitResult:
 def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     """Regenerate stream k and minimise it for one signature: executed in a worker."""
     started = time.perf_counter()
-    stream = make_stream(task.config, task.k)
+    stream = make_stream(task.config, task.k, task.recipe)
     harness, _ = _worker_env(task.config)
     try:
         from difftest.shrink import shrink
@@ -339,6 +356,9 @@ class Campaign:
         self.prior_elapsed = 0.0
         self._shrinks: dict[cf.Future, str] = {}
         self._journal = None
+        self.coverage = CoverageTally()
+        self.feedback = (FeedbackPool(config.seed, config.shard_index, config.shard_count)
+                         if config.feedback else None)
         if resume or read_only:
             self._load_state(repair=not read_only)
         else:
@@ -386,6 +406,9 @@ class Campaign:
         if entry.get("type") == "elapsed":
             self.prior_elapsed = entry["elapsed"]
             return
+        features = self.coverage.replay(entry)
+        if self.feedback is not None:
+            self.feedback.replay(entry["k"], entry, features)
         self._commit_hits(entry["k"], entry["seed"], entry["ops"], entry["hits"], entry.get("elapsed", 0.0),
                           replaying=True)
 
@@ -417,9 +440,22 @@ class Campaign:
         new = self._commit_hits(res.k, res.seed, res.ops, hits, res.elapsed)
         for rec in new:
             self._write_divergence(rec)
-        self._append_journal({"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits,
-                              "elapsed": round(res.elapsed, 6)})
+        entry = {"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits, "elapsed": round(res.elapsed, 6)}
+        entry.update(self._commit_coverage(res))
+        self._append_journal(entry)
         return new
+
+    def _commit_coverage(self, res: UnitResult) -> dict[str, Any]:
+        """Count the stream's features (and with feedback, score it): its journal fields."""
+        recipe = self._recipe(res.k)
+        fields = self.coverage.commit(res.features, mutant=recipe is not None and recipe.parent is not None)
+        if self.feedback is not None and recipe is not None:
+            self.feedback.commit(res.k, res.features)
+            fields.update(recipe.journal())
+        return fields
+
+    def _recipe(self, k: int) -> Recipe | None:
+        return None if self.feedback is None else self.feedback.recipe_for(k)
 
     def _commit_hits(self, k: int, seed: int, ops: int, hits: dict[str, Any], elapsed: float,
                      replaying: bool = False) -> list[SignatureRecord]:
@@ -462,16 +498,21 @@ class Campaign:
             for rec in sorted(self.records.values(), key=lambda r: r.first_k):
                 if rec.reproducer is None:
                     self._submit_shrink(executor, rec)
+            held: int | None = None  # the next stream, waiting for the feedback window
             while True:
                 while not exhausted and len(pending) < 2 * self.workers:
                     if deadline is not None and time.monotonic() >= deadline:
                         exhausted = True
                         break
-                    k = next(units, None)
+                    k = held if held is not None else next(units, None)
+                    held = None
                     if k is None:
                         exhausted = True
                         break
-                    pending[executor.submit(run_unit, UnitTask(config, k))] = k
+                    if self.feedback is not None and not self.feedback.ready(k) and pending:
+                        held = k
+                        break
+                    pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k)))] = k
                     submitted.append(k)
                 if not pending:
                     break
@@ -522,11 +563,12 @@ class Campaign:
         if self.config.shrink_budget <= 0:
             self._finish_without_shrink(rec, "shrinking disabled")
             return
-        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k))
+        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k,
+                                                      self._recipe(rec.first_k)))
         self._shrinks[fut] = rec.signature
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
-        stream = make_stream(self.config, rec.first_k)
+        stream = make_stream(self.config, rec.first_k, self._recipe(rec.first_k))
         rec.reproducer = streams.stream_to_json(stream)
         rec.reproducer_ops = len(stream)
         rec.shrink_error = why
@@ -566,8 +608,9 @@ class Campaign:
         """Stream k was in flight when a worker died: run it alone to see whether it kills
         a worker, and if so with which backend."""
         single = self.executor_factory(1)
+        recipe = self._recipe(k)
         try:
-            return single.submit(run_unit, UnitTask(self.config, k)).result()
+            return single.submit(run_unit, UnitTask(self.config, k, recipe=recipe)).result()
         except BrokenProcessPool:
             pass
         finally:
@@ -576,7 +619,7 @@ class Campaign:
         for name in self.config.backends:
             solo = self.executor_factory(1)
             try:
-                solo.submit(run_unit, UnitTask(self.config, k, (name,))).result()
+                solo.submit(run_unit, UnitTask(self.config, k, (name,), recipe)).result()
             except BrokenProcessPool:
                 culprits.append(name)
             finally:
@@ -589,7 +632,7 @@ class Campaign:
             # What the other backends find in this stream is not lost with the worker.
             rest = self.executor_factory(1)
             try:
-                res = rest.submit(run_unit, UnitTask(self.config, k, others)).result()
+                res = rest.submit(run_unit, UnitTask(self.config, k, others, recipe)).result()
             except BrokenProcessPool:
                 pass
             finally:
@@ -623,6 +666,7 @@ class Campaign:
                     "first_hits": [{"elapsed": round(t, 3), "streams": n, "signature": s}
                                    for t, n, s in self.timeline]},
             worker_deaths=self.worker_deaths,
+            coverage=self.coverage.to_report(len(self.committed)),
         )
 
 
@@ -634,6 +678,7 @@ def build_campaign_report(
     ops: int,
     timing: dict[str, Any] | None = None,
     worker_deaths: Sequence[dict[str, Any]] = (),
+    coverage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``difftest.report/1`` document of a campaign.  Everything but ``timing`` is a
     function of the configuration and the committed streams."""
@@ -681,6 +726,7 @@ def build_campaign_report(
             "checkpoint_every": config.checkpoint_every,
             "invariants": config.invariants,
             "plugins": list(config.plugins),
+            "feedback": config.feedback,
         },
         "summary": {
             "signatures": len(entries),
@@ -691,6 +737,8 @@ def build_campaign_report(
         "no_longer_seen": no_longer,
         "worker_deaths": list(worker_deaths),
     }
+    if coverage is not None:
+        doc["coverage"] = coverage
     if timing is not None:
         doc["timing"] = timing
     return doc
@@ -724,12 +772,15 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     ops = 0
     base: CampaignConfig | None = None
     known: list[KnownDivergence] = []
+    tally = CoverageTally()
     for d in dirs:
         config, records, committed, n_ops, kn = load_run_dir(Path(d))
+        tally.add(CoverageTally.from_journal(Path(d) / JOURNAL))
         if base is None:
             base, known = config, kn
-        elif (config.seed, config.backends, config.generator, config.ops_per_stream, config.streams) != (
-                base.seed, base.backends, base.generator, base.ops_per_stream, base.streams):
+        elif (config.seed, config.backends, config.generator, config.ops_per_stream, config.streams,
+              config.feedback) != (base.seed, base.backends, base.generator, base.ops_per_stream, base.streams,
+                                   base.feedback):
             raise BadInput(f"{d}: not a shard of the same campaign as {dirs[0]}")
         streams_run += len(committed)
         ops += n_ops
@@ -753,6 +804,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
-    report = build_campaign_report(config, merged, known, streams_run, ops)
+    report = build_campaign_report(config, merged, known, streams_run, ops,
+                                   coverage=tally.to_report(streams_run))
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report

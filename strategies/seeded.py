@@ -141,7 +141,7 @@ BASE_WEIGHTS = {
 ALWAYS = ("enter", "remove")  # every stream maps and unmaps
 # The swarm's pressure dimension: the share of ``random`` streams driven to the pool's edge
 # (strategies/pressure.py), and the weight of their "fill" action.
-P_PRESSURE = 0.6
+P_PRESSURE = 0.75
 FILL_WEIGHT = 10
 
 

@@ -293,7 +293,7 @@ def test_junit_report(runs):
             body = f.text
             assert "difftest -p hostile_backends -p broken_backends replay" in body
             assert e["reproducer_path"] in body
-            ops = [line for line in body.splitlines() if re.match(r"^[ >] \d+  \w+\(", line)]
+            ops = [line for line in body.splitlines() if re.match(r"^[ >] +\d+  \w+\(", line)]
             assert len(ops) == e["reproducer_ops"]
     props = {p.get("name"): p.get("value") for p in suite.find("properties")}
     assert props["seed"] == "5" and props["tool_version"] == runs.report["tool"]["version"]

@@ -1,0 +1,316 @@
+"""Coverage feedback: a *feedback pool* of streams that reached new features, and mutants.
+
+(Not issue 11's ``--corpus DIR`` of reproducers: this pool lives inside one campaign.)
+
+The campaign scores every committed stream by the features it reached
+(``difftest.features``).  A stream that reached a feature no earlier stream did joins the
+pool.  Part of the budget then goes to *mutants* of pool streams (AFL++, libFuzzer):
+splice in part of another stream, insert or repeat a chunk, delete a chunk, retarget
+addresses to region edges, tighten memory pressure.  Every mutant is repaired into a
+VM-legal stream (``difftest.legality``): pmap ids renumbered, an unmap inserted before a
+last ``destroy``, an unwire before a revoke, anything else the VM never does dropped.
+
+Determinism.  Stream k is described by a ``Recipe``: fresh (the generator's stream for
+``unit_seed(seed, k)``) or a mutant of the stream of an earlier recipe, with k's seed
+driving the mutation.  Recipes are chosen in k order from the pool *as committed for the
+streams before k - WINDOW* (results are committed in k order), and the campaign submits k
+only once those are committed, so the choice depends on neither the number of workers nor
+their timing.  The journal records each stream's recipe (its parent and donor), so
+``--resume`` and the minimiser rebuild the same streams.  A sharded campaign keeps one pool
+per shard: its merged report is not the unsharded one's (use ``--no-feedback`` for that).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+from difftest.legality import VMModel, legal_stream_problem
+from difftest.machine import KERNEL_MAX, KERNEL_MIN, KERNEL_PMAP, PAGE_SIZE, USER_MAX, USER_MIN
+from difftest.ops import Create, Enter, KEnter, KRemove, Op, Remove, Unwire
+from difftest.streams import Stream
+
+WINDOW = 32  # stream k's recipe sees the pool as committed for the streams before k - WINDOW
+MAX_DEPTH = 6  # mutants of mutants, at most this deep (a worker rebuilds the chain)
+POOL_SIZE = 64
+P_MUTANT = 0.5  # share of the streams that are mutants, once the pool holds something
+_SALT = 0x6665656462616B  # keeps the recipe draws apart from the generator's own
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How stream k is made: fresh, or a mutant of ``parent`` (spliced with the fresh
+    stream ``donor``), mutated with k's seed."""
+
+    k: int
+    parent: "Recipe | None" = None
+    donor: int | None = None
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.parent is None else self.parent.depth + 1
+
+    def journal(self) -> dict[str, Any]:
+        return {"parent": None if self.parent is None else self.parent.k, "donor": self.donor}
+
+
+@dataclass
+class _Entry:
+    k: int
+    recipe: Recipe
+    features: frozenset[str]
+
+
+class FeedbackPool:
+    """The campaign side: which streams are kept, and each new stream's recipe."""
+
+    def __init__(self, seed: int, first_unit: int = 0, stride: int = 1, window: int = WINDOW,
+                 pool_size: int = POOL_SIZE) -> None:
+        self.seed = seed
+        self.first_unit = first_unit
+        self.stride = stride
+        self.window = window
+        self.pool_size = pool_size
+        self.entries: list[_Entry] = []
+        self.counts: dict[str, int] = {}  # feature -> streams, over the streams applied
+        self.queue: list[tuple[int, Recipe, frozenset[str]]] = []  # committed, not applied yet
+        self.recipes: dict[int, Recipe] = {}
+        self.high = -1  # the last committed stream
+        self.mutants = 0
+
+    # -- commits (in k order) -----------------------------------------------------------------
+
+    def commit(self, k: int, features: Sequence[str]) -> None:
+        recipe = self.recipes.get(k) or Recipe(k)
+        self.recipes[k] = recipe
+        if recipe.parent is not None:
+            self.mutants += 1
+        self.queue.append((k, recipe, frozenset(features)))
+        self.high = max(self.high, k)
+
+    def replay(self, k: int, entry: dict[str, Any], features: Sequence[str]) -> None:
+        """A journal entry read back on --resume."""
+        parent = entry.get("parent")
+        self.recipes[k] = Recipe(k, self.recipes.get(parent, Recipe(parent)) if parent is not None else None,
+                                 entry.get("donor"))
+        self.commit(k, features)
+
+    def _apply_until(self, limit: int) -> None:
+        while self.queue and self.queue[0][0] < limit:
+            k, recipe, features = self.queue.pop(0)
+            new = [f for f in features if f not in self.counts]
+            for f in features:
+                self.counts[f] = self.counts.get(f, 0) + 1
+            if new and recipe.depth < MAX_DEPTH:
+                self.entries.append(_Entry(k, recipe, features))
+                if len(self.entries) > self.pool_size:
+                    self.entries.remove(min(self.entries, key=lambda e: (self._score(e), e.k)))
+
+    def _score(self, entry: _Entry) -> float:
+        """Rarity: streams reaching features few others reach are worth more."""
+        counts = self.counts
+        return sum(1.0 / counts[f] for f in entry.features)
+
+    # -- choosing ---------------------------------------------------------------------------------
+
+    def ready(self, k: int) -> bool:
+        """Every stream of this shard before k - WINDOW is committed."""
+        nxt = self.high + self.stride if self.high >= 0 else self.first_unit
+        return nxt >= k - self.window
+
+    def recipe_for(self, k: int) -> Recipe:
+        """Stream k's recipe (call in k order, once ``ready(k)``)."""
+        if k in self.recipes:  # chosen before (a re-run after a worker died)
+            return self.recipes[k]
+        self._apply_until(k - self.window)
+        rng = random.Random(_mix(self.seed, k))
+        recipe = Recipe(k)
+        if self.entries and rng.random() < P_MUTANT:
+            scores = [self._score(e) for e in self.entries]
+            parent = rng.choices(self.entries, weights=scores)[0]
+            fresh = [e.k for e in self.entries if e.recipe.parent is None and e.k != parent.k]
+            donor = fresh[int(rng.random() * len(fresh))] if fresh and rng.random() < 0.4 else None
+            recipe = Recipe(k, parent.recipe, donor)
+        self.recipes[k] = recipe
+        return recipe
+
+
+def _mix(seed: int, k: int) -> int:
+    return (seed * 1_000_003 + k) ^ _SALT
+
+
+# -- building streams (in the workers) ------------------------------------------------------------
+
+Generate = Callable[[int], Stream]  # k -> the generator's fresh stream k
+
+_BUILT: dict[tuple[Any, int], Stream] = {}
+_BUILT_LIMIT = 64
+
+
+def build_stream(recipe: Recipe, fresh: Generate, n_ops: int, seed: int, key: Any = None) -> Stream:
+    """The stream of ``recipe``: rebuilt from its fresh root through its mutations
+    (a few recent ones are kept per process, under ``key`` and k)."""
+    memo = (key, recipe.k)
+    if key is not None and memo in _BUILT:
+        return _BUILT[memo]
+    if recipe.parent is None:
+        stream = fresh(recipe.k)
+    else:
+        parent = build_stream(recipe.parent, fresh, n_ops, seed, key)
+        donor = fresh(recipe.donor) if recipe.donor is not None else None
+        stream = mutate(parent, donor, random.Random(_mix(seed, recipe.k) ^ 1), n_ops)
+        if legal_stream_problem(stream) is not None:  # never expected: the repair keeps it legal
+            stream = parent
+        stream = stream.replace(origin={"feedback": {"k": recipe.k, "parent": recipe.parent.k,
+                                                     "donor": recipe.donor, "depth": recipe.depth},
+                                        "root": _root_origin(parent.origin)})
+    if key is not None:
+        if len(_BUILT) >= _BUILT_LIMIT:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[memo] = stream
+    return stream
+
+
+def _root_origin(origin: dict[str, Any]) -> dict[str, Any]:
+    return origin.get("root", origin) if "feedback" in origin else origin
+
+
+# -- mutations ------------------------------------------------------------------------------------
+
+MUTATIONS = ("splice", "insert", "repeat", "delete", "retarget", "pressure")
+
+
+def mutate(parent: Stream, donor: Stream | None, rng: random.Random, n_ops: int) -> Stream:
+    """One to three mutations of ``parent``, repaired into a VM-legal stream of at most
+    ``n_ops`` ops."""
+    pieces = _pieces(parent, "main")
+    free_frames = parent.free_frames
+    canfail_from: int | None = None
+    for _ in range(1 + int(rng.random() * 3)):
+        kind = MUTATIONS[int(rng.random() * len(MUTATIONS))]
+        n = len(pieces)
+        if kind == "splice" and donor is not None and len(donor.ops):
+            d = _pieces(donor, "donor")
+            a = int(rng.random() * len(d))
+            chunk = d[a:a + 1 + int(rng.random() * min(400, len(d)))]
+            i = int(rng.random() * (n + 1))
+            pieces = pieces[:i] + chunk + pieces[i:]
+        elif kind in ("insert", "repeat") and n:
+            a = int(rng.random() * n)
+            b = min(n, a + 1 + int(rng.random() * 60))
+            tag = f"copy{rng.random()}"
+            times = 1 if kind == "insert" else 2 + int(rng.random() * 4)
+            chunk = [(op, tag, cid) for _ in range(times) for op, _, cid in pieces[a:b]]
+            # a copy gets its own pmap namespace per repetition: renumbered below
+            chunk = [(op, f"{tag}:{j // max(1, b - a)}", cid) for j, (op, _, cid) in enumerate(chunk)]
+            i = b if kind == "repeat" else int(rng.random() * (n + 1))
+            pieces = pieces[:i] + chunk + pieces[i:]
+        elif kind == "delete" and n > 8:
+            a = int(rng.random() * n)
+            pieces = pieces[:a] + pieces[a + 1 + int(rng.random() * min(100, n // 4)):]
+        elif kind == "retarget" and n:
+            for _ in range(1 + int(rng.random() * 8)):
+                i = int(rng.random() * n)
+                op, tag, cid = pieces[i]
+                pieces[i] = (_retarget(op, rng), tag, cid)
+        elif kind == "pressure":
+            pages = parent.phys_pages
+            free_frames = (max(8, int(free_frames * (0.4 + rng.random() * 0.5))) if free_frames is not None
+                           else 16 + int(rng.random() * 240))
+            free_frames = min(free_frames, pages)
+            canfail_from = 0  # under pressure every enter may fail (as in the pressure generator)
+    ops = _repair(pieces, rng, n_ops, canfail_from)
+    return Stream(tuple(ops), parent.phys_pages, {}, free_frames=free_frames)
+
+
+def _pieces(stream: Stream, tag: str) -> list[tuple[Op, str, int | None]]:
+    """(op, namespace, the id a create makes in its source stream)."""
+    out: list[tuple[Op, str, int | None]] = []
+    next_id = 1
+    for op in stream.ops:
+        if type(op) is Create:
+            out.append((op, tag, next_id))
+            next_id += 1
+        else:
+            out.append((op, tag, None))
+    return out
+
+
+_EDGE_SPANS = (4 << 20, 2 << 20, 1 << 20)
+
+
+def _retarget(op: Op, rng: random.Random) -> Op:
+    """Move an op's address to a region edge near it (first or last page of a 1, 2 or 4 MiB
+    region, or a range straddling the boundary)."""
+    span = _EDGE_SPANS[int(rng.random() * 3)]
+    kernel = type(op) in (KEnter, KRemove) or getattr(op, "pmap", None) == KERNEL_PMAP
+    lo, hi = (KERNEL_MIN, KERNEL_MAX) if kernel else (USER_MIN, USER_MAX)
+    if hasattr(op, "sva"):
+        edge = (op.sva // span + 1) * span
+        sva = max(lo, edge - (1 + int(rng.random() * 4)) * PAGE_SIZE)
+        eva = min(hi, edge + (1 + int(rng.random() * 4)) * PAGE_SIZE)
+        return replace(op, sva=sva, eva=eva) if eva > sva else op
+    if type(op) is KRemove:
+        edge = (op.va // span + 1) * span
+        va = max(lo, edge - (1 + int(rng.random() * 4)) * PAGE_SIZE)
+        size = min(hi - va, (2 + int(rng.random() * 6)) * PAGE_SIZE)
+        return replace(op, va=va, size=size) if size > 0 else op
+    if not hasattr(op, "va"):
+        return op
+    base = op.va // span * span
+    va = (base, base + PAGE_SIZE, base + span - PAGE_SIZE, base + span, base - PAGE_SIZE)[int(rng.random() * 5)]
+    return replace(op, va=va) if lo <= va < hi else op
+
+
+def _repair(pieces: list[tuple[Op, str, int | None]], rng: random.Random, n_ops: int,
+            canfail_from: int | None) -> list[Op]:
+    """Renumber pmaps per namespace and keep the stream VM-legal (see the module doc)."""
+    model = VMModel()
+    out: list[Op] = []
+    names: dict[str, dict[int, int]] = {}  # namespace -> source id -> real id
+
+    def emit(op: Op) -> None:
+        model.apply(op)
+        out.append(op)
+
+    for op, tag, created in pieces:
+        if len(out) >= n_ops:
+            break
+        ns = names.get(tag)
+        if ns is None:
+            # a copy of the main flow sees the main flow's pmaps; a donor's chunk starts blank
+            ns = names[tag] = dict(names.get("main", {})) if tag.startswith("copy") else {}
+        t = type(op)
+        if t is Create:
+            ns[created] = model.next_id
+            emit(op)
+            continue
+        pmap = getattr(op, "pmap", None)
+        if pmap is not None and pmap != KERNEL_PMAP:
+            real = ns.get(pmap)
+            if real is None or not model.alive(real):
+                live = model.user_pmaps()
+                if tag != "donor" or not live:
+                    continue
+                real = ns[pmap] = live[int(rng.random() * len(live))]
+            if real != pmap:
+                op = replace(op, pmap=real)
+        if t is Enter and canfail_from is not None and not op.canfail:
+            op = replace(op, canfail=True)
+        problem = model.check(op)
+        if problem is not None:
+            rule = problem.split(":", 1)[0]
+            if rule == "destroy-nonempty":
+                emit(Remove(op.pmap, USER_MIN, USER_MAX))  # what the VM does before the last destroy
+            elif rule == "wired-revoke":
+                for pm, va in model.mappings_of(op.pa):
+                    if model.maps[pm][va][1]:
+                        emit(Unwire(pm, va))
+            else:
+                continue
+            if model.check(op) is not None or len(out) >= n_ops:
+                continue
+        emit(op)
+    return out[:n_ops]
+
