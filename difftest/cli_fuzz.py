@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
+from difftest.features import warnings
 from difftest.campaign import (
     Campaign,
     CampaignConfig,
@@ -178,6 +179,10 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         for death in report["worker_deaths"]:
             click.echo(f"worker died on stream {death['stream']} (seed {death['seed']}); "
                        f"alone: {', '.join(death['backends']) or 'no single backend'}")
+        cov = report.get("coverage") or {}
+        click.echo(f"{cov.get('distinct', 0):,} distinct features reached")
+        for line in warnings(cov):  # health checks: what the campaign never reached
+            click.echo(f"warning: {line}", err=True)
         click.echo(f"report: {out_dir / 'report.json'}")
     return EXIT_DIVERGENCES if report["summary"]["new"] else EXIT_OK
 
