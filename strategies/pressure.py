@@ -200,6 +200,15 @@ class PressureModels:
         """An enter at (pmap, va) would get ENOMEM in some model."""
         return any(m.extra(pmap, va) > self.free_frames - m.used for m in self.models)
 
+    def partial(self, pmap: int, va: int) -> bool:
+        """An enter at (pmap, va) needs more frames than some model has, while that model
+        still has some: the path that allocates part of a table walk and must undo it."""
+        for m in self.models:
+            room = self.free_frames - m.used
+            if 0 < room < m.extra(pmap, va):
+                return True
+        return False
+
     def all_full(self, slack: int = 0) -> bool:
         """Every model has at most ``slack`` free frames."""
         return all(self.free_frames - m.used <= slack for m in self.models)

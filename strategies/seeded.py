@@ -613,11 +613,15 @@ class RandomGenerator(_Base):
             pmap = self.user()
         if pmap is None:
             return
-        # any 2 MiB slot of the user range: spread over the four 1 GiB regions
-        base = int(rnd() * (USER_MAX // (2 * MIB))) * 2 * MIB
-        va = max(USER_MIN, base + EDGE_PAGES[int(rnd() * len(EDGE_PAGES))] * PAGE_SIZE)
-        if va >= USER_MAX:
-            va = base
+        # any 2 MiB slot of the user range: spread over the four 1 GiB regions; near the
+        # edge, rather one that needs more frames than a model has left (a partial walk)
+        for _ in range(8):
+            base = int(rnd() * (USER_MAX // (2 * MIB))) * 2 * MIB
+            va = max(USER_MIN, base + EDGE_PAGES[int(rnd() * len(EDGE_PAGES))] * PAGE_SIZE)
+            if va >= USER_MAX:
+                va = base
+            if pm.room() > 2 or pm.partial(pmap, va):
+                break
         if rnd() < 0.2 and len(self.base_pick) < 64 and (base & ~(REGION - 1)) + REGION <= USER_MAX:
             self.base_pick.append(base & ~(REGION - 1))  # later ops visit it too
         self._enter(pmap, va, self.data_pa())
