@@ -21,6 +21,7 @@ no stream did.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
@@ -197,16 +198,16 @@ def stream_features(stream: Stream) -> set[str]:
     return out
 
 
-_RECORDERS: dict[int, FeatureRecorder] = {}
+_RECORDERS: "weakref.WeakKeyDictionary[Any, FeatureRecorder]" = weakref.WeakKeyDictionary()
 
 
 def recorder_for(harness: Any) -> FeatureRecorder:
     """The recorder of a (long-lived, cached) harness, instrumenting it the first time."""
-    rec = _RECORDERS.get(id(harness))
+    rec = _RECORDERS.get(harness)
     if rec is None:
         rec = FeatureRecorder()
         harness.specs = [rec.instrument(spec) for spec in harness.specs]
-        _RECORDERS[id(harness)] = rec
+        _RECORDERS[harness] = rec
     return rec
 
 

@@ -23,6 +23,7 @@ per shard: its merged report is not the unsharded one's (use ``--no-feedback`` f
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -74,7 +75,7 @@ class FeedbackPool:
         self.pool_size = pool_size
         self.entries: list[_Entry] = []
         self.counts: dict[str, int] = {}  # feature -> streams, over the streams applied
-        self.queue: list[tuple[int, Recipe, frozenset[str]]] = []  # committed, not applied yet
+        self.queue: deque[tuple[int, Recipe, frozenset[str]]] = deque()  # committed, not applied yet
         self.recipes: dict[int, Recipe] = {}
         self.high = -1  # the last committed stream
         self.mutants = 0
@@ -98,7 +99,7 @@ class FeedbackPool:
 
     def _apply_until(self, limit: int) -> None:
         while self.queue and self.queue[0][0] < limit:
-            k, recipe, features = self.queue.pop(0)
+            k, recipe, features = self.queue.popleft()
             new = [f for f in features if f not in self.counts]
             for f in features:
                 self.counts[f] = self.counts.get(f, 0) + 1
@@ -187,6 +188,7 @@ def mutate(parent: Stream, donor: Stream | None, rng: random.Random, n_ops: int)
     pieces = _pieces(parent, "main")
     free_frames = parent.free_frames
     canfail_from: int | None = None
+    copies = 0
     for _ in range(1 + int(rng.random() * 3)):
         kind = MUTATIONS[int(rng.random() * len(MUTATIONS))]
         n = len(pieces)
@@ -199,11 +201,10 @@ def mutate(parent: Stream, donor: Stream | None, rng: random.Random, n_ops: int)
         elif kind in ("insert", "repeat") and n:
             a = int(rng.random() * n)
             b = min(n, a + 1 + int(rng.random() * 60))
-            tag = f"copy{rng.random()}"
+            copies += 1
             times = 1 if kind == "insert" else 2 + int(rng.random() * 4)
-            chunk = [(op, tag, cid) for _ in range(times) for op, _, cid in pieces[a:b]]
-            # a copy gets its own pmap namespace per repetition: renumbered below
-            chunk = [(op, f"{tag}:{j // max(1, b - a)}", cid) for j, (op, _, cid) in enumerate(chunk)]
+            # each repetition gets its own pmap namespace (renumbered by _repair)
+            chunk = [(op, f"copy{copies}:{r}", cid) for r in range(times) for op, _, cid in pieces[a:b]]
             i = b if kind == "repeat" else int(rng.random() * (n + 1))
             pieces = pieces[:i] + chunk + pieces[i:]
         elif kind == "delete" and n > 8:

@@ -135,7 +135,7 @@ def fuzz_json(tmp_path: Path, name: str, *args: str) -> dict:
 
 
 @pytest.mark.slow
-def test_feedback_campaign_is_the_same_at_any_worker_count(tmp_path):
+def test_feedback_campaign_is_the_same_at_any_worker_count_and_reports_its_coverage(tmp_path):
     args = ("--streams", str(WINDOW + 14), "--seed", "11", "--ops-per-stream", "250")
     one = fuzz_json(tmp_path, "w1", *args, "--workers", "1")
     two = fuzz_json(tmp_path, "w2", *args, "--workers", "2")
@@ -144,8 +144,21 @@ def test_feedback_campaign_is_the_same_at_any_worker_count(tmp_path):
     cov = one["coverage"]
     assert one["campaign"]["feedback"] is True and cov["mutants"] > 0
     assert cov["distinct"] == len(cov["features"]) > 100
+    assert [h["feature"] for h in cov["health"]] == ["enomem", "pt-freed", "shared-3", "kernel-mapping",
+                                                     "exit-with-mappings"]
+    assert all(h["streams"] == cov["features"].get(f"health|{h['feature']}", 0) for h in cov["health"])
     off = fuzz_json(tmp_path, "off", *args, "--workers", "2", "--no-feedback")
     assert off["campaign"]["feedback"] is False and off["coverage"]["mutants"] == 0
+
+    from reports import html, text
+
+    page = html.render(one)
+    assert "Features reached" in page and f"every feature ({cov['distinct']})" in page
+    # a campaign that never reached a health feature says so, with the option to try
+    starved = dict(one, coverage={**cov, "health": [dict(h, streams=0, hint="--generator pressure")
+                                                     if h["feature"] == "enomem" else h for h in cov["health"]]})
+    assert "warning: never reached: ENOMEM on a canfail enter (try --generator pressure)" in text.render(starved)
+    assert "never reached: try --generator pressure" in html.render(starved)
 
 
 @pytest.mark.slow
