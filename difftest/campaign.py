@@ -16,6 +16,7 @@ carries the environment it needs (plugins, backends), so workers need no initial
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
 import hashlib
 import json
@@ -33,7 +34,7 @@ from difftest import __version__, streams
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun
 from difftest.features import CoverageTally, recorder_for
-from difftest.feedback import FeedbackPool, Recipe, build_stream
+from difftest.feedback import FeedbackPool, Recipe, UnitScheduler, build_stream
 from difftest.report import REPORT_FORMAT
 from difftest.streams import Stream, atomic_write_text
 
@@ -498,23 +499,20 @@ class Campaign:
             for rec in sorted(self.records.values(), key=lambda r: r.first_k):
                 if rec.reproducer is None:
                     self._submit_shrink(executor, rec)
-            held: int | None = None  # the next stream, waiting for the feedback window
+            sched = UnitScheduler(units, self.feedback, lookahead=2 * self.workers)
             while True:
                 while not exhausted and len(pending) < 2 * self.workers:
                     if deadline is not None and time.monotonic() >= deadline:
                         exhausted = True
+                        sched.stop()
                         break
-                    k = held if held is not None else next(units, None)
-                    held = None
+                    k = sched.next()
                     if k is None:
-                        exhausted = True
-                        break
-                    if self.feedback is not None and not self.feedback.ready(k) and pending:
-                        held = k
+                        exhausted = sched.finished()
                         break
                     pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k)))] = k
-                    submitted.append(k)
-                if not pending:
+                    bisect.insort(submitted, k)
+                if not pending and (exhausted or not sched.held):
                     break
                 finished, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
                 broken: list[int] = []
@@ -537,7 +535,11 @@ class Campaign:
                             self._submit_shrink(executor, rec)
                 # Commit in stream order: the report must not depend on who finished first.
                 for k in [k for k in submitted if k in buffer]:
-                    if any(p < k for p in pending.values()):
+                    if sched.beyond(k):  # after a held stream the budget dropped: run on --resume
+                        buffer.pop(k)
+                        submitted.remove(k)
+                        continue
+                    if any(p < k for p in pending.values()) or sched.holds_below(k):
                         break
                     res = buffer.pop(k)
                     submitted.remove(k)

@@ -32,7 +32,7 @@ from difftest.machine import KERNEL_MAX, KERNEL_MIN, KERNEL_PMAP, PAGE_SIZE, USE
 from difftest.ops import Create, Enter, KEnter, KRemove, Op, Remove, Unwire
 from difftest.streams import Stream
 
-WINDOW = 32  # stream k's recipe sees the pool as committed for the streams before k - WINDOW
+WINDOW = 8  # stream k's recipe sees the pool as committed for the streams before k - WINDOW
 MAX_DEPTH = 6  # mutants of mutants, at most this deep (a worker rebuilds the chain)
 POOL_SIZE = 64
 P_MUTANT = 0.5  # share of the streams that are mutants, once the pool holds something
@@ -115,19 +115,28 @@ class FeedbackPool:
 
     # -- choosing ---------------------------------------------------------------------------------
 
+    def candidate(self, k: int) -> bool:
+        """Stream k may be a mutant (decided from k alone; it is one if the pool then holds
+        something).  The other streams are fresh and need not wait for the window."""
+        return random.Random(_mix(self.seed, k)).random() < P_MUTANT
+
     def ready(self, k: int) -> bool:
-        """Every stream of this shard before k - WINDOW is committed."""
+        """Stream k's recipe can be chosen: it is fresh anyway, or every stream of this
+        shard before k - WINDOW is committed."""
         nxt = self.high + self.stride if self.high >= 0 else self.first_unit
-        return nxt >= k - self.window
+        return nxt >= k - self.window or not self.candidate(k)
 
     def recipe_for(self, k: int) -> Recipe:
-        """Stream k's recipe (call in k order, once ``ready(k)``)."""
+        """Stream k's recipe (once ``ready(k)``; candidates in k order)."""
         if k in self.recipes:  # chosen before (a re-run after a worker died)
             return self.recipes[k]
-        self._apply_until(k - self.window)
         rng = random.Random(_mix(self.seed, k))
         recipe = Recipe(k)
-        if self.entries and rng.random() < P_MUTANT:
+        if rng.random() >= P_MUTANT:
+            self.recipes[k] = recipe
+            return recipe
+        self._apply_until(k - self.window)
+        if self.entries:
             scores = [self._score(e) for e in self.entries]
             parent = rng.choices(self.entries, weights=scores)[0]
             fresh = [e.k for e in self.entries if e.recipe.parent is None and e.k != parent.k]
@@ -135,6 +144,55 @@ class FeedbackPool:
             recipe = Recipe(k, parent.recipe, donor)
         self.recipes[k] = recipe
         return recipe
+
+
+class UnitScheduler:
+    """Which stream a campaign submits next.  Fresh streams go in k order at once; a
+    candidate for a mutant that is not ``ready`` is held back (up to ``lookahead`` of them)
+    while later streams go ahead, so the workers stay busy whatever the window.  Results
+    are still committed in k order: nothing after a held stream commits before it."""
+
+    def __init__(self, units: Any, pool: "FeedbackPool | None", lookahead: int) -> None:
+        self.units = units
+        self.pool = pool
+        self.lookahead = max(1, lookahead)
+        self.held: list[int] = []
+        self.cutoff: int | None = None  # after stop(): streams above it are not committed
+        self.done = False  # no more units
+
+    def next(self) -> int | None:
+        """The next stream to submit, or None when none can go now."""
+        pool = self.pool
+        for k in self.held:
+            if pool is not None and pool.ready(k):
+                self.held.remove(k)
+                return k
+        while not self.done and len(self.held) < self.lookahead:
+            k = next(self.units, None)
+            if k is None:
+                self.done = True
+                break
+            if pool is None or pool.ready(k):
+                return k
+            self.held.append(k)
+        return None
+
+    def finished(self) -> bool:
+        return self.done and not self.held
+
+    def holds_below(self, k: int) -> bool:
+        return bool(self.held) and self.held[0] < k
+
+    def stop(self) -> None:
+        """The budget is over: held streams are not run, and nothing after the first of
+        them is committed (a later --resume runs them, in order)."""
+        self.done = True
+        if self.held:
+            self.cutoff = self.held[0]
+            self.held.clear()
+
+    def beyond(self, k: int) -> bool:
+        return self.cutoff is not None and k > self.cutoff
 
 
 def _mix(seed: int, k: int) -> int:

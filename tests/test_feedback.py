@@ -11,7 +11,7 @@ import pytest
 
 from cliutil import clean_env, run_difftest
 from difftest.features import CoverageTally, FeatureRecorder, stream_features
-from difftest.feedback import WINDOW, FeedbackPool, Recipe, build_stream, mutate
+from difftest.feedback import WINDOW, FeedbackPool, Recipe, UnitScheduler, build_stream, mutate
 from difftest.harness import Harness
 from difftest.legality import legal_stream_problem
 from difftest.ops import Create, Destroy, Enter, KEnter, Remove
@@ -100,6 +100,27 @@ def test_recipes_see_only_streams_before_the_window_and_replay_identically():
         feats = [f"f{k % 7}", f"g{k}"] if k % 5 == 0 else [f"f{k % 7}"]
         again.replay(k, r.journal(), feats)
     assert [again.recipe_for(k) for k in range(120, 160)] == [pool.recipe_for(k) for k in range(120, 160)]
+
+
+def test_the_scheduler_runs_fresh_streams_past_held_candidates():
+    pool = FeedbackPool(seed=1)
+    sched = UnitScheduler(iter(range(60)), pool, lookahead=3)
+    first = []
+    while (k := sched.next()) is not None:
+        first.append(k)
+    # nothing is committed: every stream up to the window goes, then fresh ones only, until
+    # three candidates are held
+    assert first[: WINDOW + 1] == list(range(WINDOW + 1))
+    assert all(not pool.candidate(k) for k in first[WINDOW + 1:])
+    assert len(sched.held) == 3 and all(pool.candidate(k) and k > WINDOW for k in sched.held)
+    assert sched.holds_below(sched.held[0] + 1) and not sched.holds_below(sched.held[0])
+    h0, h1 = sched.held[0], sched.held[1]
+    for k in range(h0 - WINDOW):  # commit in k order what the first held one waits for
+        pool.recipe_for(k)
+        pool.commit(k, [f"f{k}"])
+    assert sched.next() == h0 and sched.held[0] == h1  # the first held one is ready now
+    sched.stop()  # the budget is over: h1 is not run, nothing after it is committed
+    assert sched.finished() and sched.cutoff == h1 and sched.beyond(h1 + 1) and not sched.beyond(h1)
 
 
 @pytest.mark.parametrize("make", [generate, generate_pager])
