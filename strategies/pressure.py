@@ -114,11 +114,10 @@ class FrameModel:
                 self.used += need
                 st.put(pmap, op.va, (op.pa, op.prot, True, t is Enter))
                 return
-            before = self._user_frames(pmap)
             st.put(pmap, op.va, (op.pa, op.prot, bool(op.wired), True))
             if self.leaky:
                 self.touched[pmap].add(op.va // (4 * MIB))
-            self.used += self._user_frames(pmap) - before
+            self.used += need  # exactly the tables the enter makes
         elif t is Remove or (t is Protect and not op.prot & PROT_R):
             self._drop(op.pmap, st.in_range(op.pmap, op.sva, op.eva))
         elif t is Collect:
@@ -199,6 +198,10 @@ class PressureModels:
     def past_edge(self, pmap: int, va: int) -> bool:
         """An enter at (pmap, va) would get ENOMEM in some model."""
         return any(m.extra(pmap, va) > self.free_frames - m.used for m in self.models)
+
+    def near_edge(self, frames: int = 2) -> bool:
+        """Some model has a few frames left, but not none."""
+        return any(0 < self.free_frames - m.used <= frames for m in self.models)
 
     def partial(self, pmap: int, va: int) -> bool:
         """An enter at (pmap, va) needs more frames than some model has, while that model

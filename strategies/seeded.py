@@ -615,12 +615,13 @@ class RandomGenerator(_Base):
             return
         # any 2 MiB slot of the user range: spread over the four 1 GiB regions; near the
         # edge, rather one that needs more frames than a model has left (a partial walk)
-        for _ in range(8):
+        tries = 8 if pm.near_edge() else 1
+        for _ in range(tries):
             base = int(rnd() * (USER_MAX // (2 * MIB))) * 2 * MIB
             va = max(USER_MIN, base + EDGE_PAGES[int(rnd() * len(EDGE_PAGES))] * PAGE_SIZE)
             if va >= USER_MAX:
                 va = base
-            if pm.room() > 2 or pm.partial(pmap, va):
+            if tries == 1 or pm.partial(pmap, va):
                 break
         if rnd() < 0.2 and len(self.base_pick) < 64 and (base & ~(REGION - 1)) + REGION <= USER_MAX:
             self.base_pick.append(base & ~(REGION - 1))  # later ops visit it too
