@@ -65,12 +65,15 @@ class CampaignConfig:
     checkpoint_every: int = 1000
     plugins: tuple[str, ...] = ()
     invariants: str = "per-op"  # or "checkpoint"
+    # The generator's own options (GeneratorSpec.options), as (keyword, value) pairs.
+    generator_options: tuple[tuple[str, str], ...] = ()
     feedback: bool = False  # coverage feedback: mutants of a feedback pool (difftest/feedback.py)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["backends"] = list(self.backends)
         doc["plugins"] = list(self.plugins)
+        doc["generator_options"] = dict(self.generator_options)
         return doc
 
     @classmethod
@@ -78,7 +81,12 @@ class CampaignConfig:
         doc = dict(doc)
         doc["backends"] = tuple(doc["backends"])
         doc["plugins"] = tuple(doc.get("plugins", ()))
+        doc["generator_options"] = tuple(sorted(dict(doc.get("generator_options", {})).items()))
         return cls(**doc)
+
+    def generate(self, gen: Any, seed: int) -> Stream:
+        """A stream of this campaign's generator, with its options, from ``seed``."""
+        return gen.generate(seed, self.ops_per_stream, self.phys_pages, **dict(self.generator_options))
 
     def units(self) -> Iterator[int]:
         """Stream numbers of this shard, in order (endless when ``streams`` is None)."""
@@ -242,12 +250,13 @@ def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) ->
     _, gen = _worker_env(config)
 
     def fresh(j: int) -> Stream:
-        return gen.generate(unit_seed(config.seed, j), config.ops_per_stream, config.phys_pages)
+        return config.generate(gen, unit_seed(config.seed, j))
 
     if recipe is None or recipe.parent is None:
         return fresh(k)
     return build_stream(recipe, fresh, config.ops_per_stream, config.seed,
-                        key=(config.seed, config.generator, config.ops_per_stream, config.phys_pages))
+                        key=(config.seed, config.generator, config.generator_options, config.ops_per_stream,
+                             config.phys_pages))
 
 
 def run_unit(task: UnitTask) -> UnitResult:
@@ -719,6 +728,7 @@ def build_campaign_report(
         "campaign": {
             "seed": config.seed,
             "generator": config.generator,
+            "generator_options": dict(config.generator_options),
             "ops_per_stream": config.ops_per_stream,
             "phys_pages": config.phys_pages,
             "streams_requested": config.streams,
@@ -780,9 +790,10 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         tally.add(CoverageTally.from_journal(Path(d) / JOURNAL))
         if base is None:
             base, known = config, kn
-        elif (config.seed, config.backends, config.generator, config.ops_per_stream, config.streams,
-              config.feedback) != (base.seed, base.backends, base.generator, base.ops_per_stream, base.streams,
-                                   base.feedback):
+        elif (config.seed, config.backends, config.generator, config.generator_options, config.ops_per_stream,
+              config.streams, config.feedback) != (base.seed, base.backends, base.generator,
+                                                   base.generator_options, base.ops_per_stream, base.streams,
+                                                   base.feedback):
             raise BadInput(f"{d}: not a shard of the same campaign as {dirs[0]}")
         streams_run += len(committed)
         ops += n_ops

@@ -105,7 +105,11 @@ def test_pr5666_through_replay_json(tmp_path):
     ]
     entry = doc["divergences"][0]
     assert entry["known"] is False and entry["count"] == 1
-    assert entry["reproducer"]["ops"][1]["va"] == "0x00400000"
+    # replay names the input and the ops that reproduce it; --shrink adds a minimised stream
+    assert entry["reproducer"] is None
+    assert entry["reproducer_ref"] == {"stream": str(path), "start": 0, "end": 3}
+    proc = run_difftest("replay", str(path), "--json", "--shrink", env=clean_env())
+    assert json.loads(proc.stdout)["divergences"][0]["reproducer"]["ops"][1]["va"] == "0x00400000"
 
 
 def test_replay_table_shows_each_backend_side_by_side(tmp_path):

@@ -103,7 +103,7 @@ class Venv:
 
     def _sees(self, *modules: str) -> bool:
         probe = "; ".join(f"import {m}" for m in modules)
-        return subprocess.run([str(self.python), "-c", probe], env=clean_env(),
+        return subprocess.run([str(self.python), "-c", probe], env=clean_env(), cwd=self.root,
                               capture_output=True).returncode == 0
 
     def run(self, *args: str, pythonpath: Sequence[Path] = (), **env: str | None
