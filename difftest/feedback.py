@@ -218,7 +218,8 @@ def build_stream(recipe: Recipe, fresh: Generate, n_ops: int, seed: int, key: An
     else:
         parent = build_stream(recipe.parent, fresh, n_ops, seed, key)
         donor = fresh(recipe.donor) if recipe.donor is not None else None
-        stream = mutate(parent, donor, random.Random(_mix(seed, recipe.k) ^ 1), n_ops)
+        # never shorter than the parent allows (an imported trace may be longer than n_ops)
+        stream = mutate(parent, donor, random.Random(_mix(seed, recipe.k) ^ 1), max(n_ops, len(parent.ops)))
         if legal_stream_problem(stream) is not None:  # never expected: the repair keeps it legal
             stream = parent
         stream = stream.replace(origin={"feedback": {"k": recipe.k, "parent": recipe.parent.k,
