@@ -164,6 +164,10 @@ class Backend(abc.ABC):
     geometry: Geometry
     #: run when the user names no backends
     run_by_default: ClassVar[bool] = True
+    #: True when page-table pages of the kernel pmap are never freed once allocated (as in
+    #: most real pmaps): the harness then lets pmap 0 hold more page-table frames than its
+    #: live mappings need, never fewer.  False: the kernel is held to "needed" exactly.
+    keeps_kernel_page_tables: ClassVar[bool] = False
 
     def __init__(self, pool: PhysPool) -> None:
         """Bootstrap: take the pool and make the kernel pmap 0."""

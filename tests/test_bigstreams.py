@@ -110,7 +110,7 @@ def test_replay_names_the_input_and_the_op_range_not_the_whole_stream(tmp_path, 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     streams.save(_leaky_stream(300), a)
     streams.save(_leaky_stream(20), b)
-    args = ["replay", "--json", "--backends", "arm32-leaky,alpha-ref", str(a), str(b)]
+    args = ["replay", "--json", "--strict", "--backends", "arm32-leaky,alpha-ref", str(a), str(b)]
     assert main(args) == EXIT_DIVERGENCES
     report = json.loads(capsys.readouterr().out)
     (entry,) = report["divergences"]
@@ -126,7 +126,7 @@ def test_replay_names_the_input_and_the_op_range_not_the_whole_stream(tmp_path, 
     prefix = streams.Stream(ops=streams.open_stream(a).ops[0:3], phys_pages=256)
     path = tmp_path / "prefix.json"
     streams.save(prefix, path)
-    assert main(["replay", "--json", "--backends", "arm32-leaky,alpha-ref", str(path)]) == EXIT_DIVERGENCES
+    assert main(["replay", "--json", "--strict", "--backends", "arm32-leaky,alpha-ref", str(path)]) == EXIT_DIVERGENCES
     again = json.loads(capsys.readouterr().out)
     assert [e["signature"] for e in again["divergences"]] == [entry["signature"]]
 
@@ -134,7 +134,7 @@ def test_replay_names_the_input_and_the_op_range_not_the_whole_stream(tmp_path, 
 def test_replay_shrink_adds_a_minimised_reproducer(tmp_path, capsys):
     path = tmp_path / "a.json"
     streams.save(_leaky_stream(300), path)
-    assert main(["replay", "--json", "--shrink", "--shrink-budget", "5",
+    assert main(["replay", "--json", "--strict", "--shrink", "--shrink-budget", "5",
                  "--backends", "arm32-leaky,alpha-ref", str(path)]) == EXIT_DIVERGENCES
     (entry,) = json.loads(capsys.readouterr().out)["divergences"]
     small = streams.stream_from_json(entry["reproducer"])
