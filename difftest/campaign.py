@@ -16,6 +16,7 @@ carries the environment it needs (plugins, backends), so workers need no initial
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
 import fcntl
 import hashlib
@@ -37,6 +38,8 @@ from difftest.bugs import Member, group, head_of, representative, streams_hit
 from difftest.corpus import Corpus
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun, short
+from difftest.features import CoverageTally, recorder_for
+from difftest.feedback import FeedbackPool, Recipe, UnitScheduler, build_stream
 from difftest.ops import describe
 from difftest.report import REPORT_FORMAT
 from difftest.streams import Stream, atomic_write_text
@@ -74,6 +77,7 @@ class CampaignConfig:
     invariants: str = "auto"  # or "per-op", "checkpoint" (Harness: fast path, precise path, neither)
     # The generator's own options (GeneratorSpec.options), as (keyword, value) pairs.
     generator_options: tuple[tuple[str, str], ...] = ()
+    feedback: bool = False  # coverage feedback: mutants of a feedback pool (difftest/feedback.py)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -188,6 +192,7 @@ class UnitTask:
     config: CampaignConfig
     k: int
     backends: tuple[str, ...] | None = None  # a subset, when finding which backend kills a worker
+    recipe: Recipe | None = None  # with feedback: how stream k is made
 
 
 @dataclass
@@ -199,6 +204,7 @@ class UnitResult:
     # signature -> (events in this stream, the first divergence as JSON)
     hits: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)  # difftest.features
     # backend -> the op at which it ran out of memory in this stream
     out_of_memory: dict[str, int] = field(default_factory=dict)
     backends: tuple[str, ...] | None = None  # the backends run, when not all of the campaign's
@@ -210,6 +216,7 @@ class ShrinkTask:
     signature: str
     k: int
     backend: str = ""  # the signature's backend: its first divergence in the result is the head
+    recipe: Recipe | None = None
     backends: tuple[str, ...] | None = None  # the lanes the signature needs (None: all)
 
 
@@ -273,9 +280,18 @@ def _stdout_to_stderr() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
-def make_stream(config: CampaignConfig, k: int) -> Stream:
+def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) -> Stream:
+    """Stream k: the generator's, or with feedback the mutant its recipe says."""
     _, gen = _worker_env(config)
-    return config.generate(gen, unit_seed(config.seed, k))
+
+    def fresh(j: int) -> Stream:
+        return config.generate(gen, unit_seed(config.seed, j))
+
+    if recipe is None or recipe.parent is None:
+        return fresh(k)
+    return build_stream(recipe, fresh, config.ops_per_stream, config.seed,
+                        key=(config.seed, config.generator, config.generator_options, config.ops_per_stream,
+                             config.phys_pages))
 
 
 def run_unit(task: UnitTask) -> UnitResult:
@@ -283,10 +299,13 @@ def run_unit(task: UnitTask) -> UnitResult:
     harness, gen = _worker_env(task.config, task.backends)
     config = task.config
     seed = unit_seed(config.seed, task.k)
-    stream = config.generate(gen, seed)
+    stream = make_stream(config, task.k, task.recipe)
+    recorder = recorder_for(harness)
+    recorder.start()
     result = harness.run(stream, time_limit=config.stream_timeout)
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
-                     out_of_memory=out_of_memory_ops(result), backends=task.backends)
+                     out_of_memory=out_of_memory_ops(result), backends=task.backends,
+                     features=sorted(recorder.features(stream)))
     findings = [(d, None) for d in result.divergences] + survival_findings(result, out.out_of_memory)
     for d, explained_by in findings:
         if d.signature in out.hits:
@@ -340,7 +359,7 @@ def survival_findings(result: Any, out_of_memory: dict[str, int]) -> list[tuple[
 def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     """Regenerate stream k and minimise it for one signature: executed in a worker."""
     started = time.perf_counter()
-    stream = make_stream(task.config, task.k)
+    stream = make_stream(task.config, task.k, task.recipe)
     harness, _ = _worker_env(task.config, task.backends)
     if harness.fast:
         harness = harness.precise()  # the same findings; minimised on the precise path
@@ -669,6 +688,9 @@ class Campaign:
         self._watchdog = Watchdog()
         self._limits = watchdog_limits(config)
         self._journal = None
+        self.coverage = CoverageTally()
+        self.feedback = (FeedbackPool(config.seed, config.shard_index, config.shard_count)
+                         if config.feedback else None)
         self.corpus = corpus
         self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
         self._committed_set: set[int] = set()
@@ -741,6 +763,9 @@ class Campaign:
         self.prior_elapsed = max(self.prior_elapsed, entry.get("at", 0.0))
         if entry["k"] in self._committed_set:
             return  # written twice (two sessions on one directory before it was locked)
+        features = self.coverage.replay(entry)
+        if self.feedback is not None:
+            self.feedback.replay(entry["k"], entry, features)
         self._commit_hits(entry["k"], entry["seed"], entry["ops"], entry["hits"], entry.get("elapsed", 0.0),
                           replaying=True, out_of_memory=entry.get("oom") or {}, ran=entry.get("backends"))
 
@@ -781,8 +806,21 @@ class Campaign:
             entry["oom"] = dict(sorted(res.out_of_memory.items()))
         if res.backends is not None:
             entry["backends"] = list(res.backends)
+        entry.update(self._commit_coverage(res))
         self._append_journal(entry)
         return new
+
+    def _commit_coverage(self, res: UnitResult) -> dict[str, Any]:
+        """Count the stream's features (and with feedback, score it): its journal fields."""
+        recipe = self._recipe(res.k)
+        fields = self.coverage.commit(res.features, mutant=recipe is not None and recipe.parent is not None)
+        if self.feedback is not None and recipe is not None:
+            self.feedback.commit(res.k, res.features)
+            fields.update(recipe.journal())
+        return fields
+
+    def _recipe(self, k: int) -> Recipe | None:
+        return None if self.feedback is None else self.feedback.recipe_for(k)
 
     def _commit_hits(self, k: int, seed: int, ops: int, hits: dict[str, Any], elapsed: float,
                      replaying: bool = False, out_of_memory: dict[str, int] | None = None,
@@ -833,18 +871,20 @@ class Campaign:
             for rec in sorted(self.records.values(), key=lambda r: r.first_k):
                 if rec.reproducer is None:
                     self._submit_shrink(executor, rec)
+            sched = UnitScheduler(units, self.feedback, lookahead=2 * self.workers)
             while True:
                 while not exhausted and len(pending) < 2 * self.workers:
                     if deadline is not None and time.monotonic() >= deadline:
                         exhausted = True
+                        sched.stop()
                         break
-                    k = next(units, None)
+                    k = sched.next()
                     if k is None:
-                        exhausted = True
+                        exhausted = sched.finished()
                         break
-                    pending[executor.submit(run_unit, UnitTask(config, k))] = k
-                    submitted.append(k)
-                if not pending:
+                    pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k)))] = k
+                    bisect.insort(submitted, k)
+                if not pending and (exhausted or not sched.held):
                     break
                 finished, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
                 self._enforce_deadlines(executor, pending)
@@ -867,7 +907,11 @@ class Campaign:
                     self._resubmit_shrinks(executor)
                 # Commit in stream order: the report must not depend on who finished first.
                 for k in [k for k in submitted if k in buffer]:
-                    if any(p < k for p in pending.values()):
+                    if sched.beyond(k):  # after a held stream the budget dropped: run on --resume
+                        buffer.pop(k)
+                        submitted.remove(k)
+                        continue
+                    if any(p < k for p in pending.values()) or sched.holds_below(k):
                         break
                     res = buffer.pop(k)
                     submitted.remove(k)
@@ -957,7 +1001,7 @@ class Campaign:
             return
         self._shrink_attempts[rec.signature] = attempts + 1
         task = ShrinkTask(self.config, rec.signature, rec.first_k, rec.first["backend"],
-                          self._shrink_backends(backend, culprits))
+                          self._recipe(rec.first_k), self._shrink_backends(backend, culprits))
         self._shrinks[executor.submit(shrink_unit, task)] = rec.signature
 
     def _culprits(self) -> set[str]:
@@ -1004,7 +1048,7 @@ class Campaign:
             self._enforce_deadlines(executor, {})
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
-        stream = make_stream(self.config, rec.first_k)
+        stream = make_stream(self.config, rec.first_k, self._recipe(rec.first_k))
         rec.reproducer = streams.stream_to_json(stream)
         rec.reproducer_ops = len(stream)
         rec.shrink_error = why
@@ -1041,14 +1085,15 @@ class Campaign:
         """Stream k was in flight when a worker died (or was killed by the watchdog): run it
         alone to see whether it kills or hangs a worker, and if so with which backend."""
         unit_limit = self._limits[2]  # alone in its executor: no queue to wait in
-        res, fate = run_alone(self.executor_factory, UnitTask(self.config, k), run_unit, unit_limit)
+        recipe = self._recipe(k)
+        res, fate = run_alone(self.executor_factory, UnitTask(self.config, k, recipe=recipe), run_unit, unit_limit)
         if fate == "ok":
             return res
         whole = fate
         culprits: list[str] = []
         hung: list[str] = []
         for name in self.config.backends:
-            _, solo = run_alone(self.executor_factory, UnitTask(self.config, k, (name,)), run_unit, unit_limit)
+            _, solo = run_alone(self.executor_factory, UnitTask(self.config, k, (name,), recipe), run_unit, unit_limit)
             if solo != "ok":
                 culprits.append(name)
                 if solo == "hung":
@@ -1060,7 +1105,7 @@ class Campaign:
         others = tuple(n for n in self.config.backends if n not in culprits)
         if culprits and others:
             # What the other backends find in this stream is not lost with the worker.
-            rest, fate = run_alone(self.executor_factory, UnitTask(self.config, k, others), run_unit, unit_limit)
+            rest, fate = run_alone(self.executor_factory, UnitTask(self.config, k, others, recipe), run_unit, unit_limit)
             if fate == "ok":
                 res = rest
         for name in culprits or ["?"]:
@@ -1092,7 +1137,7 @@ class Campaign:
                     "first_hits": [{"elapsed": round(t, 3), "streams": n, "signature": s}
                                    for t, n, s in self.timeline]},
             worker_deaths=self.worker_deaths, hit_sets=self.hit_sets, survival=self.survival,
-            corpus=self.corpus,
+            corpus=self.corpus, coverage=self.coverage.to_report(len(self.committed)),
         )
 
 
@@ -1146,6 +1191,7 @@ def build_campaign_report(
     hit_sets: Counter[frozenset[str]] | None = None,
     survival: dict[str, Survival] | None = None,
     corpus: Any = None,
+    coverage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``difftest.report/1`` document of a campaign.  Everything but ``timing`` is a
     function of the configuration and the committed streams (and, with a corpus, of what
@@ -1201,6 +1247,7 @@ def build_campaign_report(
             "checkpoint_every": config.checkpoint_every,
             "invariants": config.invariants,
             "plugins": list(config.plugins),
+            "feedback": config.feedback,
         },
         "summary": {
             "signatures": len(entries),
@@ -1219,6 +1266,8 @@ def build_campaign_report(
     }
     if corpus is not None:
         doc["corpus"] = corpus.summary()
+    if coverage is not None:
+        doc["coverage"] = coverage
     if timing is not None:
         doc["timing"] = timing
     return doc
@@ -1255,12 +1304,14 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     seen: set[int] = set()
     hit_sets: Counter[frozenset[str]] = Counter()
     survival: dict[str, Survival] = {}
+    tally = CoverageTally()
     for d in dirs:
         camp = load_run_dir(Path(d))
         config, records, committed, n_ops = camp.config, camp.records, camp.committed, camp.ops
         hit_sets.update(camp.hit_sets)
         for name, surv in camp.survival.items():
             survival.setdefault(name, Survival()).merge(surv)
+        tally.add(CoverageTally.from_journal(Path(d) / JOURNAL))
         if base is None:
             base, known = config, camp.known
         _check_shard(Path(d), config, base, Path(dirs[0]), shards)
@@ -1293,7 +1344,8 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
-    report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival)
+    report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival,
+                                   coverage=tally.to_report(streams_run))
     if missing:  # not the unsharded campaign's report: say what it lacks
         report["campaign"]["shard"] = "+".join(str(i) for i in sorted(shards)) + f"/{base.shard_count}"
         report["campaign"]["shards_missing"] = missing

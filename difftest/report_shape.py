@@ -86,6 +86,8 @@ LIFECYCLE: dict[str, Check] = {
 }
 PREVIOUS: dict[str, Check] = {"path": _str, "seed": _or_none(SEED), "streams": _or_none(_int()),
                               "ops": _or_none(_int()), "signatures": _int()}
+COVERAGE: dict[str, Check] = {"distinct": _int(), "mutants": _int(), "features": _map_of(_int())}
+HEALTH: dict[str, Check] = {"feature": _str, "what": _str, "streams": _int(), "hint": _or_none(_str)}
 FIXED: dict[str, Check] = {"signature": _str, "kind": _or_none(_str), "backend": _or_none(_str), "known": _bool,
                            "since": _str}
 FIRST: dict[str, Check] = {
@@ -179,7 +181,7 @@ def _stream_problem(value: Any, where: str) -> str | None:
 
 
 def _campaign_extras(doc: dict[str, Any]):
-    """Problems (or None) in bugs, survival, corpus, lifecycle, allowed and stopped."""
+    """Problems (or None) in bugs, survival, coverage, corpus, lifecycle, allowed and stopped."""
     if "bugs" in doc:
         yield _objects(doc["bugs"], BUG, "bugs")
         for i, bug in enumerate(doc["bugs"]):
@@ -193,6 +195,10 @@ def _campaign_extras(doc: dict[str, Any]):
             return
         for name, entry in survival.items():
             yield _fields(entry, SURVIVAL, f"survival.{name}")
+    if "coverage" in doc:
+        yield _fields(doc["coverage"], COVERAGE, "coverage")
+        if isinstance(doc["coverage"], dict) and "health" in doc["coverage"]:
+            yield _objects(doc["coverage"]["health"], HEALTH, "coverage.health")
     if "corpus" in doc:
         yield _fields(doc["corpus"], CORPUS, "corpus")
         if isinstance(doc["corpus"], dict) and "not_run" in doc["corpus"]:
