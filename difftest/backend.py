@@ -188,7 +188,7 @@ class Backend(abc.ABC):
     def pmap_enter(
         self, pmap: int, va: int, pa: int, prot: int, access: int, wired: bool, canfail: bool
     ) -> str:
-        """Map ``va`` to ``pa``; return ``"OK"`` or (``canfail`` only) ``"ENOMEM"``."""
+        """Map ``va`` to ``pa``; return ``difftest.OK`` or (``canfail`` only) ``difftest.ENOMEM``."""
 
     @abc.abstractmethod
     def pmap_remove(self, pmap: int, sva: int, eva: int) -> None:
@@ -240,7 +240,8 @@ class Backend(abc.ABC):
     def pmap_access(self, pmap: int, va: int, kind: str) -> str:
         """The MMU performs a ``kind`` ("r", "w", "x") access at ``va``: walk the tables;
         on a fault the pmap's REF/MOD emulation may fix the PTE up and retry.  Return
-        ``"ok"`` or ``"fault"`` (a fault the VM layer would have to handle)."""
+        ``difftest.OK`` or ``difftest.FAULT`` (a fault the VM layer would have to handle).
+        The 0.1 spellings ``"ok"`` / ``"fault"`` are accepted until 0.3."""
 
     def pmap_update(self, pmap: int) -> None:
         """Finish deferred work (TLB shootdowns).  Nothing to do in most models."""

@@ -661,7 +661,7 @@ def build_campaign_report(
         })
     seen = [e["signature"] for e in entries]
     no_longer = [{"signature": k.pattern, "reason": k.reason} for k in known
-                 if not any(k.matches(s) for s in seen)]
+                 if k.concerns(config.backends) and not any(k.matches(s) for s in seen)]
     doc = {
         "format": REPORT_FORMAT,
         "tool": {"name": "pmap-difftest", "version": __version__},

@@ -48,9 +48,8 @@ from difftest.machine import (
     Tag,
 )
 from difftest.ops import (
-    ACCESS_FAULT,
-    ACCESS_OK,
     ENOMEM,
+    FAULT,
     OK,
     PROT_R,
     PROT_W,
@@ -75,6 +74,7 @@ from difftest.ops import (
     Unwire,
     Update,
     describe,
+    normalise_result,
     prot_str,
 )
 from difftest.streams import Stream
@@ -430,7 +430,8 @@ class StreamRun:
             free_before = pool.free_frames
             held_before = (pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1))
             try:
-                res = call(lane, index, op, divs, b.pmap_enter, pmap, va, op.pa, op.prot, op.access, op.wired, op.canfail)
+                res = normalise_result(call(lane, index, op, divs, b.pmap_enter, pmap, va, op.pa, op.prot,
+                                            op.access, op.wired, op.canfail))
             except OutOfMemory:
                 self._out_of_memory(lane, index, op, divs, extra, free_before)
             lane.result = res
@@ -477,17 +478,17 @@ class StreamRun:
             pmap, va = op.pmap, op.va
             m = st.get(pmap, va)
             expect_ok = m is not None and bool(m[PROT] & _KIND_BIT[op.kind])
-            res = call(lane, index, op, divs, b.pmap_access, pmap, va, op.kind)
+            res = normalise_result(call(lane, index, op, divs, b.pmap_access, pmap, va, op.kind))
             lane.result = res
             pas = set()
             if m is not None and m[MANAGED]:
                 pas.add(m[PA])
-            if res not in (ACCESS_OK, ACCESS_FAULT):
+            if res not in (OK, FAULT):
                 divs.append(self._div(lane, index, op, "result", "result", "bad-access-result",
                                       f"pmap_access returned {res!r}", location=_loc(pmap, va)))
-            elif (res == ACCESS_OK) != expect_ok:
-                cls = "access-ok-expected-fault" if res == ACCESS_OK else "access-fault-expected-ok"
-                want = "ok" if expect_ok else "fault"
+            elif (res == OK) != expect_ok:
+                cls = "access-ok-expected-fault" if res == OK else "access-fault-expected-ok"
+                want = OK if expect_ok else FAULT
                 divs.append(self._div(lane, index, op, "result", "result", cls,
                                       f"access {op.kind} gave {res}, the contract says {want}",
                                       location=_loc(pmap, va)))

@@ -25,7 +25,7 @@ from cliutil import CONSOLE_SCRIPT, PLUGIN_DISTS, assert_one_line_error, clean_e
 from difftest import needed_pt_frames
 from difftest.errors import EXIT_INTERNAL
 from difftest.machine import PhysPool, Tag
-from difftest.ops import ACCESS_FAULT, ACCESS_OK, OK, PROT_R, PROT_W
+from difftest import FAULT, OK, PROT_R, PROT_W
 from difftest.plugins import ENTRY_POINT_GROUP, PluginHost
 
 GOOD = PLUGIN_DISTS / "good"
@@ -102,18 +102,24 @@ class Venv:
         self.difftest.chmod(0o755)
 
     def _sees(self, *modules: str) -> bool:
+        """Whether the venv's interpreter imports ``modules`` as its console scripts will:
+        ``-P`` and an unrelated working directory, so that a module next to the test's
+        working directory (the repository's root) does not count."""
         probe = "; ".join(f"import {m}" for m in modules)
-        return subprocess.run([str(self.python), "-c", probe], env=clean_env(),
-                              capture_output=True).returncode == 0
+        return subprocess.run([str(self.python), "-P", "-c", probe], env=clean_env(plugins=None),
+                              cwd=self.root, capture_output=True).returncode == 0
 
     def run(self, *args: str, pythonpath: Sequence[Path] = (), **env: str | None
             ) -> subprocess.CompletedProcess[str]:
-        return run_difftest(*args, command=[str(self.difftest)], env=clean_env(pythonpath, **env))
+        """Run the venv's ``difftest`` as a user would: entry points discovered, from the
+        venv's directory (not the repository's root)."""
+        return run_difftest(*args, command=[str(self.difftest)], cwd=self.root,
+                            env=clean_env(pythonpath, plugins=None, **env))
 
     def _pip(self, *args: str) -> None:
         result = subprocess.run(
             [*self.pip, *args, "--disable-pip-version-check", "--no-input", "-q"],
-            capture_output=True, text=True, env=clean_env(PIP_NO_INDEX="1"), timeout=120,
+            capture_output=True, text=True, env=clean_env(plugins=None, PIP_NO_INDEX="1"), timeout=120,
         )
         assert result.returncode == 0, f"pip {args}: {result.stdout}{result.stderr}"
 
@@ -260,7 +266,9 @@ def write_module(directory: Path, name: str, source: str) -> None:
 
 
 def local_env(tmp_path: Path, **extra: str | None) -> dict[str, str]:
-    """PYTHONPATH with tmp_path (modules written by the test) and the toy plugin's module."""
+    """PYTHONPATH with tmp_path (modules written by the test) and the toy plugin's module,
+    the built-ins pinned (so a copy of the toy installed in this environment is not found
+    through its entry point)."""
     return clean_env([tmp_path, GOOD], **extra)
 
 
@@ -301,11 +309,11 @@ def builtin_plugin_modules() -> dict[str, str]:
 
 
 def test_disabling_autoload_drops_the_builtins_and_plugin_option_brings_them_back(tmp_path):
-    everything = backends_json(run_difftest("backends", "--json"))
+    everything = backends_json(run_difftest("backends", "--json", env=clean_env(plugins=None)))
     builtin = {n: b for n, b in everything.items() if b["distribution"] == "pmap-difftest"}
     assert all(b["plugin"] in builtin_plugin_modules() for b in builtin.values())
 
-    off = local_env(tmp_path, DIFFTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    off = clean_env([tmp_path, GOOD], plugins=())
     assert backends_json(run_difftest("backends", "--json", env=off)) == {}
     table = run_difftest("backends", env=off)
     assert table.returncode == 0 and table.stdout == ""
@@ -409,6 +417,7 @@ def test_plugin_registering_something_wrong(tmp_path, body, needles):
 
 def test_toy_backend_runs_through_the_registry(monkeypatch):
     monkeypatch.syspath_prepend(str(GOOD))
+    monkeypatch.delenv("DIFFTEST_PLUGINS")  # the toy alone
     host = PluginHost()
     registry = host.load(["difftest_toy_plugin"], autoload=False)
     spec = registry.backends["toy"]
@@ -422,8 +431,8 @@ def test_toy_backend_runs_through_the_registry(monkeypatch):
     assert toy.pmap_enter(1, 0x400000, 0x5000, PROT_R | PROT_W, PROT_R, False, False) == OK
     assert toy.pmap_extract(1, 0x400000) == 0x5000
     assert toy.pmap_is_referenced(0x5000) and not toy.pmap_is_modified(0x5000)
-    assert toy.pmap_access(1, 0x400000, "w") == ACCESS_OK and toy.pmap_is_modified(0x5000)
-    assert toy.pmap_access(1, 0x400000, "x") == ACCESS_FAULT
+    assert toy.pmap_access(1, 0x400000, "w") == OK and toy.pmap_is_modified(0x5000)
+    assert toy.pmap_access(1, 0x400000, "x") == FAULT
     assert [va for va, _ in toy.walk_range(1, 0, 1 << 32)] == [0x400000]
     assert pool.held(1, Tag.PT) == needed_pt_frames(spec.geometry, [0x400000])[Tag.PT] == 1
     toy.pmap_page_protect(0x5000, 0)
