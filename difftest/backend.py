@@ -162,8 +162,16 @@ class Backend(abc.ABC):
     description: ClassVar[str] = ""
     #: the declared page-table geometry (an instance attribute is fine too)
     geometry: Geometry
-    #: run when the user names no backends
+    #: run when the user names no backends (``difftest fuzz``/``replay`` without
+    #: ``--backends``); a variant or a test-only backend says False
     run_by_default: ClassVar[bool] = True
+
+    # -- capabilities: what the contract lets a backend lack.  ``difftest check-backend``
+    # turns the divergences a missing capability explains into expected failures
+    # (``difftest.conformance.CAPABILITIES``).
+
+    #: frees a page-table page when its last live entry goes, not only at destroy
+    frees_pt_pages: ClassVar[bool] = True
 
     def __init__(self, pool: PhysPool) -> None:
         """Bootstrap: take the pool and make the kernel pmap 0."""

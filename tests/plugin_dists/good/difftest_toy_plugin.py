@@ -86,6 +86,8 @@ class ToyBackend(Backend):
             del self.pmaps[pmap].ptes[va]
 
     def pmap_protect(self, pmap, sva, eva, prot) -> None:
+        if prot & PROT_W:
+            return  # protect never adds rights, and with w it takes none away
         if not prot & PROT_R:
             self.pmap_remove(pmap, sva, eva)
             return
@@ -119,6 +121,8 @@ class ToyBackend(Backend):
                     yield p, va, m
 
     def pmap_page_protect(self, pa, prot) -> None:
+        if prot & PROT_W:
+            return
         for p, va, m in self._mappings_of(pa):
             if prot & PROT_R:
                 m.prot &= ~PROT_W
