@@ -128,3 +128,18 @@ def _print_table(conf: Conformance, rows: list[CheckResult], ok: bool, out_dir: 
 def _clip(text: str, width: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.command("new-backend")
+@click.argument("name")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+def new_backend_cmd(name: str, directory: str | None) -> int:
+    """Write a ready-to-install backend plugin NAME into DIRECTORY (default difftest-NAME):
+    pyproject with the entry point, a conforming two-level backend, tests (docs/PLUGINS.md)."""
+    from difftest.scaffold import names_for, write_backend_distribution
+
+    target = Path(directory) if directory else Path(names_for(name)["dist"])
+    for path in write_backend_distribution(name, target):
+        click.echo(f"wrote {path}")
+    click.echo(f"next: cd {target} && pip install -e . && difftest check-backend {name}")
+    return EXIT_OK
