@@ -48,10 +48,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     try:
         new: list[pytest.Item] = []
         for name in config.getoption("difftest_backend"):
-            new += BatteryCollector.from_parent(session, name=f"difftest-check[{name}]", backend=name).collect()
+            node = f"difftest-check[{name}]"
+            new += BatteryCollector.from_parent(session, name=node, nodeid=node, backend=name).collect()
         for directory in config.getoption("difftest_corpus"):
-            new += CorpusCollector.from_parent(session, name=f"difftest-corpus[{directory}]",
-                                               directory=directory).collect()
+            node = f"difftest-corpus[{directory}]"
+            new += CorpusCollector.from_parent(session, name=node, nodeid=node, directory=directory).collect()
     except DifftestError as exc:  # an unknown backend, a bad corpus: one line, as the CLI says it
         raise pytest.UsageError(f"difftest: {exc}") from None
     items.extend(new)
