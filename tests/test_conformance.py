@@ -95,6 +95,7 @@ BUGS = [
     ("bug-wrongpa-once", "enter-replace", "translation"),
     ("bug-modloss", "ref-mod", "attribute"),
     ("bug-wiredcount", "unwire", "accounting"),
+    ("bug-enomem-trace", "enomem-canfail", "accounting"),
     ("bug-protect-raises", "protect", "crash"),
     ("bug-ptfree", "enter-remove-across-table-edges", "resource"),
     ("bug-extra", "enter-extract-remove", "accounting"),
