@@ -22,6 +22,7 @@ from difftest.conformance import (
     CHECK_FORMAT,
     CHECKS,
     FAIL,
+    PASS,
     SKIP,
     BatteryTask,
     CheckResult,
@@ -63,18 +64,15 @@ def check_backend_cmd(ctx: Context, name: str, reference: str | None, budget: st
     def replay(path: str) -> str:
         return conf.replay_command(path, plugins)
 
-    paths = {}
-    for check in CHECKS:
-        path = out_dir / "checks" / f"{check.name}.stream.json"
-        streams.save(conf.stream(check), path)
-        paths[check.name] = str(path)
-    task = BatteryTask(plugins, conf.backend, conf.reference, tuple(c.name for c in CHECKS), check_timeout)
-    rows: list[CheckResult] = [
-        replace(row, path=paths[row.name], replay=replay(paths[row.name])) if row.outcome != "PASS" else
-        replace(row, path=paths[row.name])
-        for row in run_battery_isolated(task, local_process_pool)
-    ]
-    rows += _campaign(conf, out_dir, seed, workers, budget_s - (time.monotonic() - started), plugins, replay)
+    try:
+        conf.layout  # boots both backends and creates a pmap on each
+    except Exception as exc:  # a backend that cannot boot fails everything that follows
+        rows = [CheckResult("bootstrap", "the backends boot and create a pmap", FAIL, 0,
+                            reason=f"{type(exc).__name__}: {exc}")]
+    else:
+        rows = _battery(conf, out_dir, plugins, check_timeout, replay)
+        rows += _campaign(conf, out_dir, seed, workers, budget_s - (time.monotonic() - started), plugins,
+                          replay)
     ok = conforming(rows)
     doc = {"format": CHECK_FORMAT, "backend": conf.backend, "reference": conf.reference,
            "capabilities": conf.capabilities, "conforming": ok, "out": str(out_dir),
@@ -85,6 +83,22 @@ def check_backend_cmd(ctx: Context, name: str, reference: str | None, budget: st
     else:
         _print_table(conf, rows, ok, out_dir)
     return EXIT_OK if ok else EXIT_DIVERGENCES
+
+
+def _battery(conf: Conformance, out_dir: Path, plugins: tuple[str, ...], check_timeout: float,
+             replay) -> list[CheckResult]:
+    """Every check's stream written to OUT/checks, then the checks run in a worker."""
+    paths = {}
+    for check in CHECKS:
+        path = out_dir / "checks" / f"{check.name}.stream.json"
+        streams.save(conf.stream(check), path)
+        paths[check.name] = str(path)
+    task = BatteryTask(plugins, conf.backend, conf.reference, tuple(c.name for c in CHECKS), check_timeout)
+    return [
+        replace(row, path=paths[row.name], replay=replay(paths[row.name])) if row.outcome != PASS else
+        replace(row, path=paths[row.name])
+        for row in run_battery_isolated(task, local_process_pool)
+    ]
 
 
 def _campaign(conf: Conformance, out_dir: Path, seed: int, workers: int, budget: float,

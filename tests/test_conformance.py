@@ -180,6 +180,25 @@ def test_a_hang_and_a_dying_process_fail_their_check_and_nothing_else(tmp_path):
         assert checks["campaign"]["outcome"] == "SKIP"
 
 
+def test_a_backend_that_cannot_boot_fails_one_bootstrap_row(tmp_path):
+    (tmp_path / "noboot.py").write_text(
+        "import difftest\n"
+        "from impls.alpha import AlphaPmap\n\n"
+        "class NoBoot(AlphaPmap):\n"
+        "    name = 'noboot'\n\n"
+        "    def __init__(self, pool):\n"
+        "        raise RuntimeError('no kernel pmap today')\n\n"
+        "@difftest.hookimpl\n"
+        "def difftest_register_backends(register):\n"
+        "    register(NoBoot)\n")
+    proc = run_difftest("check-backend", "noboot", "-p", "noboot", "--out", "o", "--json", env=clean_env(),
+                        cwd=tmp_path)
+    assert proc.returncode == EXIT_DIVERGENCES, proc.stderr
+    (row,) = json.loads(proc.stdout)["checks"]
+    assert (row["name"], row["outcome"]) == ("bootstrap", FAIL)
+    assert row["reason"] == "RuntimeError: no kernel pmap today"
+
+
 @pytest.mark.parametrize(("args", "needles"), [
     (["no-such-backend"], ("unknown backend 'no-such-backend'",)),
     (["arm32-leaky", "--reference", "nope"], ("unknown reference 'nope'",)),
