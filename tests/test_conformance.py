@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -338,3 +339,12 @@ def test_new_backend_installs_into_a_fresh_venv_and_passes_its_checks(tmp_path_f
     own = venv.pytest("-q", "-p", "no:cacheprovider", cwd=dist)
     assert own.returncode == 0, own.stdout + own.stderr
     assert f"{3 + len(CHECKS)} passed" in own.stdout
+
+
+def test_the_pytest_plugin_loads_no_core_module_until_asked():
+    # pytest imports it in every session where pmap-difftest is installed (and rewrites the
+    # asserts of every module of the distribution it then imports): it must stay light.
+    code = ("import sys, difftest.pytest_plugin; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('difftest', 'impls', 'strategies', 'reports')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), check=True)
+    assert proc.stdout.strip() == "['difftest', 'difftest.pytest_plugin']"
