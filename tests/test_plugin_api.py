@@ -186,3 +186,17 @@ def test_enomem_result_through_the_public_names():
     assert backend.pmap_enter(1, 0x400000, 0x20000, RW, 0, False, True) == OK
     assert backend.pmap_access(1, 0x400000, "w") == OK
     assert backend.pmap_access(1, 0x800000, "r") == FAULT
+
+
+def test_readme_and_plugins_doc_name_every_builtin_entry_point():
+    from cliutil import BUILTIN_PLUGINS, ROOT
+
+    spelled = " ".join(f"-p {name}" for name in BUILTIN_PLUGINS)
+    for doc in ("README.md", "docs/PLUGINS.md"):
+        assert f"`{spelled}`" in (ROOT / doc).read_text(encoding="utf-8"), doc
+    # ... and that line brings them back, names and distributions as with autoload.
+    argv = [w for name in BUILTIN_PLUGINS for w in ("-p", name)]
+    pinned = run_difftest(*argv, "backends", "--json", env=clean_env(plugins=()))
+    found = run_difftest("backends", "--json", env=clean_env(plugins=None))
+    builtin = [b for b in json.loads(found.stdout) if b["distribution"] == "pmap-difftest"]
+    assert json.loads(pinned.stdout) == builtin
