@@ -27,7 +27,7 @@ def names_for(name: str) -> dict[str, str]:
     return {
         "name": name,
         "module": "difftest_" + "_".join(words),
-        "cls": "".join(w.capitalize() for w in words) + "Pmap",
+        "cls": "".join(w.capitalize() for w in words) + ("" if words[-1] == "pmap" else "Pmap"),
         "dist": f"difftest-{name}",
         "entry": "_".join(words),
         "version": __version__,
@@ -110,7 +110,7 @@ BACKEND = '''\
 # Invariants (registered below; after every op on what it touched, in full at checkpoints):
 #   * no user PT page is empty (an empty one must have been freed);
 #   * every managed mapping is in the pv list of its page, and every pv entry is a mapping;
-#   * the resident and wired counts are the tables' numbers of (wired) entries.
+#   * the resident and wired counts are the tables' numbers of (wired) entries (audits).
 #
 # Out of memory: pmap_enter asks pool.has_free() before it changes anything, so that
 # ENOMEM (canfail) leaves no trace; without canfail pool.alloc raises OutOfMemory, the
@@ -365,7 +365,8 @@ class {cls}(Backend):
 
 
 def check_tables(backend: {cls}, touched: Touched | None) -> Iterator[str]:
-    """Empty user PT pages, pv lists and counts: on what the op touched, or everything."""
+    """Empty user PT pages and pv lists on what the op touched (it runs after every op, so
+    it stays O(touched)); everything, and the counts, in a full audit (touched is None)."""
     pmaps = backend.pmaps
     if touched is None:
         places = [(p, va) for p in pmaps for va, _, _, _ in backend.in_range(p, 0, 1 << 32)]
@@ -374,7 +375,7 @@ def check_tables(backend: {cls}, touched: Touched | None) -> Iterator[str]:
     else:
         places = [(p, va) for p, va in touched.vas if p in pmaps]
         pas = set(touched.pas)
-        counted = [p for p in touched.pmaps if p in pmaps]
+        counted = []  # summing a pmap's tables is not O(touched): audits only
     for pmap, va in places:
         pt = pmaps[pmap].tables.get(va >> PT_SHIFT)
         if pt is not None and not pt.ptes and pmap != KERNEL_PMAP:

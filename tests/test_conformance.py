@@ -309,6 +309,23 @@ def test_new_backend_writes_a_distribution_that_conforms(tmp_path, monkeypatch):
     assert any(inv.applies_to("demo-pmap") for inv in registry.invariants)
 
 
+def test_new_backend_invariant_sees_a_broken_pv_list_and_count(tmp_path, monkeypatch):
+    from difftest import PROT_R, PhysPool, Touched
+
+    assert run_difftest("new-backend", "demo-pmap", str(tmp_path / "d"), env=clean_env()).returncode == EXIT_OK
+    monkeypatch.syspath_prepend(str(tmp_path / "d"))
+    module = __import__("difftest_demo_pmap")
+    backend = module.DemoPmap(PhysPool(64))
+    backend.pmap_create(1)
+    backend.pmap_enter(1, 0x00400000, 0x20000, PROT_R, 0, False, False)
+    touched = Touched(pmaps=frozenset({1}), vas=((1, 0x00400000),), pas=frozenset({0x20000}))
+    assert list(module.check_tables(backend, touched)) == [] == list(module.check_tables(backend, None))
+    backend.pv[0x20000].clear()  # the pv entry lost
+    backend.pmaps[1].wired += 1  # and a count off
+    assert [m.split(":")[0] for m in module.check_tables(backend, touched)] == ["pmap 1 va 0x00400000"]
+    assert len(list(module.check_tables(backend, None))) == 2
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["Bad Name"], "use lower-case letters"),
     (["demo", "full"], "not an empty directory"),
