@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     **dict.fromkeys(
-        ("Backend", "BackendSpec", "GeneratorSpec", "Geometry", "Invariant", "Level", "ReporterSpec",
-         "Touched", "Translation", "needed_pt_frames"), "difftest.backend"),
+        ("Backend", "BackendSpec", "GeneratorSpec", "Geometry", "ImporterSpec", "Invariant", "Level",
+         "ReporterSpec", "Touched", "Translation", "needed_pt_frames"), "difftest.backend"),
     "KnownDivergence": "difftest.divergence",
     **dict.fromkeys(
         ("KERNEL_MAX", "KERNEL_MIN", "KERNEL_PMAP", "PAGE_SIZE", "USER_MAX", "USER_MIN", "OutOfMemory",
@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         BackendSpec,
         GeneratorSpec,
         Geometry,
+        ImporterSpec,
         Invariant,
         Level,
         ReporterSpec,

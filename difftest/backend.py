@@ -343,10 +343,28 @@ class BackendSpec:
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """A registered stream generator: ``generate(seed, n_ops, phys_pages) -> Stream``."""
+    """A registered stream generator: ``generate(seed, n_ops, phys_pages) -> Stream``.
+
+    ``options``: ``(name, help)`` pairs of the generator's own settings (``("trace-dir",
+    "...")``); ``difftest fuzz`` and ``streams generate`` accept ``--NAME VALUE`` for
+    each and pass it as the keyword ``NAME`` with ``-`` as ``_`` (a string).
+    """
 
     name: str
     generate: Callable[..., object]
+    description: str = ""
+    plugin: str = ""
+    distribution: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ImporterSpec:
+    """A registered trace importer: ``convert(log_path, *, phys_pages, max_pages_per_mapping)
+    -> Stream`` (``difftest import NAME LOG -o STREAM``)."""
+
+    name: str
+    convert: Callable[..., object]
     description: str = ""
     plugin: str = ""
     distribution: str = ""
@@ -372,6 +390,7 @@ class Registry:
     invariants: list[Invariant] = field(default_factory=list)
     generators: dict[str, GeneratorSpec] = field(default_factory=dict)
     reporters: dict[str, ReporterSpec] = field(default_factory=dict)
+    importers: dict[str, ImporterSpec] = field(default_factory=dict)
     known: list = field(default_factory=list)  # KnownDivergence entries: the default baseline
 
     def default_backends(self) -> list[str]:

@@ -62,11 +62,14 @@ class CampaignConfig:
     checkpoint_every: int = 1000
     plugins: tuple[str, ...] = ()
     invariants: str = "per-op"  # or "checkpoint"
+    # The generator's own options (GeneratorSpec.options), as (keyword, value) pairs.
+    generator_options: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["backends"] = list(self.backends)
         doc["plugins"] = list(self.plugins)
+        doc["generator_options"] = dict(self.generator_options)
         return doc
 
     @classmethod
@@ -74,7 +77,12 @@ class CampaignConfig:
         doc = dict(doc)
         doc["backends"] = tuple(doc["backends"])
         doc["plugins"] = tuple(doc.get("plugins", ()))
+        doc["generator_options"] = tuple(sorted(dict(doc.get("generator_options", {})).items()))
         return cls(**doc)
+
+    def generate(self, gen: Any, seed: int) -> Stream:
+        """A stream of this campaign's generator, with its options, from ``seed``."""
+        return gen.generate(seed, self.ops_per_stream, self.phys_pages, **dict(self.generator_options))
 
     def units(self) -> Iterator[int]:
         """Stream numbers of this shard, in order (endless when ``streams`` is None)."""
@@ -232,7 +240,7 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
 
 def make_stream(config: CampaignConfig, k: int) -> Stream:
     _, gen = _worker_env(config)
-    return gen.generate(unit_seed(config.seed, k), config.ops_per_stream, config.phys_pages)
+    return config.generate(gen, unit_seed(config.seed, k))
 
 
 def run_unit(task: UnitTask) -> UnitResult:
@@ -240,7 +248,7 @@ def run_unit(task: UnitTask) -> UnitResult:
     harness, gen = _worker_env(task.config, task.backends)
     config = task.config
     seed = unit_seed(config.seed, task.k)
-    stream = gen.generate(seed, config.ops_per_stream, config.phys_pages)
+    stream = config.generate(gen, seed)
     result = harness.run(stream, time_limit=config.stream_timeout)
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped))
     for d in result.divergences:
@@ -672,6 +680,7 @@ def build_campaign_report(
         "campaign": {
             "seed": config.seed,
             "generator": config.generator,
+            "generator_options": dict(config.generator_options),
             "ops_per_stream": config.ops_per_stream,
             "phys_pages": config.phys_pages,
             "streams_requested": config.streams,
@@ -728,8 +737,9 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         config, records, committed, n_ops, kn = load_run_dir(Path(d))
         if base is None:
             base, known = config, kn
-        elif (config.seed, config.backends, config.generator, config.ops_per_stream, config.streams) != (
-                base.seed, base.backends, base.generator, base.ops_per_stream, base.streams):
+        elif (config.seed, config.backends, config.generator, config.generator_options, config.ops_per_stream,
+              config.streams) != (base.seed, base.backends, base.generator, base.generator_options,
+                                  base.ops_per_stream, base.streams):
             raise BadInput(f"{d}: not a shard of the same campaign as {dirs[0]}")
         streams_run += len(committed)
         ops += n_ops

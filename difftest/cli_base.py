@@ -33,6 +33,20 @@ def styled(text: str, **style: Any) -> str:
     return click.style(text, **style) if use_color() else text
 
 
+def progress_bar(total: int | None, unit: str, **kwargs: Any):
+    """A tqdm bar on stderr (callers show it only on a terminal: ``sys.stderr.isatty()``)."""
+    from tqdm import tqdm
+
+    try:
+        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except OSError:
+        sized = False
+    # A terminal that reports no size (a bare pseudo-terminal) would get a zero-width bar.
+    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100,
+                nrows=None if sized else 24, leave=False,
+                colour=None if os.environ.get("NO_COLOR") else "green", **kwargs)
+
+
 class Context:
     """What every subcommand gets: the loaded plugins."""
 
@@ -148,7 +162,7 @@ def validate_cmd(files: tuple[str, ...]) -> int:
     from difftest import streams
 
     for path in files:
-        stream = streams.load(path)
+        stream = streams.open_stream(path)
         click.echo(f"{path}: ok ({len(stream)} ops, {stream.phys_pages} pages)")
     return EXIT_OK
 

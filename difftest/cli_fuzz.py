@@ -20,8 +20,9 @@ from difftest.campaign import (
     parse_shard,
     read_campaign_meta,
 )
-from difftest.cli_base import Context, cli, pass_ctx
+from difftest.cli_base import Context, cli, pass_ctx, progress_bar
 from difftest.cli_run import split_names
+from difftest.cli_streams import generator_options
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE
 from difftest.streams import atomic_write_text
@@ -43,15 +44,7 @@ def _progress_bar(enabled: bool, total: int | None):
     """A tqdm bar on stderr (streams, ops/s, new/known), or None."""
     if not enabled:
         return None, None
-    from tqdm import tqdm
-
-    try:
-        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-    except OSError:
-        sized = False
-    # A terminal that reports no size (a bare pseudo-terminal) would get a zero-width bar.
-    bar = tqdm(total=total, unit="stream", file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
-               leave=False, colour=None if os.environ.get("NO_COLOR") else "green")
+    bar = progress_bar(total, "stream")
 
     def update(state: dict) -> None:
         bar.n = state["streams"]
@@ -62,7 +55,7 @@ def _progress_bar(enabled: bool, total: int | None):
     return bar, update
 
 
-@cli.command("fuzz")
+@cli.command("fuzz", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--backends", "backends", multiple=True, metavar="A,B,...",
               help="Backends to run (default: every one registered as a default).")
 @click.option("--reference", default=None, metavar="NAME", help="The judge (default: alpha-ref).")
@@ -98,12 +91,18 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
              phys_pages, out, baseline, resume, shard, stream_timeout, shrink_budget, checkpoint_every,
              invariants, report_formats, as_json, no_progress) -> int:
     """Run a fuzz campaign: seeded streams on every backend, divergences deduplicated,
-    minimised, and split into new and known.  Exit 1 only for new divergences."""
+    minimised, and split into new and known.  Exit 1 only for new divergences.
+
+    A generator's own options (``--trace-dir DIR`` for ``--generator trace``) pass
+    through to it."""
     registry = ctx.registry
     for fmt in report_formats:
         if fmt not in registry.reporters:
             raise BadInput(f"unknown report format {fmt!r} (registered: {', '.join(sorted(registry.reporters)) or 'none'})")
+    extra = click.get_current_context().args
     if resume:
+        if extra:
+            raise BadInput(f"no such option: {extra[0]} (--resume takes everything else from the campaign)")
         out_dir = Path(resume)
         if not (out_dir / "campaign.json").exists():
             raise BadInput(f"--resume {resume}: no campaign.json there")
@@ -117,6 +116,7 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
             raise BadInput(f"unknown backend {unknown[0]!r} (registered: {', '.join(sorted(registry.backends))})")
         if generator not in registry.generators:
             raise BadInput(f"unknown generator {generator!r} (registered: {', '.join(sorted(registry.generators)) or 'none'})")
+        gen_options = generator_options(registry.generators[generator], extra)
         ref = reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else names[0])
         if ref not in names:
             raise BadInput(f"reference {ref!r} is not among the backends ({', '.join(names)})")
@@ -129,6 +129,7 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
             shard_index=shard_index, shard_count=shard_count, stream_timeout=stream_timeout,
             shrink_budget=shrink_budget, checkpoint_every=checkpoint_every,
             plugins=tuple(ctx.plugin_modules), invariants=invariants,
+            generator_options=tuple(sorted(gen_options.items())),
         )
         known = load_baseline(baseline) if baseline else list(registry.known)
         out_dir = Path(out) if out else Path("difftest-out") / time.strftime("%Y%m%d-%H%M%S")

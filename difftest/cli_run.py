@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from typing import Sequence
 
 import click
 from tabulate import tabulate
 
 from difftest import streams
-from difftest.cli_base import Context, cli, pass_ctx
-from difftest.errors import EXIT_DIVERGENCES, EXIT_OK
+from difftest.cli_base import Context, cli, pass_ctx, progress_bar
+from difftest.divergence import RunResult
+from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, Harness
+from difftest.ops import Op
 from difftest.report import report_from_runs
+from difftest.streams import Stream
 
 
 def split_names(values: Sequence[str]) -> list[str]:
@@ -35,7 +40,7 @@ def divergence_table(report: dict, max_width: int = 48) -> str:
         first = entry["first"]
         obs = [_clip(first["observations"].get(b, ""), max_width) for b in backends]
         rows.append([first["op_index"], _clip(first["op"], 60), entry["kind"], entry["backend"],
-                     _clip(entry["class"], 32), entry["count"], *obs])
+                     _clip(entry["class"], 32), entry["events"], *obs])
     headers = ["op", "operation", "kind", "backend", "class", "n", *backends]
     return tabulate(rows, headers=headers, tablefmt="simple")
 
@@ -54,21 +59,88 @@ def _clip(text: str, width: int) -> str:
               type=click.IntRange(1), help="Full audit every N ops (and at the end).")
 @click.option("--invariants", "invariants", type=click.Choice(["per-op", "checkpoint"]), default="per-op",
               show_default=True, help="Check backend invariants after every op, or only at checkpoints (faster).")
+@click.option("--shrink", "do_shrink", is_flag=True,
+              help="Minimise a reproducer for each signature (from the ops up to its first sighting).")
+@click.option("--shrink-budget", default=10.0, show_default=True, type=click.FloatRange(0),
+              metavar="SECONDS", help="With --shrink: seconds to minimise each signature.")
 @click.option("--json", "as_json", is_flag=True, help="Print one difftest.report/1 document.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
 def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], reference: str | None,
-               checkpoint_every: int, invariants: str, as_json: bool) -> int:
-    """Run stream files on the backends; exit 1 when anything diverged."""
-    loaded = [streams.load(path) for path in files]  # every file is checked before any runs
+               checkpoint_every: int, invariants: str, do_shrink: bool, shrink_budget: float,
+               as_json: bool, no_progress: bool) -> int:
+    """Run stream files on the backends; exit 1 when anything diverged.
+
+    Streams are read as they run (memory does not grow with their length); a divergence
+    names its stream and the op range that reproduces it, and --shrink adds a minimised
+    stream."""
+    # Every file is checked before any runs; the ops stay in the files until used.
+    loaded = [streams.open_stream(path) for path in files]
     harness = make_harness(ctx, backends, reference, checkpoint_every=checkpoint_every,
                            invariants_per_op=invariants == "per-op")
-    runs = [harness.run(stream) for stream in loaded]
-    report = report_from_runs(runs)
+    bar = _ops_bar(not (as_json or no_progress) and sys.stderr.isatty(), sum(len(s) for s in loaded))
+    try:
+        runs = [harness.run(_counted(stream, bar)) for stream in loaded]
+    finally:
+        if bar is not None:
+            bar.close()
+    reproducers, notes = (_shrink_firsts(harness, runs, loaded, files, shrink_budget)
+                          if do_shrink else ({}, {}))
+    report = report_from_runs(runs, sources=files, reproducers=reproducers, shrink_notes=notes)
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False))
     else:
         _print_replay(report, runs, files)
     return EXIT_DIVERGENCES if report["divergences"] else EXIT_OK
+
+
+def _ops_bar(enabled: bool, total: int):
+    """A bar of ops on stderr (only on a terminal), or None."""
+    return progress_bar(total, "op", unit_scale=True, mininterval=0.5) if enabled else None
+
+
+class _CountedOps(Sequence[Op]):
+    """A stream's ops that advance a progress bar as the harness reads them (every 1024)."""
+
+    def __init__(self, ops: Sequence[Op], bar) -> None:
+        self.ops = ops
+        self.bar = bar
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if type(index) is int and index & 1023 == 1023:
+            self.bar.update(1024)
+        return self.ops[index]
+
+
+def _counted(stream: Stream, bar) -> Stream:
+    if bar is None:
+        return stream
+    # dataclasses.replace keeps the subclass (a FileStream keeps its data frames).
+    return dataclasses.replace(stream, ops=_CountedOps(stream.ops, bar))
+
+
+def _shrink_firsts(harness: Harness, runs: Sequence[RunResult], loaded: Sequence[Stream],
+                   files: Sequence[str], budget: float) -> tuple[dict[str, Stream], dict[str, str]]:
+    """For each signature, minimise the ops up to its first sighting (``replay --shrink``)."""
+    from difftest.shrink import shrink
+
+    reproducers: dict[str, Stream] = {}
+    notes: dict[str, str] = {}
+    for run, stream, path in zip(runs, loaded, files):
+        for d in run.divergences:
+            if d.signature in reproducers or d.signature in notes:
+                continue
+            end = max(d.op_index + 1, 0)
+            prefix = streams.Stream(ops=tuple(stream.ops[:end]), phys_pages=stream.phys_pages,
+                                    origin={"stream": path, "start": 0, "end": end})
+            try:
+                reproducers[d.signature] = shrink(prefix, harness, d.signature, time_budget=budget).stream
+            except BadInput as exc:  # not VM-legal, or the prefix alone does not show it
+                notes[d.signature] = f"not minimised: {exc}"
+    return reproducers, notes
 
 
 def _print_replay(report: dict, runs, files) -> None:
@@ -94,3 +166,10 @@ def _print_replay(report: dict, runs, files) -> None:
         click.echo(f"  {first['attribution']}")
         if first.get("traceback"):
             click.echo("  " + first["traceback"].rstrip().splitlines()[-1])
+        ref = entry["reproducer_ref"]
+        click.echo(f"  seen in {entry['count']} stream(s), {entry['events']} time(s); reproduced by ops "
+                   f"[{ref['start']}, {ref['end']}) of {ref['stream']}")
+        if entry["reproducer"] is not None:
+            click.echo(f"  minimised: {len(entry['reproducer']['ops'])} ops (--json prints them)")
+        elif entry.get("shrink_note"):
+            click.echo(f"  {entry['shrink_note']}")

@@ -32,9 +32,30 @@ def _generator(ctx: Context, name: str):
     return spec
 
 
-def generate_stream(ctx: Context, name: str, seed: int, n_ops: int, phys_pages: int) -> Stream:
+def generator_options(spec, args: Sequence[str]) -> dict[str, str]:
+    """``--NAME VALUE`` / ``--NAME=VALUE`` arguments click did not know -> the generator's
+    own options (``GeneratorSpec.options``) as keywords; anything else is a usage error."""
+    known = {name: name.replace("-", "_") for name, _ in spec.options}
+    takes = ", ".join(f"--{name}" for name in known) or "no options of its own"
+    out: dict[str, str] = {}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name not in known:
+            raise BadInput(f"no such option: {arg} (generator {spec.name!r} takes {takes})")
+        if not eq:
+            if not rest:
+                raise BadInput(f"option --{name} needs a value")
+            value = rest.pop(0)
+        out[known[name]] = value
+    return out
+
+
+def generate_stream(ctx: Context, name: str, seed: int, n_ops: int, phys_pages: int,
+                    extra: Sequence[str] = ()) -> Stream:
     spec = _generator(ctx, name)
-    stream = spec.generate(seed, n_ops, phys_pages)
+    stream = spec.generate(seed, n_ops, phys_pages, **generator_options(spec, extra))
     if not isinstance(stream, Stream):
         raise BadInput(f"generator {name!r} (plugin {spec.plugin}) returned {type(stream).__name__}, not a Stream")
     streams.validate_ops(stream.ops, stream.phys_pages)
@@ -57,18 +78,24 @@ def _gen_options(fn):
     return fn
 
 
-@streams_group.command("generate")
+# Generators' own options (``--trace-dir DIR``) pass through to the generator.
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+@streams_group.command("generate", context_settings=_PASS_THROUGH)
 @_gen_options
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
               help="The stream file to write.")
 @pass_ctx
 def generate_cmd(ctx: Context, generator: str, seed: int | None, n_ops: int | None, phys_pages: int,
                  output: str) -> int:
-    """Write one generated stream file (same generator, seed and ops: the same bytes)."""
+    """Write one generated stream file (same generator, seed and ops: the same bytes).
+
+    A generator's own options (``--trace-dir DIR`` for ``trace``) follow the others."""
     if seed is None or n_ops is None:
         raise BadInput("streams generate needs --seed and --ops")
     started = time.perf_counter()
-    stream = generate_stream(ctx, generator, seed, n_ops, phys_pages)
+    stream = generate_stream(ctx, generator, seed, n_ops, phys_pages, click.get_current_context().args)
     elapsed = time.perf_counter() - started
     streams.save(stream, output)
     rate = f", {len(stream) / elapsed:,.0f} ops/s" if elapsed > 0 and len(stream) else ""
@@ -91,7 +118,7 @@ def stats_cmd(ctx: Context, files: tuple[str, ...], generator: str, seed: int | 
     if files:
         if seed is not None or n_ops is not None:
             raise BadInput("give stream files or --seed/--ops, not both")
-        loaded = [(path, streams.load(path)) for path in files]
+        loaded = [(path, streams.open_stream(path)) for path in files]  # ops read as they are used
     else:
         if seed is None or n_ops is None:
             raise BadInput("streams stats needs stream files, or --seed and --ops (with --generator)")

@@ -2,7 +2,7 @@
 
 A plugin is a module (or object) with functions decorated ``@difftest.hookimpl`` and
 named after the hooks below.  difftest finds plugins through the entry-point group
-``difftest`` (the built-in backends, generators and report writers come that way too),
+``difftest`` (the built-in backends, generators, importers and report writers come that way too),
 through ``--plugin MODULE`` and through ``DIFFTEST_PLUGINS=mod1,mod2``.
 
 Every registration hook receives a ``register`` callable.  Call it once per object; the
@@ -62,6 +62,24 @@ def difftest_register_generators(register: Callable[..., None]) -> None:
         ``generate(seed: int, n_ops: int, phys_pages: int) -> difftest.Stream`` must be a
         pure function of its arguments (same seed, same stream, on any machine) and must
         produce only streams the VM layer could (``difftest.streams.validate_ops`` passes).
+    """
+
+
+@hookspec
+def difftest_register_importers(register: Callable[..., None]) -> None:
+    """Register trace importers (``difftest.ImporterSpec``): tools that turn a log of a real
+    program's memory system calls (strace, ktrace/kdump, perf) into a stream.
+
+    Called once when the plugin host loads.
+
+    :param register: call ``register(ImporterSpec(name, convert))``, where
+        ``convert(log_path: str, *, phys_pages: int, max_pages_per_mapping: int) ->
+        difftest.Stream`` is a pure function of the log's bytes and the two settings (the
+        same log, the same stream) and produces only streams the VM layer could
+        (``difftest.streams.validate_ops`` and ``difftest.legality.vm_legality_problems``
+        pass).  A log it cannot read raises ``difftest.errors.BadInput`` with one line
+        naming the log and the line; what it could not place goes in the stream's
+        ``origin`` (``difftest import`` prints ``origin["warnings"]`` on stderr).
     """
 
 

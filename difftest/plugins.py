@@ -23,6 +23,7 @@ from difftest.backend import (
     Backend,
     BackendSpec,
     GeneratorSpec,
+    ImporterSpec,
     Invariant,
     Registry,
     ReporterSpec,
@@ -202,28 +203,31 @@ class PluginHost:
 
             return register
 
-        def generators(plugin: str, dist: str) -> Callable[..., None]:
-            def register(obj: Any) -> None:
-                if not isinstance(obj, GeneratorSpec) or not callable(obj.generate):
-                    raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not a GeneratorSpec")
-                claim("generator", obj.name, plugin, dist)
-                reg.generators[obj.name] = _with_origin(obj, plugin, dist)
+        def named(kind: str, spec_type: type, call: str, table: dict[str, Any]) -> Callable[[str, str], Callable[..., None]]:
+            """A ``register`` for specs with a name and one callable (generators, reporters, importers)."""
 
-            return register
+            def make(plugin: str, dist: str) -> Callable[..., None]:
+                def register(obj: Any) -> None:
+                    if not isinstance(obj, spec_type) or not callable(getattr(obj, call)):
+                        article = "an" if spec_type.__name__[0] in "AEIOU" else "a"
+                        raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not {article} "
+                                          f"{spec_type.__name__}")
+                    claim(kind, obj.name, plugin, dist)
+                    table[obj.name] = _with_origin(obj, plugin, dist)
 
-        def reporters(plugin: str, dist: str) -> Callable[..., None]:
-            def register(obj: Any) -> None:
-                if not isinstance(obj, ReporterSpec) or not callable(obj.write):
-                    raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {obj!r} is not a ReporterSpec")
-                claim("reporter", obj.name, plugin, dist)
-                reg.reporters[obj.name] = _with_origin(obj, plugin, dist)
+                return register
 
-            return register
+            return make
+
+        generators = named("generator", GeneratorSpec, "generate", reg.generators)
+        reporters = named("reporter", ReporterSpec, "write", reg.reporters)
+        importers = named("importer", ImporterSpec, "convert", reg.importers)
 
         self._call("difftest_register_backends", backends)
         self._call("difftest_register_invariants", invariants)
         self._call("difftest_register_generators", generators)
         self._call("difftest_register_reporters", reporters)
+        self._call("difftest_register_importers", importers)
 
         def known(plugin: str, dist: str) -> Callable[..., None]:
             def register(obj: Any) -> None:

@@ -8,15 +8,24 @@ ops.  Validation is strict, because a stream that the VM layer could never produ
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from difftest.errors import StreamError
+from difftest.jsonstream import (
+    MalformedJSON,
+    NotAnObject,
+    finite_float,
+    fix_text,
+    read_elements,
+    refuse_constant,
+    scan_object,
+)
 from difftest.machine import (
     DEFAULT_PHYS_PAGES,
     KERNEL_MAX,
@@ -54,9 +63,13 @@ _HEX = re.compile(r"0[xX][0-9a-fA-F]+")
 
 @dataclass(frozen=True)
 class Stream:
-    """A validated op sequence with its machine and origin."""
+    """A validated op sequence with its machine and origin.
 
-    ops: tuple[Op, ...]
+    ``ops`` is a tuple, or for a file opened with ``open_stream`` a ``LazyOps`` that
+    decodes them as they are used.
+    """
+
+    ops: Sequence[Op]
     phys_pages: int = DEFAULT_PHYS_PAGES
     origin: dict[str, Any] = field(default_factory=dict, hash=False)
 
@@ -177,7 +190,7 @@ def _check_range(op: Op, index: int, fname: str, va: int, pmap: int, *, end: boo
         )
 
 
-def validate_ops(ops: Sequence[Op], phys_pages: int) -> None:
+def validate_ops(ops: Iterable[Op], phys_pages: int) -> None:
     """Check what a single op's fields cannot show: ranges, ordering, pmap lifetimes.
 
     pmap ids: 0 is the kernel pmap and always exists; ``create`` makes id 1, 2, 3, ... in
@@ -185,20 +198,35 @@ def validate_ops(ops: Sequence[Op], phys_pages: int) -> None:
     one, the pmap dying at zero.  Using an id before its create or after its last destroy
     is refused.
     """
-    limit = phys_pages * PAGE_SIZE
-    refs: dict[int, int] = {}
-    next_id = 1
+    check = Validator(phys_pages).check
     for index, op in enumerate(ops):
+        check(index, op)
+
+
+class Validator:
+    """``validate_ops`` one op at a time (for streams read as they are used)."""
+
+    __slots__ = ("limit", "phys_pages", "refs", "next_id")
+
+    def __init__(self, phys_pages: int) -> None:
+        self.phys_pages = phys_pages
+        self.limit = phys_pages * PAGE_SIZE
+        self.refs: dict[int, int] = {}
+        self.next_id = 1
+
+    def check(self, index: int, op: Op) -> None:
+        """Raise StreamError if ``op``, the ``index``-th of the stream, is not valid here."""
+        refs = self.refs
         name = op.name
         if isinstance(op, Create):
-            refs[next_id] = 1
-            next_id += 1
-            continue
+            refs[self.next_id] = 1
+            self.next_id += 1
+            return
         pmap = getattr(op, "pmap", None)
         if isinstance(op, (KEnter, KRemove)):
             pmap = KERNEL_PMAP
         if pmap is not None and pmap != KERNEL_PMAP and "pmap" in {f for f, _ in op.FIELDS}:
-            if pmap >= next_id:
+            if pmap >= self.next_id:
                 raise StreamError(
                     f"pmap {pmap} is used before its create", index=index, op=name, field="pmap"
                 )
@@ -212,9 +240,9 @@ def validate_ops(ops: Sequence[Op], phys_pages: int) -> None:
             )
         for fname, kind in op.FIELDS:
             value = getattr(op, fname)
-            if kind == F_PA and value >= limit:
+            if kind == F_PA and value >= self.limit:
                 raise StreamError(
-                    f"{value:#010x} is beyond physical memory ({phys_pages} pages)",
+                    f"{value:#010x} is beyond physical memory ({self.phys_pages} pages)",
                     index=index,
                     op=name,
                     field=fname,
@@ -256,21 +284,7 @@ def stream_from_json(doc: Any, source: str | None = None) -> Stream:
     try:
         if not isinstance(doc, dict):
             raise StreamError("the document is not a JSON object")
-        fmt = doc.get("format")
-        if fmt != STREAM_FORMAT:
-            raise StreamError(f"field 'format' is {fmt!r}, expected {STREAM_FORMAT!r}")
-        extra = sorted(set(doc) - {"format", "machine", "origin", "ops"})
-        if extra:
-            raise StreamError(f"unexpected top-level field {extra[0]!r}")
-        machine = doc.get("machine", {})
-        if not isinstance(machine, dict) or set(machine) - {"phys_pages"}:
-            raise StreamError("field 'machine' must be an object with only 'phys_pages'")
-        phys_pages = machine.get("phys_pages", DEFAULT_PHYS_PAGES)
-        if type(phys_pages) is not int or not 16 <= phys_pages <= (1 << 20):
-            raise StreamError(f"machine.phys_pages {phys_pages!r} is not an integer in 16..1048576")
-        origin = doc.get("origin", {})
-        if not isinstance(origin, dict):
-            raise StreamError("field 'origin' must be an object")
+        phys_pages, origin = _check_header(doc)
         raw_ops = doc.get("ops")
         if not isinstance(raw_ops, list):
             raise StreamError("field 'ops' must be a list")
@@ -279,6 +293,26 @@ def stream_from_json(doc: Any, source: str | None = None) -> Stream:
         return Stream(ops=ops, phys_pages=phys_pages, origin=origin)
     except StreamError as err:
         raise err.with_source(source) if source else err
+
+
+def _check_header(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The format, machine and origin of a stream document (every key but the ops' form)."""
+    fmt = doc.get("format")
+    if fmt != STREAM_FORMAT:
+        raise StreamError(f"field 'format' is {fmt!r}, expected {STREAM_FORMAT!r}")
+    extra = sorted(set(doc) - {"format", "machine", "origin", "ops"})
+    if extra:
+        raise StreamError(f"unexpected top-level field {extra[0]!r}")
+    machine = doc.get("machine", {})
+    if not isinstance(machine, dict) or set(machine) - {"phys_pages"}:
+        raise StreamError("field 'machine' must be an object with only 'phys_pages'")
+    phys_pages = machine.get("phys_pages", DEFAULT_PHYS_PAGES)
+    if type(phys_pages) is not int or not 16 <= phys_pages <= (1 << 20):
+        raise StreamError(f"machine.phys_pages {phys_pages!r} is not an integer in 16..1048576")
+    origin = doc.get("origin", {})
+    if not isinstance(origin, dict):
+        raise StreamError("field 'origin' must be an object")
+    return phys_pages, origin
 
 
 def stream_to_json(stream: Stream) -> dict[str, Any]:
@@ -292,7 +326,7 @@ def stream_to_json(stream: Stream) -> dict[str, Any]:
 
 def loads(text: str, source: str | None = None) -> Stream:
     try:
-        doc = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        doc = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
     except json.JSONDecodeError as exc:
         raise StreamError(
             f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source
@@ -302,17 +336,6 @@ def loads(text: str, source: str | None = None) -> Stream:
     except RecursionError:
         raise StreamError("malformed JSON: nested too deeply", source=source) from None
     return stream_from_json(doc, source)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is too large for a float")
-    return value
 
 
 def dumps(stream: Stream) -> str:
@@ -334,6 +357,155 @@ def load(path: str | os.PathLike[str]) -> Stream:
     except (OSError, UnicodeDecodeError) as exc:
         raise StreamError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", source=source) from None
     return loads(text, source)
+
+
+# -- big files: ops decoded as they are used ------------------------------------------------
+
+OPS_PER_CHUNK = 4096  # ops decoded together when a file stream is read again
+
+
+class LazyOps(Sequence[Op]):
+    """The ops of a stream file, decoded a chunk at a time as they are used.
+
+    ``ops[i]`` in order decodes each chunk once; memory holds one chunk, whatever the
+    length.  A slice decodes the ops it names (a prefix to shrink, for example).
+    """
+
+    def __init__(self, path: str, offsets: list[int], length: int) -> None:
+        self.path = path
+        self._offsets = offsets  # byte offset of op k * OPS_PER_CHUNK
+        self._length = length
+        self._chunk = -1
+        self._ops: list[Op] = []
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(self._length)))
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        chunk, at = divmod(index, OPS_PER_CHUNK)
+        if chunk != self._chunk:
+            self._ops = self._decode(chunk)
+            self._chunk = chunk
+        return self._ops[at]
+
+    def __iter__(self) -> Iterator[Op]:
+        for chunk in range(len(self._offsets)):
+            yield from self._decode(chunk)
+
+    def _decode(self, chunk: int) -> list[Op]:
+        first = chunk * OPS_PER_CHUNK
+        count = min(OPS_PER_CHUNK, self._length - first)
+        out: list[Op] = []
+        try:
+            with open(self.path, "rb") as fh:
+                for i, raw in enumerate(read_elements(fh, self._offsets[chunk], count)):
+                    try:
+                        out.append(op_from_json(raw, first + i))
+                    except StreamError:
+                        op_from_json(fix_text(raw), first + i)  # the message in real text
+                        raise
+        except OSError as exc:
+            raise StreamError(f"cannot read: {exc.strerror or exc}", source=self.path) from None
+        except StreamError as err:
+            raise err.with_source(self.path) from None
+        return out
+
+
+@dataclass(frozen=True)
+class FileStream(Stream):
+    """A validated stream file whose ops stay in the file until used (``open_stream``)."""
+
+    path: str = ""
+    frames: frozenset[int] = frozenset()
+
+    def data_frames(self) -> set[int]:
+        return set(self.frames)
+
+
+def open_stream(path: str | os.PathLike[str]) -> Stream:
+    """Check a stream file as ``load`` does, in memory that does not grow with its length.
+
+    The file is read twice (once for its syntax and layout, once to decode and validate
+    every op) and the ops are decoded again, a chunk at a time, as the run uses them.
+    """
+    source = str(path)
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = False
+    if not regular:  # a pipe cannot be read again: hold it in memory (load says what is wrong)
+        return load(path)
+    # In the usual layout (format and machine before the ops) every op is decoded and
+    # checked during the one read of the file; otherwise a second read does it.
+    inline: list[Any] = []  # [Validator, frames, first StreamError or None] when checked inline
+
+    def sink(members: dict[str, Any]):
+        if "format" not in members or "machine" not in members:
+            return None
+        try:
+            phys_pages, _ = _check_header({**members, "ops": []})
+        except StreamError:
+            return None  # reported after the whole object is read, as load() would
+        inline.extend([Validator(phys_pages), set(), None])
+        check, frames = inline[0].check, inline[1]
+
+        def on_op(index: int, raw: Any) -> None:
+            if inline[2] is not None:
+                return
+            try:
+                try:
+                    op = op_from_json(raw, index)
+                except StreamError:
+                    op_from_json(fix_text(raw), index)  # the message in real text
+                    raise
+                check(index, op)
+            except StreamError as err:
+                inline[2] = err
+                return
+            pa = getattr(op, "pa", None)
+            if pa is not None:
+                frames.add(pa // PAGE_SIZE)
+
+        return on_op
+
+    try:
+        with open(path, "rb") as fh:
+            scan = scan_object(fh, "ops", OPS_PER_CHUNK, sink)
+    except NotAnObject:
+        return load(path)  # not an object: the whole-file reader says what it is
+    except MalformedJSON as exc:
+        raise StreamError(str(exc), source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StreamError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", source=source) from None
+    header = dict(scan.members)
+    if scan.array_seen:
+        header["ops"] = []
+    try:
+        phys_pages, origin = _check_header(header)
+        if not scan.array_seen:
+            raise StreamError("field 'ops' must be a list")
+        ops = LazyOps(source, scan.offsets, scan.array_length)
+        if inline and inline[0].phys_pages == phys_pages:
+            if inline[2] is not None:
+                raise inline[2]
+            frames = inline[1]
+        else:
+            validator = Validator(phys_pages)
+            frames = set()
+            for index, op in enumerate(ops):
+                validator.check(index, op)
+                pa = getattr(op, "pa", None)
+                if pa is not None:
+                    frames.add(pa // PAGE_SIZE)
+    except StreamError as err:
+        raise (err if err.source else err.with_source(source)) from None
+    return FileStream(ops=ops, phys_pages=phys_pages, origin=origin, path=source, frames=frozenset(frames))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

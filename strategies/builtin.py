@@ -1,10 +1,12 @@
-"""Registers the built-in seeded generators through the plugin host, like a third party's."""
+"""Registers the built-in generators and importers through the plugin host, like a third party's."""
 
 from __future__ import annotations
 
-from difftest import GeneratorSpec, hookimpl
+from difftest import GeneratorSpec, ImporterSpec, hookimpl
 from strategies.pager import generate_pager
 from strategies.seeded import generate
+from strategies.strace import convert as convert_strace
+from strategies.trace import generate_trace
 
 
 @hookimpl
@@ -23,5 +25,26 @@ def difftest_register_generators(register) -> None:
             generate=generate_pager,
             description="PR 5666 How-To-Repeat: processes doing build-like work in a small "
             "machine, a pager revoking non-wired pages and collecting pmaps when memory runs low",
+        )
+    )
+    register(
+        GeneratorSpec(
+            name="trace",
+            generate=generate_trace,
+            description="real workloads: the imported streams of --trace-dir, as recorded or as "
+            "variants by seed (other machine sizes, a pager at work, process interleavings shifted)",
+            options=(("trace-dir", "a directory of imported stream files (difftest import)"),),
+        )
+    )
+
+
+@hookimpl
+def difftest_register_importers(register) -> None:
+    register(
+        ImporterSpec(
+            name="strace",
+            convert=convert_strace,
+            description="strace -f -e trace=memory,process,openat,close logs: processes as pmaps, "
+            "fork copy-on-write, mmap/munmap/mprotect/brk, shared file pages, 64-bit addresses folded",
         )
     )

@@ -194,7 +194,7 @@ def test_ctrl_c_exits_130(monkeypatch, tmp_path, capsys):
     def interrupted(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(streams, "load", interrupted)
+    monkeypatch.setattr(streams, "open_stream", interrupted)
     path = tmp_path / "s.json"
     path.write_text("{}")
     assert main(["validate", str(path)]) == EXIT_INTERRUPTED
@@ -230,7 +230,7 @@ def test_unexpected_exception_is_an_internal_error_in_one_line(monkeypatch, tmp_
     def broken(path):
         raise RuntimeError("invariant of the loader broke\nwith detail")
 
-    monkeypatch.setattr(streams, "load", broken)
+    monkeypatch.setattr(streams, "open_stream", broken)
     path = tmp_path / "s.json"
     path.write_text("{}")
     assert main(["validate", str(path)]) == EXIT_INTERNAL  # never 1: that means divergences
