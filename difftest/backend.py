@@ -358,6 +358,9 @@ class GeneratorSpec:
     options: tuple[tuple[str, str], ...] = ()
 
 
+DEFAULT_MAX_PAGES_PER_MAPPING = 16  # pages an importer touches per mapping unless told otherwise
+
+
 @dataclass(frozen=True)
 class ImporterSpec:
     """A registered trace importer: ``convert(log_path, *, phys_pages, max_pages_per_mapping)

@@ -6,8 +6,8 @@ or machines.  Results are committed strictly in k order (a reorder buffer), so t
 hit of a signature, its reproducer and the report do not depend on the number of workers.
 
 Everything found is on disk as soon as it is committed (``OUT/journal.jsonl``, appended
-line by line, and ``OUT/divergences/*.json`` and ``OUT/corpus/*.json``, written then
-renamed); ``--resume OUT`` reads them back and goes on at the first uncommitted stream.
+line by line, and ``OUT/divergences/*.json``, ``OUT/corpus/*.record.json`` and the
+reproducers ``OUT/corpus/*.stream.json``, written then renamed); ``--resume OUT`` reads them back and goes on at the first uncommitted stream.
 
 Workers run through a ``concurrent.futures.Executor`` made by an *executor factory*
 (a local process pool by default; a cluster's executor plugs in the same way).  Each task
@@ -24,18 +24,25 @@ import os
 import re
 import time
 import tomllib
+from collections import Counter
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from difftest import __version__, streams
+from difftest.bugs import Member, group, head_of, representative, streams_hit
+from difftest.corpus import Corpus
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun
+from difftest.ops import describe
 from difftest.report import REPORT_FORMAT
 from difftest.streams import Stream, atomic_write_text
 
 CAMPAIGN_FORMAT = "difftest.campaign/1"
+#: bug statuses that make ``difftest fuzz`` exit 1: seen now and not in the baseline
+FAILING_STATUSES = ("new", "open", "regressed")
+EXIT_ORPHANED = 70  # a worker whose campaign process died (never seen by the user)
 JOURNAL = "journal.jsonl"
 
 ExecutorFactory = Callable[[int], cf.Executor]
@@ -189,6 +196,9 @@ class UnitResult:
     # signature -> (events in this stream, the first divergence as JSON)
     hits: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
+    # backend -> the op at which it ran out of memory in this stream
+    out_of_memory: dict[str, int] = field(default_factory=dict)
+    backends: tuple[str, ...] | None = None  # the backends run, when not all of the campaign's
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,7 @@ class ShrinkTask:
     config: CampaignConfig
     signature: str
     k: int
+    backend: str = ""  # the signature's backend: its first divergence in the result is the head
 
 
 @dataclass
@@ -206,6 +217,14 @@ class ShrinkOutcome:
     original_ops: int
     elapsed: float
     error: str | None = None
+    head: dict[str, Any] | None = None  # first divergence of the backend in the minimised stream
+
+
+@dataclass(frozen=True)
+class CorpusTask:
+    config: CampaignConfig
+    stream_json: dict[str, Any]
+    backend: str
 
 
 _WORKER_CACHE: dict[Any, Any] = {}
@@ -250,14 +269,56 @@ def run_unit(task: UnitTask) -> UnitResult:
     seed = unit_seed(config.seed, task.k)
     stream = config.generate(gen, seed)
     result = harness.run(stream, time_limit=config.stream_timeout)
-    out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped))
-    for d in result.divergences:
+    out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
+                     out_of_memory=out_of_memory_ops(result), backends=task.backends)
+    findings = [(d, None) for d in result.divergences] + survival_findings(result, out.out_of_memory)
+    for d, explained_by in findings:
         if d.signature in out.hits:
             n, first = out.hits[d.signature]
             out.hits[d.signature] = (n + 1, first)
         else:
-            out.hits[d.signature] = (1, d.to_json())
+            first = d.to_json()
+            if explained_by is not None:
+                first["explained_by"] = explained_by
+            out.hits[d.signature] = (1, first)
     return out
+
+
+def out_of_memory_ops(result: Any) -> dict[str, int]:
+    """backend -> the op at which it ran out of memory (the harness stops it there): an
+    allowed panic (the pool really lacked the frames) or an ``oom-with-free-frames``."""
+    ops = {a.backend: a.op_index for a in result.allowed if a.kind == "out-of-memory"}
+    for d in result.divergences:
+        if d.cls == "oom-with-free-frames":
+            ops.setdefault(d.backend, d.op_index)
+    return ops
+
+
+def survival_findings(result: Any, out_of_memory: dict[str, int]) -> list[tuple[Divergence, str | None]]:
+    """A backend that runs out of memory where the reference runs the whole stream is a
+    finding: ``resource:B:OP:memory:out-of-memory``, explained by B's first earlier
+    divergence (a ``resource`` one first: for PR 5666, the leak), whose bug it joins."""
+    ref = result.reference
+    if ref in result.stopped:
+        return []  # the reference did not survive: nothing to compare with
+    found = []
+    for backend, index in sorted(out_of_memory.items()):
+        if backend == ref:
+            continue
+        earlier = [d for d in result.divergences if d.backend == backend and d.op_index <= index
+                   and d.cls != "oom-with-free-frames"]
+        cause = next((d for d in earlier if d.kind == "resource"), earlier[0] if earlier else None)
+        op = result.stream.ops[index] if 0 <= index < len(result.stream.ops) else None
+        what = describe(op) if op is not None else "audit"
+        d = Divergence(
+            kind="resource", backend=backend, op_index=index, op=what,
+            op_kind=op.name if op is not None else "audit", field="memory", cls="out-of-memory",
+            message=f"{backend} ran out of memory at op {index} ({what}); the reference {ref} ran all "
+                    f"{len(result.stream.ops)} ops of the stream",
+            attribution=(f"explained by {cause.signature} (op {cause.op_index}: {cause.message})" if cause
+                         else f"no earlier divergence of {backend} explains it"))
+        found.append((d, cause.signature if cause else None))
+    return found
 
 
 def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
@@ -270,10 +331,13 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     except ImportError as exc:  # the minimiser is optional for a campaign to run
         return ShrinkOutcome(task.signature, streams.stream_to_json(stream), len(stream), len(stream),
                              time.perf_counter() - started, f"no minimiser: {exc}")
+    head = None
     try:
         outcome = shrink(stream, harness, task.signature, time_budget=task.config.shrink_budget)
         small = outcome.stream
         error = None
+        if task.backend:
+            head = head_of(harness.run(small, time_limit=task.config.stream_timeout).divergences, task.backend)
         # The reproducer is data: keep timings out of it, so reports compare equal.
         note = small.origin.get("shrink")
         if isinstance(note, dict) and "seconds" in note:
@@ -281,13 +345,42 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     except Exception as exc:  # a failing shrink must not lose the divergence
         small, error = stream, f"{type(exc).__name__}: {exc}"
     return ShrinkOutcome(task.signature, streams.stream_to_json(small), len(small), len(stream),
-                         time.perf_counter() - started, error)
+                         time.perf_counter() - started, error, head)
+
+
+def replay_corpus_entry(task: CorpusTask) -> dict[str, Any]:
+    """Run a corpus reproducer on the campaign's backends: does its backend still diverge?
+    Executed in a worker."""
+    harness, _ = _worker_env(task.config)
+    result = harness.run(streams.stream_from_json(task.stream_json), time_limit=task.config.stream_timeout)
+    mine = [d for d in result.divergences if d.backend == task.backend]
+    head = head_of(mine, task.backend)
+    return {"diverged": bool(mine), "signatures": sorted({d.signature for d in mine}),
+            "head_signature": head[0]["signature"] if head else None}
 
 
 def local_process_pool(workers: int) -> cf.Executor:
     """The default executor: ``workers`` spawned processes (Hypothesis is not thread-safe,
-    and fork would copy whatever state the parent has)."""
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    and fork would copy whatever state the parent has), each exiting when the campaign's
+    process dies (``exit_with_parent``)."""
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a worker: a daemon thread that ends the process once ``parent`` is gone (a
+    ``kill -9`` of the campaign leaves no orphan worker running its stream to the end)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="difftest-parent-watch", daemon=True).start()
 
 
 # -- the campaign (parent side) --------------------------------------------------------------------
@@ -304,6 +397,38 @@ class SignatureRecord:
     reproducer: dict[str, Any] | None = None
     reproducer_ops: int | None = None
     shrink_error: str | None = None
+    head: list[dict[str, Any]] | None = None  # bugs.head_of its minimised reproducer
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def member(self) -> Member:
+        return Member(signature=self.signature, first=self.first, first_k=self.first_k, first_seed=self.first_seed,
+                      head=self.head, explained_by=self.first.get("explained_by"), reproducer=self.reproducer,
+                      reproducer_ops=self.reproducer_ops)
+
+
+@dataclass
+class Survival:
+    """How often one backend ran out of memory (the harness stopped it there)."""
+
+    streams: int = 0  # streams it ran in
+    out_of_memory: int = 0  # ... and ran out of memory in
+    first_out_of_memory_op: int | None = None  # the earliest op at which it did, over all streams
+
+    def add(self, oom_op: int | None) -> None:
+        self.streams += 1
+        if oom_op is not None:
+            self.out_of_memory += 1
+            if self.first_out_of_memory_op is None or oom_op < self.first_out_of_memory_op:
+                self.first_out_of_memory_op = oom_op
+
+    def merge(self, other: "Survival") -> None:
+        self.streams += other.streams
+        self.out_of_memory += other.out_of_memory
+        op = other.first_out_of_memory_op
+        if op is not None and (self.first_out_of_memory_op is None or op < self.first_out_of_memory_op):
+            self.first_out_of_memory_op = op
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -329,6 +454,7 @@ class Campaign:
         progress: Callable[[dict[str, Any]], None] | None = None,
         resume: bool = False,
         read_only: bool = False,
+        corpus: Corpus | None = None,
     ) -> None:
         self.config = config
         self.out = Path(out)
@@ -342,11 +468,16 @@ class Campaign:
         self.ops = 0
         self.stream_seconds = 0.0
         self.worker_deaths: list[dict[str, Any]] = []
+        # streams by the set of signatures each showed (a bug's stream count is a union)
+        self.hit_sets: Counter[frozenset[str]] = Counter()
+        self.survival: dict[str, Survival] = {name: Survival() for name in config.backends}
         self.timeline: list[tuple[float, int, str]] = []  # (elapsed, streams, signature) of new hits
         self.started = time.monotonic()
         self.prior_elapsed = 0.0
         self._shrinks: dict[cf.Future, str] = {}
         self._journal = None
+        self.corpus = corpus
+        self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
         if resume or read_only:
             self._load_state(repair=not read_only)
         else:
@@ -361,7 +492,9 @@ class Campaign:
         (self.out / "corpus").mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "campaign.json", json.dumps(
             {"format": CAMPAIGN_FORMAT, "config": self.config.to_json(),
-             "known": [asdict(k) for k in self.known], "version": __version__}, indent=2))
+             "known": [asdict(k) for k in self.known], "version": __version__,
+             "corpus": str(self.corpus.path) if self.corpus is not None else None,
+             "budget": self.budget}, indent=2))
 
     def _load_state(self, repair: bool = True) -> None:
         journal = self.out / JOURNAL
@@ -382,20 +515,24 @@ class Campaign:
             # Drop a torn tail so that appends start on a clean line.
             if repair and len(good) != len(lines):
                 atomic_write_text(journal, "".join(good))
-        for path in sorted((self.out / "corpus").glob("*.json")):
+        for path in sorted((self.out / "corpus").glob("*.record.json")):
             doc = json.loads(path.read_text(encoding="utf-8"))
             rec = self.records.get(doc.get("signature", ""))
             if rec is not None and doc.get("reproducer") is not None:
                 rec.reproducer = doc["reproducer"]
                 rec.reproducer_ops = len(doc["reproducer"]["ops"])
                 rec.shrink_error = doc.get("shrink_error")
+                rec.head = doc.get("head")
 
     def _replay_journal_entry(self, entry: dict[str, Any]) -> None:
         if entry.get("type") == "elapsed":
             self.prior_elapsed = entry["elapsed"]
             return
+        if entry.get("type") == "corpus":
+            self.corpus_runs[entry["entry"]] = entry["outcome"]
+            return
         self._commit_hits(entry["k"], entry["seed"], entry["ops"], entry["hits"], entry.get("elapsed", 0.0),
-                          replaying=True)
+                          replaying=True, out_of_memory=entry.get("oom") or {}, ran=entry.get("backends"))
 
     def _write_divergence(self, rec: SignatureRecord) -> None:
         atomic_write_text(self.out / "divergences" / f"{slug(rec.signature)}.json",
@@ -403,8 +540,10 @@ class Campaign:
 
     def _write_corpus(self, rec: SignatureRecord) -> None:
         doc = {"signature": rec.signature, "first_k": rec.first_k, "reproducer": rec.reproducer,
-               "shrink_error": rec.shrink_error}
-        atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.json",
+               "shrink_error": rec.shrink_error, "head": rec.head}
+        # *.record.json and *.stream.json: `difftest validate corpus/*.stream.json` takes
+        # the stream files alone.
+        atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.record.json",
                           json.dumps(doc, indent=1, allow_nan=False))
         if rec.reproducer is not None:
             # The reproducer as a plain stream file, for `difftest replay`.
@@ -422,18 +561,28 @@ class Campaign:
 
     def _commit(self, res: UnitResult) -> list[SignatureRecord]:
         hits = {sig: [n, first] for sig, (n, first) in sorted(res.hits.items())}
-        new = self._commit_hits(res.k, res.seed, res.ops, hits, res.elapsed)
+        new = self._commit_hits(res.k, res.seed, res.ops, hits, res.elapsed, out_of_memory=res.out_of_memory,
+                                ran=res.backends)
         for rec in new:
             self._write_divergence(rec)
-        self._append_journal({"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits,
-                              "elapsed": round(res.elapsed, 6)})
+        entry = {"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits, "elapsed": round(res.elapsed, 6)}
+        if res.out_of_memory:
+            entry["oom"] = dict(sorted(res.out_of_memory.items()))
+        if res.backends is not None:
+            entry["backends"] = list(res.backends)
+        self._append_journal(entry)
         return new
 
     def _commit_hits(self, k: int, seed: int, ops: int, hits: dict[str, Any], elapsed: float,
-                     replaying: bool = False) -> list[SignatureRecord]:
+                     replaying: bool = False, out_of_memory: dict[str, int] | None = None,
+                     ran: Sequence[str] | None = None) -> list[SignatureRecord]:
         self.committed.append(k)
         self.ops += ops
         self.stream_seconds += elapsed
+        if hits:
+            self.hit_sets[frozenset(hits)] += 1
+        for name in (self.config.backends if ran is None else ran):
+            self.survival.setdefault(name, Survival()).add((out_of_memory or {}).get(name))
         new = []
         for sig, (n, first) in sorted(hits.items()):
             rec = self.records.get(sig)
@@ -459,6 +608,7 @@ class Campaign:
         done = set(self.committed)
         units = (k for k in config.units() if k not in done)
         deadline = None if self.budget is None else time.monotonic() + max(0.0, self.budget - self.prior_elapsed)
+        children_before = {c.pid for c in multiprocessing.active_children()}
         executor = self.executor_factory(self.workers)
         pending: dict[cf.Future, int] = {}
         buffer: dict[int, UnitResult] = {}
@@ -466,6 +616,7 @@ class Campaign:
         exhausted = False
         interrupted = False
         try:
+            self._replay_corpus(executor)
             # Signatures found before a kill whose reproducer was not written: shrink again.
             for rec in sorted(self.records.values(), key=lambda r: r.first_k):
                 if rec.reproducer is None:
@@ -513,24 +664,54 @@ class Campaign:
                 self._collect_shrinks(block=False)
                 self._report_progress()
             self._collect_shrinks(block=True)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
             interrupted = True
             raise
         finally:
             executor.shutdown(wait=not interrupted, cancel_futures=True)
+            if interrupted:
+                # Workers would run their streams to the end: stop them now.
+                for child in multiprocessing.active_children():
+                    if child.pid not in children_before:
+                        child.terminate()
             if self._journal is not None:
                 self._append_journal({"type": "elapsed", "elapsed": round(self.elapsed(), 3)})
                 self._journal.close()
                 self._journal = None
         if not self.committed:
             raise NothingToRun("no stream was run (is the budget too small?)")
-        return self.report()
+        report = self.report()
+        if self.corpus is not None:
+            self.corpus.update(report["bugs"])
+            report["corpus"] = self.corpus.summary()
+        return report
+
+    def _replay_corpus(self, executor: cf.Executor) -> None:
+        """Replay the corpus's reproducers first (those not replayed before a --resume)."""
+        if self.corpus is None:
+            return
+        todo = [e for e in self.corpus.runnable(self.config.backends) if e.name not in self.corpus_runs]
+        futures = {executor.submit(replay_corpus_entry, CorpusTask(self.config, e.stream, e.backend)): e for e in todo}
+        for fut in cf.as_completed(futures):
+            entry = futures[fut]
+            try:
+                outcome = fut.result()
+            except BrokenProcessPool:
+                outcome = {"diverged": True, "signatures": [], "head_signature": None,
+                           "note": "the worker died replaying it"}
+            self.corpus_runs[entry.name] = outcome
+            self._append_journal({"type": "corpus", "entry": entry.name, "outcome": outcome})
 
     def _submit_shrink(self, executor: cf.Executor, rec: SignatureRecord) -> None:
         if self.config.shrink_budget <= 0:
             self._finish_without_shrink(rec, "shrinking disabled")
             return
-        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k))
+        if rec.first.get("explained_by"):
+            # Not a harness divergence (the shrinker could not keep it): it joins the bug of
+            # the divergence that explains it, whose reproducer stands for it.
+            self._finish_without_shrink(rec, f"explained by {rec.first['explained_by']}: not minimised on its own")
+            return
+        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k, rec.first["backend"]))
         self._shrinks[fut] = rec.signature
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
@@ -561,6 +742,7 @@ class Campaign:
                 rec.reproducer = outcome.stream_json
                 rec.reproducer_ops = outcome.ops
                 rec.shrink_error = outcome.error
+                rec.head = outcome.head
                 self._write_corpus(rec)
                 self._write_divergence(rec)
 
@@ -591,7 +773,7 @@ class Campaign:
                 solo.shutdown(wait=True, cancel_futures=True)
         seed = unit_seed(self.config.seed, k)
         self.worker_deaths.append({"stream": k, "seed": seed, "backends": culprits})
-        res = UnitResult(k=k, seed=seed, ops=0, elapsed=0.0)
+        res = UnitResult(k=k, seed=seed, ops=0, elapsed=0.0, backends=())
         others = tuple(n for n in self.config.backends if n not in culprits)
         if culprits and others:
             # What the other backends find in this stream is not lost with the worker.
@@ -616,12 +798,17 @@ class Campaign:
         if self.progress is None:
             return
         new = sum(1 for r in self.records.values() if match_known(r.signature, self.known) is None)
+        kinds = Counter(r.first.get("kind") for r in self.records.values())
         self.progress({"streams": len(self.committed), "ops": self.ops, "elapsed": self.elapsed(),
-                       "new": new, "known": len(self.records) - new})
+                       "new": new, "known": len(self.records) - new, "crashes": kinds["crash"],
+                       "hangs": kinds["hang"], "last_new": self.timeline[-1][0] if self.timeline else None,
+                       "budget": self.budget})
 
     # -- the report ----------------------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
+        if self.corpus is not None:
+            self.corpus.outcomes = dict(self.corpus_runs)
         return build_campaign_report(
             self.config, self.records, self.known, streams_run=len(self.committed), ops=self.ops,
             timing={"elapsed": round(self.elapsed(), 3), "workers": self.workers,
@@ -630,8 +817,48 @@ class Campaign:
                     "budget": self.budget,
                     "first_hits": [{"elapsed": round(t, 3), "streams": n, "signature": s}
                                    for t, n, s in self.timeline]},
-            worker_deaths=self.worker_deaths,
+            worker_deaths=self.worker_deaths, hit_sets=self.hit_sets, survival=self.survival,
+            corpus=self.corpus,
         )
+
+
+def match_bug(head: str, members: Sequence[str], known: Sequence[KnownDivergence]) -> KnownDivergence | None:
+    """The baseline entry that matches a bug: its head or any of its member signatures."""
+    for sig in (head, *members):
+        kd = match_known(sig, known)
+        if kd is not None:
+            return kd
+    return None
+
+
+def bug_entries(records: dict[str, SignatureRecord], known: Sequence[KnownDivergence],
+                hit_sets: Counter[frozenset[str]] | None = None) -> list[dict[str, Any]]:
+    """``bugs`` of the report: the records grouped by head (``difftest.bugs``)."""
+    ordered = sorted(records.values(), key=lambda r: (r.first_k, r.signature))
+    out = []
+    for bug in group([rec.member() for rec in ordered]):
+        kd = match_bug(bug.head, bug.signatures, known)
+        rep = representative(bug)
+        first = min(bug.members, key=lambda m: (m.first_k, m.signature))
+        out.append({
+            "head": bug.head,
+            "head_signature": bug.head_first.get("signature", bug.head),
+            "backend": bug.head_first.get("backend", first.first["backend"]),
+            "kind": bug.head_first.get("kind", first.first["kind"]),
+            "members": bug.signatures,
+            "count": streams_hit(bug.signatures, hit_sets) if hit_sets is not None
+            else max(records[s].streams for s in bug.signatures),
+            "events": sum(records[s].events for s in bug.signatures),
+            "first_stream": {"index": first.first_k, "seed": first.first_seed},
+            "known": kd is not None,
+            "known_reason": kd.reason if kd else None,
+            "status": "known" if kd is not None else "new",
+            "reproducer": rep.reproducer,
+            "reproducer_ops": rep.reproducer_ops,
+            "reproducer_path": f"corpus/{slug(rep.signature)}.stream.json" if rep.reproducer else None,
+            "reproducer_signature": rep.signature,
+        })
+    return out
 
 
 def build_campaign_report(
@@ -642,12 +869,20 @@ def build_campaign_report(
     ops: int,
     timing: dict[str, Any] | None = None,
     worker_deaths: Sequence[dict[str, Any]] = (),
+    hit_sets: Counter[frozenset[str]] | None = None,
+    survival: dict[str, Survival] | None = None,
+    corpus: Any = None,
 ) -> dict[str, Any]:
     """The ``difftest.report/1`` document of a campaign.  Everything but ``timing`` is a
-    function of the configuration and the committed streams."""
+    function of the configuration and the committed streams (and, with a corpus, of what
+    its reproducers did)."""
+    bugs = bug_entries(records, known, hit_sets)
+    if corpus is not None:
+        bugs = corpus.judge(bugs, known)
+    bug_of = {sig: b for b in bugs for sig in b["members"]}
     entries = []
     for rec in sorted(records.values(), key=lambda r: (r.first_k, r.signature)):
-        kd = match_known(rec.signature, known)
+        bug = bug_of[rec.signature]
         first = rec.first
         entries.append({
             "signature": rec.signature,
@@ -656,8 +891,9 @@ def build_campaign_report(
             "op_kind": first["op_kind"],
             "field": first["field"],
             "class": first["class"],
-            "known": kd is not None,
-            "known_reason": kd.reason if kd else None,
+            "bug": bug["head"],
+            "known": bug["known"],
+            "known_reason": bug["known_reason"],
             "count": rec.streams,
             "events": rec.events,
             "first_stream": {"index": rec.first_k, "seed": rec.first_seed},
@@ -667,9 +903,10 @@ def build_campaign_report(
             "reproducer_path": f"corpus/{slug(rec.signature)}.stream.json" if rec.reproducer else None,
             "shrink_note": rec.shrink_error,
         })
-    seen = [e["signature"] for e in entries]
+    seen = [e["signature"] for e in entries] + [b["head"] for b in bugs if b["status"] != "fixed"]
     no_longer = [{"signature": k.pattern, "reason": k.reason} for k in known
                  if k.concerns(config.backends) and not any(k.matches(s) for s in seen)]
+    failing = [b for b in bugs if b["status"] in FAILING_STATUSES]
     doc = {
         "format": REPORT_FORMAT,
         "tool": {"name": "pmap-difftest", "version": __version__},
@@ -695,11 +932,19 @@ def build_campaign_report(
             "signatures": len(entries),
             "new": sum(1 for e in entries if not e["known"]),
             "known": sum(1 for e in entries if e["known"]),
+            "bugs": sum(1 for b in bugs if b["status"] != "fixed"),
+            "failing_bugs": len(failing),
+            "known_bugs": sum(1 for b in bugs if b["status"] == "known"),
+            "fixed_bugs": sum(1 for b in bugs if b["status"] == "fixed"),
         },
+        "bugs": bugs,
         "divergences": entries,
+        "survival": {name: s.to_json() for name, s in (survival or {}).items()},
         "no_longer_seen": no_longer,
         "worker_deaths": list(worker_deaths),
     }
+    if corpus is not None:
+        doc["corpus"] = corpus.summary()
     if timing is not None:
         doc["timing"] = timing
     return doc
@@ -717,11 +962,10 @@ def read_campaign_meta(path: Path) -> tuple[CampaignConfig, list[KnownDivergence
     return config, known
 
 
-def load_run_dir(path: Path) -> tuple[CampaignConfig, dict[str, SignatureRecord], list[int], int, list[KnownDivergence]]:
-    """Read a campaign directory back: config, signature records, committed streams, ops."""
+def load_run_dir(path: Path) -> "Campaign":
+    """Read a campaign directory back (read-only): config, records, committed streams, ops."""
     config, known = read_campaign_meta(path)
-    camp = Campaign(config, Path(path), known, read_only=True)
-    return config, camp.records, camp.committed, camp.ops, known
+    return Campaign(config, Path(path), known, read_only=True)
 
 
 def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
@@ -733,10 +977,16 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     ops = 0
     base: CampaignConfig | None = None
     known: list[KnownDivergence] = []
+    hit_sets: Counter[frozenset[str]] = Counter()
+    survival: dict[str, Survival] = {}
     for d in dirs:
-        config, records, committed, n_ops, kn = load_run_dir(Path(d))
+        camp = load_run_dir(Path(d))
+        config, records, committed, n_ops = camp.config, camp.records, camp.committed, camp.ops
+        hit_sets.update(camp.hit_sets)
+        for name, surv in camp.survival.items():
+            survival.setdefault(name, Survival()).merge(surv)
         if base is None:
-            base, known = config, kn
+            base, known = config, camp.known
         elif (config.seed, config.backends, config.generator, config.generator_options, config.ops_per_stream,
               config.streams) != (base.seed, base.backends, base.generator, base.generator_options,
                                   base.ops_per_stream, base.streams):
@@ -752,7 +1002,8 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             merged[sig] = SignatureRecord(
                 signature=sig, first_k=first.first_k, first_seed=first.first_seed, first=first.first,
                 streams=have.streams + rec.streams, events=have.events + rec.events,
-                reproducer=first.reproducer, reproducer_ops=first.reproducer_ops, shrink_error=first.shrink_error)
+                reproducer=first.reproducer, reproducer_ops=first.reproducer_ops, shrink_error=first.shrink_error,
+                head=first.head)
     assert base is not None
     config = CampaignConfig(**{**asdict(base), "shard_index": 0, "shard_count": 1,
                                "backends": base.backends, "plugins": base.plugins})
@@ -763,6 +1014,6 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
-    report = build_campaign_report(config, merged, known, streams_run, ops)
+    report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report

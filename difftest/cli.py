@@ -1,7 +1,8 @@
 """The ``difftest`` command line: the entry point and its error handling.
 
 Exit codes (STACK.md, modelled on pytest's): 0 no new divergences, 1 new divergences,
-2 usage error or bad input, 3 internal or plugin error, 5 nothing to run, 130 interrupted.
+2 usage error or bad input, 3 internal or plugin error, 5 nothing to run, 130 interrupted,
+143 terminated (SIGTERM).
 Every error is one line on stderr, never a traceback.
 """
 
@@ -19,8 +20,10 @@ from difftest.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     DifftestError,
+    Terminated,
 )
 
 
@@ -29,8 +32,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="difftest",
                       standalone_mode=False)
-    except click.exceptions.Abort:
-        # click turns Ctrl-C into Abort; exit 1 would read as "divergences found".
+    except Terminated:
+        click.echo("difftest: terminated (SIGTERM)", err=True)
+        return _exit(EXIT_TERMINATED)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C (and SIGTERM's Terminated) into Abort; exit 1 would read as
+        # "divergences found".
+        if isinstance(exc.__cause__, Terminated):
+            click.echo("difftest: terminated (SIGTERM)", err=True)
+            return _exit(EXIT_TERMINATED)
         click.echo("difftest: interrupted", err=True)
         return _exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:

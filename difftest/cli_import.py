@@ -5,13 +5,12 @@ from __future__ import annotations
 import click
 
 from difftest import streams
+from difftest.backend import DEFAULT_MAX_PAGES_PER_MAPPING
 from difftest.cli_base import Context, cli, pass_ctx
 from difftest.errors import EXIT_OK, BadInput
 from difftest.legality import first_problem
 from difftest.machine import DEFAULT_PHYS_PAGES
 from difftest.streams import Stream
-
-DEFAULT_MAX_PAGES_PER_MAPPING = 16
 
 
 @cli.command("import")

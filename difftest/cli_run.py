@@ -11,8 +11,10 @@ import click
 from tabulate import tabulate
 
 from difftest import streams
+from difftest.bugs import head_key
+from difftest.campaign import load_baseline, match_bug
 from difftest.cli_base import Context, cli, pass_ctx, progress_bar
-from difftest.divergence import RunResult
+from difftest.divergence import KnownDivergence, RunResult
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, Harness
 from difftest.ops import Op
@@ -59,6 +61,9 @@ def _clip(text: str, width: int) -> str:
               type=click.IntRange(1), help="Full audit every N ops (and at the end).")
 @click.option("--invariants", "invariants", type=click.Choice(["per-op", "checkpoint"]), default="per-op",
               show_default=True, help="Check backend invariants after every op, or only at checkpoints (faster).")
+@click.option("--baseline", default=None, type=click.Path(dir_okay=False),
+              help="TOML of known divergences (default: those the plugins register).")
+@click.option("--strict", is_flag=True, help="Exit 1 for known divergences too.")
 @click.option("--shrink", "do_shrink", is_flag=True,
               help="Minimise a reproducer for each signature (from the ops up to its first sighting).")
 @click.option("--shrink-budget", default=10.0, show_default=True, type=click.FloatRange(0),
@@ -67,9 +72,10 @@ def _clip(text: str, width: int) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
 def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], reference: str | None,
-               checkpoint_every: int, invariants: str, do_shrink: bool, shrink_budget: float,
-               as_json: bool, no_progress: bool) -> int:
-    """Run stream files on the backends; exit 1 when anything diverged.
+               checkpoint_every: int, invariants: str, baseline: str | None, strict: bool, do_shrink: bool,
+               shrink_budget: float, as_json: bool, no_progress: bool) -> int:
+    """Run stream files on the backends; exit 1 when anything the baseline does not know
+    diverged (with --strict: when anything diverged).
 
     Streams are read as they run (memory does not grow with their length); a divergence
     names its stream and the op range that reproduces it, and --shrink adds a minimised
@@ -87,11 +93,23 @@ def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], 
     reproducers, notes = (_shrink_firsts(harness, runs, loaded, files, shrink_budget)
                           if do_shrink else ({}, {}))
     report = report_from_runs(runs, sources=files, reproducers=reproducers, shrink_notes=notes)
+    mark_known(report, load_baseline(baseline) if baseline else list(ctx.registry.known))
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False))
     else:
         _print_replay(report, runs, files)
-    return EXIT_DIVERGENCES if report["divergences"] else EXIT_OK
+    failing = [e for e in report["divergences"] if strict or not e["known"]]
+    return EXIT_DIVERGENCES if failing else EXIT_OK
+
+
+def mark_known(report: dict, known: Sequence[KnownDivergence]) -> None:
+    """Mark each divergence known when a baseline entry matches its signature or its head
+    key (``difftest.bugs.head_key``: the op kind left out where it only says where a bug
+    surfaced), as a campaign matches a bug by its head or any member."""
+    for entry in report["divergences"]:
+        kd = match_bug(head_key(entry["first"]), [entry["signature"]], known)
+        entry["known"] = kd is not None
+        entry["known_reason"] = kd.reason if kd else None
 
 
 def _ops_bar(enabled: bool, total: int):
@@ -161,7 +179,8 @@ def _print_replay(report: dict, runs, files) -> None:
     click.echo("")
     for entry in report["divergences"]:
         first = entry["first"]
-        click.echo(f"{entry['signature']}  (op {first['op_index']}: {first['op']})")
+        status = f"known ({entry['known_reason']})" if entry["known"] else "NEW"
+        click.echo(f"{entry['signature']}  (op {first['op_index']}: {first['op']})  [{status}]")
         click.echo(f"  {first['message']}")
         click.echo(f"  {first['attribution']}")
         if first.get("traceback"):

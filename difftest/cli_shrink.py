@@ -20,8 +20,8 @@ from difftest.legality import vm_legality_problems
 @click.option("--backends", "backends", multiple=True, metavar="A,B,...",
               help="Backends to run (default: every one registered as a default).")
 @click.option("--reference", default=None, metavar="NAME", help="The judge (default: alpha-ref).")
-@click.option("--budget", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
-              metavar="SECONDS", help="Stop after this long with the smallest stream so far.")
+@click.option("--budget", "budget_text", default="10s", show_default=True, metavar="DURATION",
+              help="Stop after this long (30s, 5m, 90) with the smallest stream so far.")
 @click.option("--time-limit", default=None, type=click.FloatRange(min=0.0, min_open=True),
               metavar="SECONDS", help="Bound each run (needed to shrink a hang; default 10 s for hangs).")
 @click.option("--no-vm-legality", is_flag=True,
@@ -30,7 +30,7 @@ from difftest.legality import vm_legality_problems
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 @pass_ctx
 def shrink_cmd(ctx: Context, file: str, output: str, signature: str | None, backends: tuple[str, ...],
-               reference: str | None, budget: float, time_limit: float | None, no_vm_legality: bool,
+               reference: str | None, budget_text: str, time_limit: float | None, no_vm_legality: bool,
                quiet: bool) -> int:
     """Minimise FILE while its run keeps showing one divergence signature.
 
@@ -38,8 +38,10 @@ def shrink_cmd(ctx: Context, file: str, output: str, signature: str | None, back
     bad file, an unknown backend, a signature FILE does not show, or a stream that breaks a
     VM rule (see --no-vm-legality).
     """
+    from difftest.campaign import parse_duration
     from difftest.shrink import shrink
 
+    budget = parse_duration(budget_text)  # the same 30s|5m|8h as fuzz --budget
     stream = streams.load(file)
     legal = None if no_vm_legality else vm_legality_problems
     if legal is not None:

@@ -8,6 +8,12 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_NOTHING = 5
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, CI runners, Slurm): handled like Ctrl-C (what is found is
+    kept, the campaign can be resumed), exit 143."""
 
 
 class DifftestError(Exception):

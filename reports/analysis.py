@@ -61,6 +61,7 @@ class Traced:
     stopped: dict[str, str]
     ops_total: int  # the stream's length before any cut
     notes: list[str] = field(default_factory=list)
+    died: dict[str, int] = field(default_factory=dict)  # backend -> op at which it ran out of memory
 
     @property
     def length(self) -> int:
@@ -73,6 +74,9 @@ class Traced:
             if d.op_index == index:
                 out.setdefault(d.backend, []).append(d)
         return out
+
+    def series_length(self) -> int:
+        return max((len(v) for v in self.held.values()), default=0)
 
     def excess(self, backend: str) -> int:
         return max((h - n for h, n in zip(self.held[backend], self.needed[backend])), default=0)
@@ -113,15 +117,20 @@ def run_traced(report: dict[str, Any], registry: Any, stream: Any, cut: int | No
         return f"running it failed: {type(exc).__name__}: {exc}"
     trace = result.trace or {}
     held, needed, freed = {}, {}, {}
+    from difftest.campaign import out_of_memory_ops
+
+    died = out_of_memory_ops(result)
     for name in names:
         rows = trace.get(name, [])
+        if name in died:
+            rows = rows[: died[name] + 1]  # a dead backend holds nothing after: no flat line
         held[name] = [r[0] for r in rows]
         needed[name] = [r[1] for r in rows]
         cumulative = [r[2] for r in rows]
         freed[name] = [c - p for c, p in zip(cumulative, [0] + cumulative[:-1])]
     return Traced(backends=names, reference=result.reference, ops=[describe(op) for op in stream.ops],
                   held=held, needed=needed, freed=freed, divergences=list(result.divergences),
-                  stopped=dict(result.stopped), ops_total=total, notes=notes)
+                  stopped=dict(result.stopped), ops_total=total, notes=notes, died=died)
 
 
 def run_reproducer(report: dict[str, Any], registry: Any, entry: dict[str, Any]) -> Traced | str:
@@ -139,7 +148,8 @@ def run_reproducer(report: dict[str, Any], registry: Any, entry: dict[str, Any])
 
 def representative_index(report: dict[str, Any]) -> int:
     entries = report.get("divergences") or []
-    for pick in (lambda e: e.get("kind") == "resource", lambda e: True):
+    # A stream where a backend ran out of memory first (the story of PR 5666), then a leak.
+    for pick in (lambda e: e.get("class") == "out-of-memory", lambda e: e.get("kind") == "resource", lambda e: True):
         found = [e["first_stream"]["index"] for e in entries
                  if pick(e) and isinstance(e.get("first_stream"), dict)
                  and isinstance(e["first_stream"].get("index"), int)]

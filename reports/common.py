@@ -329,3 +329,59 @@ def divergence_ops(entry: dict[str, Any]) -> list[int]:
         return []
     idx = (entry.get("first") or {}).get("op_index")
     return [idx] if isinstance(idx, int) and 0 <= idx < n else []
+
+
+# -- bugs and survival ----------------------------------------------------------------------------
+
+
+def bug_status(report: dict[str, Any], bug: dict[str, Any]) -> str:
+    """A bug's status: ``new``, ``known``, ``open``, ``regressed`` or ``fixed``."""
+    return str(bug.get("status") or ("known" if bug.get("known") else "new"))
+
+
+def bug_is_failure(bug: dict[str, Any]) -> bool:
+    """What a CI job should fail on (``difftest fuzz`` exits 1 for it)."""
+    return bug.get("status") in ("new", "open", "regressed") or (bug.get("status") is None and not bug.get("known"))
+
+
+def bug_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the bug table (plain text; the caller escapes)."""
+    rows = []
+    for b in report.get("bugs") or ():
+        rows.append([bug_status(report, b), str(b.get("kind", "")), str(b.get("backend", "")), str(b.get("head", "")),
+                     number(len(b.get("members") or ())), number(b.get("count")),
+                     number(b.get("reproducer_ops")) if b.get("reproducer_ops") is not None else "-"])
+    return ["status", "kind", "backend", "bug (head)", "signatures", "streams", "repro ops"], rows
+
+
+def bug_headline(report: dict[str, Any]) -> str | None:
+    summary = report.get("summary") or {}
+    if "bugs" not in summary:
+        return None
+    return (f"{summary['bugs']} bug(s) ({summary.get('signatures', 0)} signatures): "
+            f"{summary.get('failing_bugs', 0)} failing, {summary.get('known_bugs', 0)} known, "
+            f"{summary.get('fixed_bugs', 0)} fixed")
+
+
+def survival_lines(report: dict[str, Any]) -> list[str]:
+    """One line per backend: the streams it survived, or where it ran out of memory."""
+    lines = []
+    for name, s in (report.get("survival") or {}).items():
+        if not isinstance(s, dict):
+            continue
+        if s.get("out_of_memory"):
+            lines.append(f"{name}: out of memory in {s['out_of_memory']} of {s.get('streams')} streams "
+                         f"(first at op {s.get('first_out_of_memory_op')})")
+        else:
+            lines.append(f"{name}: survived all {s.get('streams')} streams")
+    return lines
+
+
+def bug_replay_command(report: dict[str, Any], bug: dict[str, Any], run_dir: Any = None) -> str | None:
+    """The ``difftest replay`` command for a bug's reproducer."""
+    path = bug.get("reproducer_path")
+    if path and run_dir is not None and not str(path).startswith("/") and bug.get("first_stream") is not None:
+        from pathlib import Path
+
+        path = str(Path(run_dir) / path)
+    return replay_command(report, {"reproducer_path": path}, None) if path else None

@@ -106,6 +106,9 @@ def _divergence(report: dict[str, Any], entry: dict[str, Any], i: int, registry:
                                                       limit=OP_TABLE_ROWS)
         return item
     marks = {d.op_index for d in traced.divergences if d.signature == entry.get("signature") and d.op_index >= 0}
+    if entry.get("class") == "out-of-memory" and entry.get("backend") in traced.died:
+        # Not a harness divergence: the finding is the backend dying where the reference lives.
+        marks.add(traced.died[entry["backend"]])
     svg, note = _safe_plot(plots.frames_plot, traced, f"r{i}",
                            "the reproducer: PT + L1 frames held (solid) and needed (dashed); dotted: the divergence",
                            sorted(marks))
@@ -186,12 +189,33 @@ def _coverage(report: dict[str, Any], registry: Any) -> dict[str, Any]:
     }
 
 
+def _bugs(report: dict[str, Any], run_dir: Any) -> list[dict[str, Any]]:
+    anchors = {e.get("signature"): f"d{i}" for i, e in enumerate(report.get("divergences", []), 1)}
+    out = []
+    for b in report.get("bugs") or ():
+        st = common.bug_status(report, b)
+        out.append({
+            "status": st, "status_class": STATUS_CLASS.get(st, ""), "kind": b.get("kind", ""),
+            "backend": b.get("backend", ""), "head": b.get("head", ""),
+            "members": [(m, anchors.get(m)) for m in b.get("members") or ()],
+            "count": common.number(b.get("count")),
+            "repro_ops": common.number(b.get("reproducer_ops")) if b.get("reproducer_ops") is not None else "-",
+            "known_reason": b.get("known_reason"),
+            "replay": common.bug_replay_command(report, b, run_dir),
+        })
+    return out
+
+
 def context(report: dict[str, Any], registry: Any = None, run_dir: Any = None) -> dict[str, Any]:
     registry, registry_note = analysis.registry_for(report, registry)
     counts = common.summary_counts(report)
     lifecycle = report.get("lifecycle") if isinstance(report.get("lifecycle"), dict) else None
     ctx: dict[str, Any] = {
         "headline": common.headline(report),
+        "bug_line": common.bug_headline(report),
+        "bugs": _bugs(report, run_dir),
+        "survival": [(name, line, bool((report.get("survival") or {}).get(name, {}).get("out_of_memory")))
+                     for name, line in zip((report.get("survival") or {}).keys(), common.survival_lines(report))],
         "facts": common.campaign_facts(report),
         "backends": report.get("backends", []),
         "reference": report.get("reference"),

@@ -28,10 +28,22 @@ def outline(report: dict[str, Any], run_dir: Any = None, details: bool = True) -
     if life:
         blocks.append(("para", life))
 
+    bugs_line = common.bug_headline(report)
+    if bugs_line:
+        blocks.append(("para", bugs_line))
+    if "bugs" in report:
+        blocks.append(("heading", "Bugs"))
+        headers, rows = common.bug_table(report)
+        blocks.append(("table", headers, rows) if rows else ("para", "no bugs"))
+    survival = common.survival_lines(report)
+    if survival:
+        blocks.append(("heading", "Survival"))
+        blocks.append(("lines", survival))
+
     blocks.append(("heading", "Campaign"))
     blocks.append(("facts", common.campaign_facts(report)))
 
-    blocks.append(("heading", "Divergences"))
+    blocks.append(("heading", "Divergences by signature"))
     headers, rows = common.divergence_table(report)
     if rows:
         blocks.append(("table", headers, rows))
@@ -67,11 +79,37 @@ def outline(report: dict[str, Any], run_dir: Any = None, details: bool = True) -
         blocks.append(("table", ["backend", "kind", "count"],
                        [[b, k, n] for b, kinds in sorted(allowed.items()) for k, n in sorted(kinds.items())]))
 
+    if details and report.get("bugs"):
+        blocks.append(("heading", "Bug details"))
+        for bug in report["bugs"]:
+            blocks.extend(_bug_details(report, bug, run_dir))
     if details and report.get("divergences"):
-        blocks.append(("heading", "Details"))
+        blocks.append(("heading", "Signature details"))
         for entry in report["divergences"]:
             blocks.extend(_details(report, entry, run_dir))
     return blocks
+
+
+def _bug_details(report: dict[str, Any], bug: dict[str, Any], run_dir: Any) -> list[Block]:
+    out: list[Block] = [("subheading", f"[{common.bug_status(report, bug)}] {bug.get('head')}")]
+    facts = [f"{bug.get('kind')} in {bug.get('backend')}, seen in {common.number(bug.get('count'))} stream(s)"]
+    fs = bug.get("first_stream")
+    if isinstance(fs, dict):
+        facts.append(f"first seen: stream {fs.get('index')} (seed {fs.get('seed')})")
+    if bug.get("known"):
+        facts.append(f"known: {bug.get('known_reason') or '(no reason given)'}")
+    facts.append("also seen as: " + ", ".join(str(m) for m in bug.get("members") or ()))
+    out.append(("lines", facts))
+    entry = {"reproducer": bug.get("reproducer")}
+    ops = common.reproducer_ops(entry)
+    if ops:
+        path = bug.get("reproducer_path")
+        out.append(("code", f"reproducer: {len(ops)} ops" + (f" ({path})" if path else ""),
+                    common.reproducer_excerpt(ops, ())))
+    cmd = common.bug_replay_command(report, bug, run_dir)
+    if cmd:
+        out.append(("code", "replay", [cmd]))
+    return out
 
 
 def _details(report: dict[str, Any], entry: dict[str, Any], run_dir: Any) -> list[Block]:

@@ -106,18 +106,30 @@ def frames_plot(traced: Any, name: str, title: str, marks: Sequence[int] = ()) -
     for i, b in enumerate(traced.backends):
         c = colors[i % len(colors)]
         width = 1.4 + min(1.3 * (count - 1 - i), 4.0)
-        xs, ys = _extend(*_decimate(traced.held[b]), n)
+        # A backend that died stops where it died (one step past its last op), not at n.
+        end = n if b not in getattr(traced, "died", {}) else len(traced.held[b])
+        xs, ys = _extend(*_decimate(traced.held[b]), end)
         top.plot(xs, ys, drawstyle="steps-post", color=c, lw=width, alpha=0.85, label=label(f"{b} held"),
                  solid_capstyle="butt")
-        xs, ys = _extend(*_decimate(traced.needed[b]), n)
+        xs, ys = _extend(*_decimate(traced.needed[b]), end)
         top.plot(xs, ys, drawstyle="steps-post", color=c, lw=1.1, ls="--", label=label(f"{b} needed"))
         over = [h - nd for h, nd in zip(traced.held[b], traced.needed[b])]
-        xs, ys = _extend(*_decimate(over), n)
+        xs, ys = _extend(*_decimate(over), end)
         bottom.plot(xs, ys, drawstyle="steps-post", color=c, lw=width, alpha=0.85, label=label(b),
                     solid_capstyle="butt")
     for m in marks:
         for ax in (top, bottom):
             ax.axvline(m + 0.5, color="#c0392b", lw=0.9, ls=":", alpha=0.8)
+    for i, b in enumerate(traced.backends):
+        at = getattr(traced, "died", {}).get(b)
+        if at is None or not traced.held[b]:
+            continue
+        # Where the backend ran out of memory: its line ends in a cross, labelled.
+        y = traced.held[b][-1]
+        top.plot([at], [y], marker="X", ms=11, color=colors[i % len(colors)], mec="black", mew=0.8, ls="none",
+                 zorder=5, label=label(f"{b} out of memory (op {at})"))
+        top.annotate(label(f"{b}: out of memory at op {at}"), (at, y), textcoords="offset points", xytext=(10, -3),
+                     ha="left", va="top", fontsize=8, color="#922b21")
     top.set_ylabel("frames")
     bottom.set_ylabel("held − needed")
     bottom.set_xlabel("after op" if short else "op index")

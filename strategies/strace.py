@@ -63,6 +63,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from difftest.backend import DEFAULT_MAX_PAGES_PER_MAPPING
 from difftest.contract import apply_protect
 from difftest.errors import BadInput
 from difftest.machine import PAGE_SIZE, USER_MAX, USER_MIN
@@ -84,7 +85,6 @@ from difftest.ops import (
 )
 from difftest.streams import Stream, make_stream
 
-DEFAULT_MAX_PAGES_PER_MAPPING = 16
 TOUCH_RUNS = 4  # contiguous runs a large mapping's touched pages are spread over
 COLLECT_EVERY = 32  # page-outs between two swap-outs (collect) of an idle process
 SLOT_SHIFT = 22  # 4 MiB: the unit of folding
@@ -620,7 +620,7 @@ class Importer:
 
     # -- processes ---------------------------------------------------------------------------------
 
-    def proc(self, pid: int, line: int) -> Proc:
+    def proc(self, pid: int) -> Proc:
         p = self.procs.get(pid)
         if p is not None:
             return p
@@ -711,11 +711,11 @@ class Importer:
         if known is None:
             self.unknown_fds += 1
             return f"fd {fd} of process {p.pid}", ("fd", p.pid, fd)
-        path, cut = known
+        path, _ = known
         return path, ("file", path)
 
     def call(self, c: Call) -> None:
-        p = self.proc(c.pid, c.line)
+        p = self.proc(c.pid)
         self.event += 1
         p.space.active = self.event
         self.current = p.space

@@ -110,7 +110,7 @@ def test_replay_names_the_input_and_the_op_range_not_the_whole_stream(tmp_path, 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     streams.save(_leaky_stream(300), a)
     streams.save(_leaky_stream(20), b)
-    args = ["replay", "--json", "--backends", "arm32-leaky,alpha-ref", str(a), str(b)]
+    args = ["replay", "--json", "--strict", "--backends", "arm32-leaky,alpha-ref", str(a), str(b)]
     assert main(args) == EXIT_DIVERGENCES
     report = json.loads(capsys.readouterr().out)
     (entry,) = report["divergences"]
@@ -126,7 +126,7 @@ def test_replay_names_the_input_and_the_op_range_not_the_whole_stream(tmp_path, 
     prefix = streams.Stream(ops=streams.open_stream(a).ops[0:3], phys_pages=256)
     path = tmp_path / "prefix.json"
     streams.save(prefix, path)
-    assert main(["replay", "--json", "--backends", "arm32-leaky,alpha-ref", str(path)]) == EXIT_DIVERGENCES
+    assert main(["replay", "--json", "--strict", "--backends", "arm32-leaky,alpha-ref", str(path)]) == EXIT_DIVERGENCES
     again = json.loads(capsys.readouterr().out)
     assert [e["signature"] for e in again["divergences"]] == [entry["signature"]]
 
@@ -134,7 +134,7 @@ def test_replay_names_the_input_and_the_op_range_not_the_whole_stream(tmp_path, 
 def test_replay_shrink_adds_a_minimised_reproducer(tmp_path, capsys):
     path = tmp_path / "a.json"
     streams.save(_leaky_stream(300), path)
-    assert main(["replay", "--json", "--shrink", "--shrink-budget", "5",
+    assert main(["replay", "--json", "--strict", "--shrink", "--shrink-budget", "5",
                  "--backends", "arm32-leaky,alpha-ref", str(path)]) == EXIT_DIVERGENCES
     (entry,) = json.loads(capsys.readouterr().out)["divergences"]
     small = streams.stream_from_json(entry["reproducer"])
@@ -167,3 +167,62 @@ def test_replay_progress_bar_on_a_terminal_only(tmp_path):
     status, output = run_on_a_tty(*args, "--no-progress", env=clean_env(TERM="xterm"))
     assert status == 0 and b"/6.00k [" not in output and b"no divergences" in output
     assert main(args) == 0  # stderr is not a terminal here: no bar (nothing to assert but no error)
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from strategies.hypothesis_ops import op_streams  # noqa: E402
+
+LAYOUTS = ["canonical", "one-line", "indented", "ops-first"]
+
+
+def _write(stream: streams.Stream, path, layout: str) -> None:
+    doc = streams.stream_to_json(stream)
+    if layout == "canonical":
+        text = streams.dumps(stream)
+    elif layout == "one-line":
+        text = json.dumps(doc, separators=(",", ":"))
+    elif layout == "indented":
+        text = json.dumps(doc, indent=3)
+    else:
+        text = json.dumps({"ops": doc["ops"], "machine": doc["machine"], "format": doc["format"],
+                           "origin": doc["origin"]})
+    path.write_text(text)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=op_streams(max_ops=120), layout=st.sampled_from(LAYOUTS), chunk=st.integers(1, 200),
+       per_chunk=st.integers(1, 50))
+def test_open_stream_equals_load_for_any_layout_and_chunk_size(tmp_path, stream, layout, chunk, per_chunk):
+    path = tmp_path / "s.json"
+    _write(stream, path, layout)
+    saved = (jsonstream.CHUNK, streams.OPS_PER_CHUNK)
+    jsonstream.CHUNK, streams.OPS_PER_CHUNK = chunk, per_chunk
+    try:
+        opened = streams.open_stream(path)
+        assert list(opened.ops) == list(streams.load(path).ops) == list(stream.ops)
+        assert [opened.ops[i] for i in reversed(range(len(stream)))] == list(reversed(stream.ops))
+        assert opened.data_frames() == stream.data_frames()
+    finally:
+        jsonstream.CHUNK, streams.OPS_PER_CHUNK = saved
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=op_streams(max_ops=60), cut=st.integers(0, 10_000), junk=st.sampled_from(["", "x", "]", ",", "{"]))
+def test_a_damaged_file_is_refused_alike_by_both_readers(tmp_path, stream, cut, junk):
+    """Whatever load says about a truncated or damaged file, open_stream says too."""
+    path = tmp_path / "s.json"
+    text = streams.dumps(stream)
+    path.write_text(text[: cut % (len(text) + 1)] + junk)
+    try:
+        whole = streams.load(path)
+    except StreamError as err:
+        with pytest.raises(StreamError) as excinfo:
+            streams.open_stream(path)
+        assert (excinfo.value.index, excinfo.value.field) == (err.index, err.field)
+        assert ("malformed JSON" in str(excinfo.value)) == ("malformed JSON" in str(err))
+    else:
+        assert list(streams.open_stream(path).ops) == list(whole.ops)

@@ -416,3 +416,97 @@ def test_decorated_logs_read_like_plain_ones(tmp_path):
             rest += " <0.000012>"
         decorated.append(f"{pid}  12:00:00.000001 {rest}")
     assert list(imported(tmp_path, "\n".join(decorated) + "\n").ops) == list(plain.ops)
+
+
+# -- properties: any log of these calls imports to a valid, VM-legal stream -----------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_BASES = [0x00400000, 0x0FFC0000, 0x55550000000, 0x7F0000000000, 0x7FFFFFFFF000 - 0x400000, 0xEFBF0000]
+_PROTS = ["PROT_NONE", "PROT_READ", "PROT_READ|PROT_WRITE", "PROT_READ|PROT_EXEC", "PROT_WRITE"]
+_ACTIONS = st.lists(st.tuples(
+    st.sampled_from(["mmap", "mmap", "mmap", "munmap", "mprotect", "brk", "openat", "close", "fork", "vfork",
+                     "thread", "execve", "exit", "madvise", "mremap"]),
+    st.integers(0, 7), st.integers(0, len(_BASES) - 1), st.integers(0, 1100), st.integers(1, 40),
+    st.integers(0, len(_PROTS) - 1), st.booleans()), max_size=60)
+
+
+def render_log(actions) -> str:
+    """A log strace could print for these actions (pids, fds and addresses kept consistent)."""
+    lines, alive, fds, brk = ['100 execve("/bin/sh", ["sh"], 0x7ffd0 /* 1 var */) = 0'], [100], {100: []}, {}
+    next_pid = 101
+    for kind, who, base, page, npages, prot, flag in actions:
+        pid = alive[who % len(alive)]
+        addr = _BASES[base] + page * 4096
+        size = npages * 4096
+        if kind == "mmap":
+            if flag and fds[pid]:
+                fd = fds[pid][page % len(fds[pid])]
+                share = "MAP_SHARED" if npages % 3 == 0 else "MAP_PRIVATE"
+                lines.append(f"{pid} mmap(NULL, {size}, {_PROTS[prot]}, {share}, {fd}, {page * 4096:#x}) = {addr:#x}")
+            else:
+                fixed = "|MAP_FIXED" if page % 2 else ""
+                lines.append(f"{pid} mmap({addr:#x}, {size}, {_PROTS[prot]}, MAP_PRIVATE{fixed}|MAP_ANONYMOUS, -1, 0)"
+                             f" = {addr:#x}")
+        elif kind == "munmap":
+            lines.append(f"{pid} munmap({addr:#x}, {size}) = 0")
+        elif kind == "mprotect":
+            lines.append(f"{pid} mprotect({addr:#x}, {size}, {_PROTS[prot]}) = 0")
+        elif kind == "madvise":
+            lines.append(f"{pid} madvise({addr:#x}, {size}, MADV_DONTNEED) = 0")
+        elif kind == "mremap":
+            lines.append(f"{pid} mremap({addr:#x}, {size}, {size * 2}, MREMAP_MAYMOVE) = {_BASES[(base + 1) % len(_BASES)]:#x}")
+        elif kind == "brk":
+            start = brk.setdefault(pid, 0x01000000 + 0x100000 * (pid % 7))
+            if pid not in brk or not flag:
+                lines.append(f"{pid} brk(NULL) = {start:#x}")
+            lines.append(f"{pid} brk({start + page * 512:#x}) = {start + page * 512:#x}")
+        elif kind == "openat":
+            fd = 3 + len(fds[pid])
+            lines.append(f'{pid} openat(AT_FDCWD, "/lib/lib{page % 4}.so", O_RDONLY|O_CLOEXEC) = {fd}')
+            fds[pid].append(fd)
+        elif kind == "close" and fds[pid]:
+            lines.append(f"{pid} close({fds[pid].pop()}) = 0")
+        elif kind in ("fork", "vfork", "thread"):
+            child, next_pid = next_pid, next_pid + 1
+            if kind == "fork":
+                lines.append(f"{pid} clone(child_stack=NULL, flags=CLONE_CHILD_SETTID|SIGCHLD) = {child}")
+            elif kind == "thread":
+                lines.append(f"{pid} clone3({{flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_THREAD, exit_signal=0}}, 88) = {child}")
+            else:
+                lines.append(f"{pid} vfork( <unfinished ...>")
+                lines.append(f'{child} execve("/bin/x", ["x"], 0x7ffd0 /* 1 var */) = 0')
+                lines.append(f"{pid} <... vfork resumed>) = {child}")
+            alive.append(child)
+            fds[child] = list(fds[pid])
+        elif kind == "execve":
+            lines.append(f'{pid} execve("/bin/y", ["y"], 0x7ffd0 /* 1 var */) = 0')
+            brk.pop(pid, None)
+        elif kind == "exit" and len(alive) > 1:
+            lines.append(f"{pid} exit_group(0) = ?")
+            lines.append(f"{pid} +++ exited with 0 +++")
+            alive.remove(pid)
+    for pid in reversed(alive):
+        lines.append(f"{pid} +++ exited with 0 +++")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=_ACTIONS, phys_pages=st.sampled_from([16, 40, 8192]), max_pages=st.sampled_from([1, 3, 16]))
+def test_any_log_imports_to_a_valid_legal_deterministic_stream(tmp_path, actions, phys_pages, max_pages):
+    text = render_log(actions)
+    stream = imported(tmp_path, text, phys_pages=phys_pages, max_pages=max_pages)  # validates
+    assert vm_legality_problems(stream) == []
+    assert streams.dumps(imported(tmp_path, text, phys_pages=phys_pages, max_pages=max_pages)) == streams.dumps(stream)
+    # every pmap the log made is destroyed once its processes are gone
+    kinds = [op.name for op in stream.ops]
+    assert kinds.count("create") + kinds.count("reference") == kinds.count("destroy")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=_ACTIONS)
+def test_any_imported_log_replays_alike_on_the_refcounting_pmaps(tmp_path, registry, actions):
+    stream = imported(tmp_path, render_log(actions), phys_pages=96, max_pages=4)
+    run = Harness.from_registry(registry, ["alpha-ref", "arm32-refcount"]).run(stream)
+    assert run.divergences == [], run.divergences[0].message

@@ -58,6 +58,15 @@ class LosesModOnRemove(Arm32Refcount):
             self.pmap_clear_modify(pa)
 
 
+class TwoBugs(WrongPaOnReplace, LosesModOnRemove):
+    """Two independent bugs: a replace with a new PA maps the page after it, and
+    pmap_remove forgets the MOD bit of the pages it unmaps (both parents' overrides)."""
+
+    name = "bug-two"
+    description = "test-only: a replace maps pa + 4 KiB, and remove clears MOD"
+    run_by_default = False
+
+
 class UnwireKeepsCount(Arm32Refcount):
     """pmap_unwire clears the wired bit but does not decrement pm_stats.wired_count."""
 
@@ -147,8 +156,8 @@ class ProtectKillsProcess(Arm32Refcount):
         os._exit(17)
 
 
-ALL = (WrongPaOnReplace, WrongPaOnce, LosesModOnRemove, UnwireKeepsCount, EnomemLeavesATrace, ProtectRaises,
-       FreesLivePt, ExtraMapping, ProtectHangs, ProtectKillsProcess)
+ALL = (WrongPaOnReplace, WrongPaOnce, LosesModOnRemove, TwoBugs, UnwireKeepsCount, EnomemLeavesATrace,
+       ProtectRaises, FreesLivePt, ExtraMapping, ProtectHangs, ProtectKillsProcess)
 
 
 @hookimpl
