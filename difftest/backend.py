@@ -165,6 +165,10 @@ class Backend(abc.ABC):
     #: run when the user names no backends (``difftest fuzz``/``replay`` without
     #: ``--backends``); a variant or a test-only backend says False
     run_by_default: ClassVar[bool] = True
+    #: True when page-table pages of the kernel pmap are never freed once allocated (as in
+    #: most real pmaps): the harness then lets pmap 0 hold more page-table frames than its
+    #: live mappings need, never fewer.  False: the kernel is held to "needed" exactly.
+    keeps_kernel_page_tables: ClassVar[bool] = False
 
     # -- capabilities: what the contract lets a backend lack.  ``difftest check-backend``
     # turns the divergences a missing capability explains into expected failures

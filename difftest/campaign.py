@@ -68,7 +68,7 @@ class CampaignConfig:
     shrink_budget: float = 10.0
     checkpoint_every: int = 1000
     plugins: tuple[str, ...] = ()
-    invariants: str = "per-op"  # or "checkpoint"
+    invariants: str = "auto"  # or "per-op", "checkpoint" (Harness: fast path, precise path, neither)
     # The generator's own options (GeneratorSpec.options), as (keyword, value) pairs.
     generator_options: tuple[tuple[str, str], ...] = ()
 
@@ -248,7 +248,8 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
         reference = config.reference if config.reference in names else names[0]
         harness = Harness.from_registry(host.registry, names, reference,
                                         checkpoint_every=config.checkpoint_every,
-                                        invariants_per_op=config.invariants == "per-op")
+                                        invariants_per_op=config.invariants == "per-op",
+                                        fast=config.invariants == "auto")
         gen = host.registry.generators.get(config.generator)
         if gen is None:
             raise BadInput(f"unknown generator {config.generator!r}")
@@ -326,6 +327,8 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     started = time.perf_counter()
     stream = make_stream(task.config, task.k)
     harness, _ = _worker_env(task.config)
+    if harness.fast:
+        harness = harness.precise()  # the same findings; minimised on the precise path
     try:
         from difftest.shrink import shrink
     except ImportError as exc:  # the minimiser is optional for a campaign to run

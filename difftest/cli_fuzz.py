@@ -139,8 +139,11 @@ def _progress_bar(enabled: bool, total: int | None, budget: float | None = None)
 @click.option("--shrink-budget", default=10.0, show_default=True, type=click.FloatRange(0),
               help="Seconds to minimise each new signature (0: keep whole streams).")
 @click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True, type=click.IntRange(1))
-@click.option("--invariants", "invariants", type=click.Choice(["per-op", "checkpoint"]), default="per-op",
-              show_default=True, help="Check backend invariants after every op, or only at checkpoints (faster).")
+@click.option("--invariants", "invariants", type=click.Choice(["auto", "per-op", "checkpoint"]), default="auto",
+              show_default=True,
+              help="auto: in the audits, a break re-runs the stream with per-op checks to find its op (fast, "
+                   "same findings); per-op: after every op (the precise path throughout); checkpoint: only in "
+                   "the audits, a break pinned on the audit.")
 @click.option("--report", "report_formats", multiple=True, metavar="FORMAT",
               help="Also write OUT/report.FORMAT with a registered report writer (repeatable).")
 @click.option("--corpus", "corpus_dir", default=None, type=click.Path(file_okay=False),

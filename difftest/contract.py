@@ -1,7 +1,8 @@
 """The pmap(9) contract as a model: what a stream established, per backend.
 
-The harness keeps one ``ContractState`` per backend.  It applies every op with the
-contract's semantics (docs/SEMANTICS.md) and is then held against what the backend shows
+The harness keeps one ``ContractState`` per backend.  Each op's meaning lives here, in one
+method per op (docs/SEMANTICS.md): it applies the op with the contract's semantics and
+returns what the op touched, which the harness then holds against what the backend shows
 (walks, results, attributes).  Where the contract leaves a choice open (a non-wired
 mapping forgotten by ``collect``, a wired mapping under ``page_protect(none)``) the state
 marks the mapping *optional* for that op and afterwards follows what the backend did.
@@ -45,6 +46,7 @@ class ContractState:
         "_top_tag",
         "_top_frames",
         "_top_lazy",
+        "_lower",
     )
 
     def __init__(self, geometry: Geometry) -> None:
@@ -64,6 +66,8 @@ class ContractState:
         # mappings per region of that span: len(counter) tables are needed.
         self._lower_levels = tuple((lvl.span, lvl.frames, lvl.tag) for lvl in geometry.levels[1:])
         self._regions: dict[int, list[dict[int, int]]] = {KERNEL_PMAP: [{} for _ in self._lower_levels]}
+        # pmap -> {tag: frames its lower-level tables need}, kept as regions fill and empty
+        self._lower: dict[int, dict[int, int]] = {KERNEL_PMAP: {}}
 
     # -- pmaps ------------------------------------------------------------------------------
 
@@ -73,12 +77,14 @@ class ContractState:
         self.wired[pmap] = 0
         self.refs[pmap] = 1
         self._regions[pmap] = [{} for _ in self._lower_levels]
+        self._lower[pmap] = {}
 
     def forget_pmap(self, pmap: int) -> None:
         """The pmap died (its mappings were removed before)."""
         for va in list(self.maps[pmap]):
             self.delete(pmap, va)
         del self.maps[pmap], self.buckets[pmap], self.wired[pmap], self.refs[pmap], self._regions[pmap]
+        del self._lower[pmap]
 
     def alive(self, pmap: int) -> bool:
         return pmap in self.maps
@@ -165,21 +171,149 @@ class ContractState:
     def items(self, pmap: int) -> Iterator[tuple[int, Mapping]]:
         return iter(sorted(self.maps[pmap].items()))
 
+    # -- the ops ----------------------------------------------------------------------------
+    #
+    # What each op does to the expected state, and what it touched (the places the harness
+    # then observes): the op's meaning in one place.  Where the outcome depends on the
+    # backend (enter's ENOMEM, access's fault) the harness calls these after judging the
+    # result; where the contract leaves a choice open (collect, page_protect(none) of a wired
+    # mapping) they return the mappings the backend may keep or drop as ``optional``.
+
+    def pages_of(self, pmap: int, vas: Iterable[int]) -> set[int]:
+        """Pages of the managed mappings at ``vas`` (whose REF/MOD an op may change)."""
+        table = self.maps[pmap]
+        return {table[va][PA] for va in vas if table[va][MANAGED]}
+
+    def enter_pages(self, pmap: int, va: int, pa: int) -> set[int]:
+        """Pages an enter at (pmap, va) touches: the new one and a managed one it replaces."""
+        old = self.maps[pmap].get(va)
+        return {pa, old[PA]} if old is not None and old[MANAGED] else {pa}
+
+    def enter(self, pmap: int, va: int, pa: int, prot: int, access: int, wired: bool) -> None:
+        """A successful pmap_enter: the mapping, and the attributes ``access`` seeds."""
+        self.put(pmap, va, (pa, prot, wired, True))
+        if access & PROT_W:
+            self.mod.add(pa)
+            self.ref.add(pa)
+        elif access:
+            self.ref.add(pa)
+
+    def access_allowed(self, pmap: int, va: int, kind_bit: int) -> tuple[bool, Mapping | None]:
+        """(whether an access of ``kind_bit`` succeeds, the mapping it goes through)."""
+        m = self.maps[pmap].get(va)
+        return m is not None and bool(m[PROT] & kind_bit), m
+
+    def accessed(self, m: Mapping, write: bool) -> None:
+        """A successful access through mapping ``m`` sets REF (and MOD for a write)."""
+        if m[MANAGED]:
+            if write:
+                self.mod.add(m[PA])
+            self.ref.add(m[PA])
+
+    def remove(self, pmap: int, sva: int, eva: int) -> tuple[list[int], set[int]]:
+        """pmap_remove: managed mappings in [sva, eva) go.  Returns (VAs with a mapping in
+        the range, managed or not; their managed pages)."""
+        vas = self.in_range(pmap, sva, eva)
+        pas = self.pages_of(pmap, vas)
+        table = self.maps[pmap]
+        for va in vas:
+            if table[va][MANAGED]:
+                self.delete(pmap, va)
+        return vas, pas
+
+    def protect(self, pmap: int, sva: int, eva: int, prot: int) -> tuple[list[int], set[int]]:
+        """pmap_protect over [sva, eva) (``apply_protect`` on each managed mapping)."""
+        vas = self.in_range(pmap, sva, eva)
+        pas = self.pages_of(pmap, vas)
+        table = self.maps[pmap]
+        for va in vas:
+            m = table[va]
+            if not m[MANAGED]:
+                continue
+            new = apply_protect(prot, m[PROT])
+            if new is None:
+                self.delete(pmap, va)
+            elif new != m[PROT]:
+                self.put(pmap, va, (m[PA], new, m[WIRED], True))
+        return vas, pas
+
+    def unwire(self, pmap: int, va: int) -> None:
+        m = self.maps[pmap].get(va)
+        if m is not None and m[MANAGED] and m[WIRED]:
+            self.put(pmap, va, (m[PA], m[PROT], False, True))
+
+    def page_protect(self, pa: int, prot: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """pmap_page_protect.  Returns (the page's mappings, the wired ones a revocation
+        leaves to the backend: alpha keeps them, arm32 removes them)."""
+        keys = self.mappings_of(pa)
+        optional = []
+        if not prot & PROT_W:
+            for key in keys:
+                m = self.maps[key[0]][key[1]]
+                if prot & PROT_R:
+                    if m[PROT] & PROT_W:
+                        self.put(key[0], key[1], (m[PA], m[PROT] & ~PROT_W, m[WIRED], True))
+                elif m[WIRED]:
+                    optional.append(key)
+                else:
+                    self.delete(*key)
+        return keys, optional
+
+    def collect(self, pmap: int) -> tuple[list[tuple[int, int]], set[int], frozenset[tuple[int, int]]]:
+        """pmap_collect may forget any non-wired managed user mapping: (the pmap's mappings,
+        their pages, the ones it may forget).  The state follows the backend afterwards."""
+        if pmap == KERNEL_PMAP:
+            return [], set(), frozenset()
+        table = self.maps[pmap]
+        vas = sorted(table)
+        optional = frozenset((pmap, va) for va in vas if table[va][MANAGED] and not table[va][WIRED])
+        return [(pmap, va) for va in vas], self.pages_of(pmap, vas), optional
+
+    def kenter(self, va: int, pa: int, prot: int) -> set[int]:
+        """pmap_kenter_pa: an unmanaged wired kernel mapping.  Returns the managed page it
+        replaced, if any."""
+        old = self.maps[KERNEL_PMAP].get(va)
+        self.put(KERNEL_PMAP, va, (pa, prot, True, False))
+        return {old[PA]} if old is not None and old[MANAGED] else set()
+
+    def kremove(self, va: int, size: int) -> list[int]:
+        """pmap_kremove: the kenter'd mappings in [va, va + size) go; managed ones stay."""
+        vas = self.in_range(KERNEL_PMAP, va, va + size)
+        kernel = self.maps[KERNEL_PMAP]
+        for v in vas:
+            if not kernel[v][MANAGED]:
+                self.delete(KERNEL_PMAP, v)
+        return vas
+
+    def empty(self, pmap: int) -> tuple[list[tuple[int, int]], set[int]]:
+        """What the VM layer removes before the last destroy: every mapping of ``pmap``."""
+        vas = sorted(self.maps[pmap])
+        pas = self.pages_of(pmap, vas)
+        for va in vas:
+            self.delete(pmap, va)
+        return [(pmap, va) for va in vas], pas
+
     # -- needed page-table frames ----------------------------------------------------------
 
     def _regions_add(self, pmap: int, va: int) -> None:
-        for (span, _, _), counter in zip(self._lower_levels, self._regions[pmap]):
+        lower = self._lower[pmap]
+        for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
             key = va // span
-            counter[key] = counter.get(key, 0) + 1
+            n = counter.get(key, 0)
+            counter[key] = n + 1
+            if not n:  # a new table of this level
+                lower[tag] = lower.get(tag, 0) + frames
 
     def _regions_remove(self, pmap: int, va: int) -> None:
-        for (span, _, _), counter in zip(self._lower_levels, self._regions[pmap]):
+        lower = self._lower[pmap]
+        for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
             key = va // span
             left = counter[key] - 1
             if left:
                 counter[key] = left
             else:
                 del counter[key]
+                lower[tag] -= frames
 
     def needed(self, pmap: int) -> dict[Tag, int]:
         """Frames by tag that ``pmap`` needs for its live mappings under the geometry."""
@@ -190,18 +324,29 @@ class ContractState:
         table = self.maps.get(pmap)
         if table is None:
             return 0
-        n = self._top_frames if tag == self._top_tag and (table or not self._top_lazy) else 0
-        for (_, frames, level_tag), counter in zip(self._lower_levels, self._regions[pmap]):
-            if level_tag == tag:
-                n += len(counter) * frames
-        return n
+        # The kernel's top-level table exists from bootstrap on, whatever the geometry.
+        n = self._top_frames if tag == self._top_tag and (table or not self._top_lazy or pmap == KERNEL_PMAP) else 0
+        return n + self._lower[pmap].get(tag, 0)
+
+    def needed_pt_l1(self, pmap: int) -> tuple[int, int]:
+        """``(needed_frames(pmap, PT), needed_frames(pmap, L1))`` in one call."""
+        if pmap not in self.maps:
+            return 0, 0
+        lower = self._lower[pmap]
+        pt, l1 = lower.get(Tag.PT, 0), lower.get(Tag.L1, 0)
+        if self.maps[pmap] or not self._top_lazy or pmap == KERNEL_PMAP:
+            if self._top_tag == Tag.PT:
+                pt += self._top_frames
+            elif self._top_tag == Tag.L1:
+                l1 += self._top_frames
+        return pt, l1
 
     def extra_frames_for(self, pmap: int, va: int) -> int:
         """Frames an enter at (pmap, va) must allocate: what a legitimate ENOMEM needs."""
         if va in self.maps[pmap]:
             return 0
         extra = 0
-        if self._top_lazy and not self.maps[pmap]:
+        if self._top_lazy and not self.maps[pmap] and pmap != KERNEL_PMAP:
             extra += self._top_frames
         for (span, frames, _), counter in zip(self._lower_levels, self._regions[pmap]):
             if va // span not in counter:

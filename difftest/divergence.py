@@ -99,6 +99,9 @@ class RunResult:
     checkpoints: int = 0
     elapsed: float = 0.0
     trace: dict[str, list[tuple[int, int, int]]] | None = None  # backend -> [(held, needed, freed)]
+    # True when the fast path found a backend invariant broken at an audit and the stream
+    # was then re-run on the precise path (whose findings these are)
+    localised: bool = False
 
     def by_signature(self) -> dict[str, list[Divergence]]:
         out: dict[str, list[Divergence]] = {}

@@ -2,18 +2,26 @@
 
 Data path per op, for every backend (a *lane*: backend, its pool, its contract state):
 
-1. work out what the op can touch from the contract state *before* the op (the VA, the
-   mappings in a range, the mappings of a page, the pmap);
-2. apply the op to the backend (an exception is a ``crash``; the lane stops);
-3. apply the op to the contract state, following the backend where the contract leaves a
-   choice open (ENOMEM, forgetting non-wired mappings on ``collect``);
-4. observe only what the op touched: walk those VAs, read those pages' attributes, the
-   named pmap's counters and held frames, the incremental invariants.  Nothing here
-   grows with the size of the address space.
+1. the op's handler calls the backend (an exception is a ``crash``; the lane stops) and
+   judges its result;
+2. the contract model (``ContractState``) applies the op and returns what it touched: the
+   VA, the mappings in a range and the page on either side of it, the mappings of a page,
+   the pmap; where the contract leaves a choice open (ENOMEM, forgetting non-wired
+   mappings on ``collect``, revoking a wired mapping) the state follows the backend;
+3. only what the op touched is observed: walk those VAs, read those pages' attributes, the
+   named pmaps' counters and held frames (the kernel's too).  Nothing here grows with the
+   size of the address space.
 
 Every ``checkpoint_every`` ops (or every *live mappings* ops, whichever is more, so an
 audit costs O(1) amortised per op) and at the end, a full audit compares whole address
 spaces, all counters, all pages, the pool, and the invariants in their full form.
+
+Two speeds.  The *precise* path also runs the backends' invariants after every op, on what
+it touched.  The *fast* path (``fast=True``, ``difftest fuzz``'s default) runs them only
+in the audits; a break found there, or a lane that crashes, sends the stream back to the
+precise path from the start (streams are deterministic), which reports it at the op that
+broke it.  Everything else is the same code on both paths, so both report the same
+divergences; ``tests/test_fast_path.py`` holds them to it.
 
 Differences are classified (MODEL.md §5) and then attributed across lanes: whether the
 reference and the majority agree with the contract where this backend does not.  After a
@@ -28,11 +36,12 @@ import signal
 import threading
 import time
 import traceback as tb
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched
-from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState, apply_protect
+from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState
 from difftest.divergence import Allowed, Divergence, RunResult
 from difftest.errors import BadInput
 from difftest.machine import (
@@ -91,6 +100,12 @@ class LaneStopped(Exception):
     """Raised inside a step when the lane cannot go on (its divergence already recorded)."""
 
 
+class _NeedsPrecise(BaseException):
+    """The fast path found a backend invariant broken at an audit: the stream is re-run on
+    the precise path, which says at which op it broke.  A BaseException, so that the
+    audit's own error handling does not take it for a crash."""
+
+
 class StreamTimeout(BaseException):
     """Raised by the alarm when a stream runs past its time limit.
 
@@ -121,7 +136,7 @@ class Lane:
         return self.spec.name
 
 
-@dataclass
+@dataclass(slots=True)
 class _Step:
     """What one op touched in one lane: the places to observe afterwards."""
 
@@ -142,6 +157,7 @@ class Harness:
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         trace: bool = False,
         invariants_per_op: bool = True,
+        fast: bool = False,
     ) -> None:
         if not specs:
             raise BadInput("no backends to run")
@@ -159,12 +175,24 @@ class Harness:
         self.trace = trace
         # Backend invariants after every op (on what it touched), or only in the full
         # audits: about twice the campaign throughput, an invariant break found later.
-        self.invariants_per_op = invariants_per_op
+        self.invariants_per_op = invariants_per_op and not fast
+        # The fast path: invariants only in the audits, and a break found there re-runs the
+        # stream on the precise path (per-op invariants), so that it is reported at the op
+        # that broke it.  Everything else the harness checks is the same code on both paths,
+        # so the two report the same divergences (streams are deterministic).
+        self.fast = fast
+
+    def precise(self) -> "Harness":
+        """This harness on the precise path (per-op invariants): what replay and shrink use."""
+        if not self.fast and self.invariants_per_op:
+            return self
+        return Harness(self.specs, self.reference, self.invariants, self.checkpoint_every, self.trace,
+                       invariants_per_op=True)
 
     def start(self, stream: Stream) -> "StreamRun":
         """Set up the lanes for ``stream`` without running it (``step``/``audit`` by hand)."""
         result = RunResult(stream=stream, backends=[s.name for s in self.specs], reference=self.reference)
-        return StreamRun(self, stream, result)
+        return StreamRun(self, stream, result, escalate=False)
 
     @classmethod
     def from_registry(
@@ -193,8 +221,22 @@ class Harness:
         elsewhere it is checked between ops, and every backend still running is blamed).
         """
         started = time.perf_counter()
+        result: RunResult | None = None
+        if self.fast:
+            try:
+                result = self._run(stream, time_limit, escalate=True)
+            except _NeedsPrecise:
+                pass  # re-run below, outside this handler: no exception context in tracebacks
+        if result is None:
+            result = self._run(stream, time_limit, escalate=False)
+            result.localised = self.fast
+        result.elapsed = time.perf_counter() - started
+        return result
+
+    def _run(self, stream: Stream, time_limit: float | None, escalate: bool) -> RunResult:
         result = RunResult(stream=stream, backends=[s.name for s in self.specs], reference=self.reference)
-        run = StreamRun(self, stream, result)
+        run = StreamRun(self, stream, result, per_op_invariants=self.invariants_per_op or (self.fast and not escalate),
+                        escalate=escalate)
         start: int | None = 0
         while start is not None:
             # After a hang the hung backend stops and the others go on, under a fresh
@@ -205,7 +247,6 @@ class Harness:
                     start = None
                 except StreamTimeout:
                     start = run.timed_out(time_limit or 0.0)
-        result.elapsed = time.perf_counter() - started
         return result
 
 
@@ -240,8 +281,11 @@ class StreamRun:
     themselves (``Harness.start``).
     """
 
-    def __init__(self, harness: Harness, stream: Stream, result: RunResult) -> None:
+    def __init__(self, harness: Harness, stream: Stream, result: RunResult,
+                 per_op_invariants: bool | None = None, escalate: bool = False) -> None:
         self.h = harness
+        self.per_op_invariants = harness.invariants_per_op if per_op_invariants is None else per_op_invariants
+        self.escalate = escalate
         self.stream = stream
         self.result = result
         self.refs: dict[int, int] = {KERNEL_PMAP: 1}
@@ -284,19 +328,25 @@ class StreamRun:
 
     def execute(self, deadline: float | None, start: int = 0) -> None:
         every = self.h.checkpoint_every
-        ops = self.stream.ops
-        for index in range(start, len(ops)):
+        due: int | None = None
+        # Iterated, not indexed: the ops may come from a lazy sequence.
+        for index, op in enumerate(islice(self.stream.ops, start, None), start):
+            if due is not None:
+                # The checkpoint after op ``due``, run only now that another op follows:
+                # after the last op the final audit is the checkpoint (never two in a row).
+                self.audit(due)
+                due = None
             if deadline is not None and (index & 63) == 0 and time.monotonic() > deadline:
                 raise StreamTimeout
             self.current_index = index
-            self.step(index, ops[index])
+            self.step(index, op)
             self.result.ops_run = index + 1
             self.since_audit += 1
             if self.since_audit >= every and self.since_audit >= self._live_mappings():
                 self.since_audit = 0
-                self.audit(index)
+                due = index
         self.final_audit = True
-        self.audit(self.result.ops_run - 1 if ops else -1, final=True)
+        self.audit(self.result.ops_run - 1, final=True)
 
     def timed_out(self, limit: float) -> int | None:
         """The alarm fired: blame the backend that was running and stop it.
@@ -359,11 +409,12 @@ class StreamRun:
             divs: list[Divergence] = []
             self.current_lane = lane
             try:
-                self._step_lane(lane, index, op, divs, self.destroy_frees)
+                self._step_lane(lane, index, op, divs)
             except LaneStopped:
                 pass
             lane.next_op = index + 1
-            found.extend((lane, d) for d in divs)
+            if divs:
+                found.extend((lane, d) for d in divs)
         self.current_lane = None
         self.pending = []
         if found:
@@ -392,7 +443,13 @@ class StreamRun:
             self._stop(lane, f"crashed at op {index}: {type(exc).__name__}: {exc}")
         raise AssertionError("unreachable")
 
-    def _stop(self, lane: Lane, why: str) -> None:
+    def _stop(self, lane: Lane, why: str, allowed: bool = False) -> None:
+        if self.escalate and lane.invariants:
+            # The fast path would lose the invariant breaks that led up to a crash (the
+            # lane gets no more audits): the precise path localises them.  Running out of
+            # memory is allowed; there only a broken invariant sends the stream there.
+            if not allowed or self._invariant_messages(lane, None):
+                raise _NeedsPrecise
         lane.stopped = why
         self.result.stopped[lane.name] = why
         raise LaneStopped
@@ -402,7 +459,7 @@ class StreamRun:
         the frames the geometry needs."""
         if free_before < extra:
             self._allow(lane, index, "out-of-memory", f"{describe(op)}: needs {extra} frames, {free_before} free")
-            self._stop(lane, f"out of memory at op {index} (needs {extra} frames, {free_before} free)")
+            self._stop(lane, f"out of memory at op {index} (needs {extra} frames, {free_before} free)", allowed=True)
         divs.append(
             self._div(
                 lane, index, op, "resource", "pool", "oom-with-free-frames",
@@ -411,261 +468,203 @@ class StreamRun:
         )
         self._stop(lane, f"out of memory at op {index} with {free_before} frames free")
 
-    def _step_lane(self, lane: Lane, index: int, op: Op, divs: list[Divergence], destroy_frees: bool) -> None:
-        b = lane.backend
-        st = lane.state
-        pool = lane.pool
-        call = self._call
-        optional: frozenset[tuple[int, int]] = frozenset()
+    def _step_lane(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> None:
+        """Call the backend for ``op``, apply the op to the lane's contract state (the
+        contract model says what it means and what it touched), judge the result, then
+        observe what was touched."""
         lane.result = None
-        t = type(op)
-
-        if t is Enter:
-            pmap, va = op.pmap, op.va
-            old = st.get(pmap, va)
-            pas = {op.pa}
-            if old is not None and old[MANAGED]:
-                pas.add(old[PA])
-            extra = st.extra_frames_for(pmap, va)
-            free_before = pool.free_frames
-            held_before = (pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1))
-            try:
-                res = normalise_result(call(lane, index, op, divs, b.pmap_enter, pmap, va, op.pa, op.prot,
-                                            op.access, op.wired, op.canfail))
-            except OutOfMemory:
-                self._out_of_memory(lane, index, op, divs, extra, free_before)
-            lane.result = res
-            if res == OK:
-                st.put(pmap, va, (op.pa, op.prot, op.wired, True))
-                if op.access & PROT_W:
-                    st.mod.add(op.pa)
-                    st.ref.add(op.pa)
-                elif op.access:
-                    st.ref.add(op.pa)
-            elif res == ENOMEM and op.canfail:
-                if free_before >= extra:
-                    divs.append(
-                        self._div(lane, index, op, "result", "result", "enomem-with-free-frames",
-                                  f"ENOMEM with {free_before} free frames where {extra} were needed",
-                                  location=_loc(pmap, va))
-                    )
-                else:
-                    self._allow(lane, index, "enomem", f"{describe(op)}: {extra} frames needed, {free_before} free")
-                if pool.free_frames != free_before or (pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1)) != held_before:
-                    divs.append(
-                        self._div(lane, index, op, "resource", "pool", "enomem-left-trace",
-                                  f"ENOMEM but the pool changed: {free_before} -> {pool.free_frames} free",
-                                  location=_loc(pmap))
-                    )
-            else:
-                divs.append(
-                    self._div(lane, index, op, "result", "result", "bad-enter-result",
-                              f"pmap_enter returned {res!r}", location=_loc(pmap, va))
-                )
-            step = _Step([(pmap, va)], pas, (pmap,))
-
-        elif t is Remove:
-            pmap = op.pmap
-            keys = st.in_range(pmap, op.sva, op.eva)
-            pas = self._managed_pas(st, pmap, keys)
-            call(lane, index, op, divs, b.pmap_remove, pmap, op.sva, op.eva)
-            for va in keys:
-                if st.maps[pmap][va][MANAGED]:
-                    st.delete(pmap, va)
-            step = _Step([(pmap, va) for va in keys], pas, (pmap,))
-
-        elif t is Access:
-            pmap, va = op.pmap, op.va
-            m = st.get(pmap, va)
-            expect_ok = m is not None and bool(m[PROT] & _KIND_BIT[op.kind])
-            res = normalise_result(call(lane, index, op, divs, b.pmap_access, pmap, va, op.kind))
-            lane.result = res
-            pas = set()
-            if m is not None and m[MANAGED]:
-                pas.add(m[PA])
-            if res not in (OK, FAULT):
-                divs.append(self._div(lane, index, op, "result", "result", "bad-access-result",
-                                      f"pmap_access returned {res!r}", location=_loc(pmap, va)))
-            elif (res == OK) != expect_ok:
-                cls = "access-ok-expected-fault" if res == OK else "access-fault-expected-ok"
-                want = OK if expect_ok else FAULT
-                divs.append(self._div(lane, index, op, "result", "result", cls,
-                                      f"access {op.kind} gave {res}, the contract says {want}",
-                                      location=_loc(pmap, va)))
-            elif expect_ok and m[MANAGED]:
-                if op.kind == "w":
-                    st.mod.add(m[PA])
-                st.ref.add(m[PA])
-            step = _Step([(pmap, va)], pas, (pmap,))
-
-        elif t is Extract:
-            pmap, va = op.pmap, op.va
-            res = call(lane, index, op, divs, b.pmap_extract, pmap, va)
-            lane.result = res
-            m = st.get(pmap, va)
-            want = None if m is None else m[PA]
-            if res != want:
-                divs.append(self._div(lane, index, op, "result", "result", "extract-mismatch",
-                                      f"extract gave {_pa_text(res)}, the tables say {_pa_text(want)}",
-                                      location=_loc(pmap, va)))
-            step = _Step([(pmap, va)], set(), (pmap,))
-
-        elif t is Protect:
-            pmap = op.pmap
-            keys = st.in_range(pmap, op.sva, op.eva)
-            pas = self._managed_pas(st, pmap, keys)
-            call(lane, index, op, divs, b.pmap_protect, pmap, op.sva, op.eva, op.prot)
-            table = st.maps[pmap]
-            for va in keys:
-                m = table[va]
-                if not m[MANAGED]:
-                    continue
-                new = apply_protect(op.prot, m[PROT])
-                if new is None:
-                    st.delete(pmap, va)
-                elif new != m[PROT]:
-                    st.put(pmap, va, (m[PA], new, m[WIRED], True))
-            step = _Step([(pmap, va) for va in keys], pas, (pmap,))
-
-        elif t is Unwire:
-            pmap, va = op.pmap, op.va
-            call(lane, index, op, divs, b.pmap_unwire, pmap, va)
-            m = st.get(pmap, va)
-            if m is not None and m[MANAGED] and m[WIRED]:
-                st.put(pmap, va, (m[PA], m[PROT], False, True))
-            step = _Step([(pmap, va)], set(), (pmap,))
-
-        elif t is PageProtect:
-            keys = st.mappings_of(op.pa)
-            call(lane, index, op, divs, b.pmap_page_protect, op.pa, op.prot)
-            opt = []
-            if not op.prot & PROT_W:
-                for key in keys:
-                    m = st.get(*key)
-                    if op.prot & PROT_R:
-                        if m[PROT] & PROT_W:
-                            st.put(key[0], key[1], (m[PA], m[PROT] & ~PROT_W, m[WIRED], True))
-                    elif m[WIRED]:
-                        opt.append(key)  # alpha keeps wired mappings, arm32 removes them
-                    else:
-                        st.delete(*key)
-            step = _Step(keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(opt))
-
-        elif t is Collect:
-            pmap = op.pmap
-            keys = [(pmap, va) for va, _ in st.items(pmap)] if pmap != KERNEL_PMAP else []
-            call(lane, index, op, divs, b.pmap_collect, pmap)
-            optional = frozenset(k for k in keys if st.maps[pmap][k[1]][MANAGED] and not st.maps[pmap][k[1]][WIRED])
-            pas = self._managed_pas(st, pmap, [k[1] for k in keys])
-            step = _Step(keys, pas, (pmap,), optional)
-
-        elif t is ClearModify or t is IsModified:
-            fn = b.pmap_clear_modify if t is ClearModify else b.pmap_is_modified
-            res = call(lane, index, op, divs, fn, op.pa)
-            lane.result = res
-            self._judge_modified(lane, index, op, divs, op.pa, res)
-            if t is ClearModify:
-                st.mod.discard(op.pa)
-                step = _Step(st.mappings_of(op.pa), {op.pa}, ())
-            else:
-                step = _Step([], set(), ())
-
-        elif t is ClearReference or t is IsReferenced:
-            fn = b.pmap_clear_reference if t is ClearReference else b.pmap_is_referenced
-            res = call(lane, index, op, divs, fn, op.pa)
-            lane.result = res
-            self._judge_referenced(lane, index, op, divs, op.pa, res)
-            if t is ClearReference:
-                st.ref.discard(op.pa)
-                step = _Step(st.mappings_of(op.pa), {op.pa}, ())
-            else:
-                step = _Step([], set(), ())
-
-        elif t is KEnter:
-            va = op.va
-            old = st.get(KERNEL_PMAP, va)
-            pas = {old[PA]} if old is not None and old[MANAGED] else set()
-            free_before = pool.free_frames
-            extra = st.extra_frames_for(KERNEL_PMAP, va)
-            try:
-                call(lane, index, op, divs, b.pmap_kenter_pa, va, op.pa, op.prot)
-            except OutOfMemory:
-                self._out_of_memory(lane, index, op, divs, extra, free_before)
-            st.put(KERNEL_PMAP, va, (op.pa, op.prot, True, False))
-            step = _Step([(KERNEL_PMAP, va)], pas, (KERNEL_PMAP,))
-
-        elif t is KRemove:
-            keys = st.in_range(KERNEL_PMAP, op.va, op.va + op.size)
-            call(lane, index, op, divs, b.pmap_kremove, op.va, op.size)
-            for va in keys:
-                if not st.maps[KERNEL_PMAP][va][MANAGED]:
-                    st.delete(KERNEL_PMAP, va)
-            step = _Step([(KERNEL_PMAP, va) for va in keys], set(), (KERNEL_PMAP,))
-
-        elif t is Create:
-            pmap = self.next_pmap - 1
-            free_before = pool.free_frames
-            st.create(pmap)
-            try:
-                call(lane, index, op, divs, b.pmap_create, pmap)
-            except OutOfMemory:
-                self._out_of_memory(lane, index, op, divs, st.create_frames(), free_before)
-            step = _Step([], set(), (pmap,))
-
-        elif t is Destroy:
-            pmap = op.pmap
-            if destroy_frees:
-                # At the last reference the pmap must be empty: the VM layer (here, the
-                # harness) removes what is left first (MODEL §3).
-                keys = [(pmap, va) for va, _ in st.items(pmap)]
-                pas = self._managed_pas(st, pmap, [k[1] for k in keys])
-                call(lane, index, op, divs, b.pmap_remove, pmap, USER_MIN, USER_MAX)
-                for _, va in keys:
-                    st.delete(pmap, va)
-                self._observe(lane, index, op, divs, _Step(keys, pas, ()))
-                call(lane, index, op, divs, b.pmap_destroy, pmap)
-                st.forget_pmap(pmap)
-                step = _Step([], set(), (pmap,))
-            else:
-                call(lane, index, op, divs, b.pmap_destroy, pmap)
-                step = _Step([], set(), ())
-
-        elif t is Reference:
-            call(lane, index, op, divs, b.pmap_reference, op.pmap)
-            step = _Step([], set(), ())
-
-        elif t is Update:
-            call(lane, index, op, divs, b.pmap_update, op.pmap)
-            step = _Step([], set(), ())
-
-        else:  # pragma: no cover - the loader refuses unknown ops
+        handler = _HANDLERS.get(type(op))
+        if handler is None:  # pragma: no cover - the loader refuses unknown ops
             raise BadInput(f"op {index}: unsupported op {op!r}")
+        self._observe(lane, index, op, divs, handler(self, lane, index, op, divs))
 
-        self._observe(lane, index, op, divs, step)
+    # One handler per op kind: the backend call and the judging of its result; the op's
+    # effect on the expected state is the contract model's (ContractState).
 
-    @staticmethod
-    def _managed_pas(st: ContractState, pmap: int, vas: Iterable[int]) -> set[int]:
-        table = st.maps[pmap]
-        return {table[va][PA] for va in vas if table[va][MANAGED]}
+    def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step:
+        st, pool = lane.state, lane.pool
+        pmap, va = op.pmap, op.va
+        pas = st.enter_pages(pmap, va, op.pa)
+        # The state is unchanged until st.enter below, so the frames a legitimate ENOMEM
+        # or panic needs are worked out only when one happens.
+        free_before = pool.free_frames
+        held_before = pool.held_pt_l1(pmap) if op.canfail else None
+        try:
+            res = normalise_result(self._call(lane, index, op, divs, lane.backend.pmap_enter, pmap, va, op.pa,
+                                              op.prot, op.access, op.wired, op.canfail))
+        except OutOfMemory:
+            self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
+        lane.result = res
+        if res == OK:
+            st.enter(pmap, va, op.pa, op.prot, op.access, op.wired)
+        elif res == ENOMEM and op.canfail:
+            extra = st.extra_frames_for(pmap, va)
+            if free_before >= extra:
+                divs.append(self._div(lane, index, op, "result", "result", "enomem-with-free-frames",
+                                      f"ENOMEM with {free_before} free frames where {extra} were needed",
+                                      location=_loc(pmap, va)))
+            else:
+                self._allow(lane, index, "enomem", f"{describe(op)}: {extra} frames needed, {free_before} free")
+            if pool.free_frames != free_before or pool.held_pt_l1(pmap) != held_before:
+                divs.append(self._div(lane, index, op, "resource", "pool", "enomem-left-trace",
+                                      f"ENOMEM but the pool changed: {free_before} -> {pool.free_frames} free",
+                                      location=_loc(pmap)))
+        else:
+            divs.append(self._div(lane, index, op, "result", "result", "bad-enter-result",
+                                  f"pmap_enter returned {res!r}", location=_loc(pmap, va)))
+        return _Step([(pmap, va)], pas, (pmap,))
+
+    def _remove(self, lane: Lane, index: int, op: Remove, divs: list[Divergence]) -> _Step:
+        vas, pas = lane.state.remove(op.pmap, op.sva, op.eva)
+        self._call(lane, index, op, divs, lane.backend.pmap_remove, op.pmap, op.sva, op.eva)
+        return _Step(_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,))
+
+    def _protect(self, lane: Lane, index: int, op: Protect, divs: list[Divergence]) -> _Step:
+        vas, pas = lane.state.protect(op.pmap, op.sva, op.eva, op.prot)
+        self._call(lane, index, op, divs, lane.backend.pmap_protect, op.pmap, op.sva, op.eva, op.prot)
+        return _Step(_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,))
+
+    def _access(self, lane: Lane, index: int, op: Access, divs: list[Divergence]) -> _Step:
+        pmap, va = op.pmap, op.va
+        expect_ok, m = lane.state.access_allowed(pmap, va, _KIND_BIT[op.kind])
+        res = normalise_result(self._call(lane, index, op, divs, lane.backend.pmap_access, pmap, va, op.kind))
+        lane.result = res
+        if res not in (OK, FAULT):
+            divs.append(self._div(lane, index, op, "result", "result", "bad-access-result",
+                                  f"pmap_access returned {res!r}", location=_loc(pmap, va)))
+        elif (res == OK) != expect_ok:
+            cls = "access-ok-expected-fault" if res == OK else "access-fault-expected-ok"
+            want = OK if expect_ok else FAULT
+            divs.append(self._div(lane, index, op, "result", "result", cls,
+                                  f"access {op.kind} gave {res}, the contract says {want}",
+                                  location=_loc(pmap, va)))
+        elif expect_ok:
+            lane.state.accessed(m, op.kind == "w")
+        return _Step([(pmap, va)], {m[PA]} if m is not None and m[MANAGED] else set(), (pmap,))
+
+    def _extract(self, lane: Lane, index: int, op: Extract, divs: list[Divergence]) -> _Step:
+        pmap, va = op.pmap, op.va
+        res = self._call(lane, index, op, divs, lane.backend.pmap_extract, pmap, va)
+        lane.result = res
+        m = lane.state.get(pmap, va)
+        want = None if m is None else m[PA]
+        if res != want:
+            divs.append(self._div(lane, index, op, "result", "result", "extract-mismatch",
+                                  f"extract gave {_pa_text(res)}, the tables say {_pa_text(want)}",
+                                  location=_loc(pmap, va)))
+        return _Step([(pmap, va)], set(), (pmap,))
+
+    def _unwire(self, lane: Lane, index: int, op: Unwire, divs: list[Divergence]) -> _Step:
+        self._call(lane, index, op, divs, lane.backend.pmap_unwire, op.pmap, op.va)
+        lane.state.unwire(op.pmap, op.va)
+        return _Step([(op.pmap, op.va)], set(), (op.pmap,))
+
+    def _page_protect(self, lane: Lane, index: int, op: PageProtect, divs: list[Divergence]) -> _Step:
+        keys, optional = lane.state.page_protect(op.pa, op.prot)
+        self._call(lane, index, op, divs, lane.backend.pmap_page_protect, op.pa, op.prot)
+        return _Step(keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(optional))
+
+    def _collect(self, lane: Lane, index: int, op: Collect, divs: list[Divergence]) -> _Step:
+        keys, pas, optional = lane.state.collect(op.pmap)
+        self._call(lane, index, op, divs, lane.backend.pmap_collect, op.pmap)
+        return _Step(keys, pas, (op.pmap,), optional)
+
+    def _page_attribute(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> _Step:
+        method, modified, clears = _ATTRIBUTE_OPS[type(op)]
+        res = self._call(lane, index, op, divs, getattr(lane.backend, method), op.pa)
+        lane.result = res
+        (self._judge_modified if modified else self._judge_referenced)(lane, index, op, divs, op.pa, res)
+        if not clears:
+            return _Step([], set(), ())
+        (lane.state.mod if modified else lane.state.ref).discard(op.pa)
+        return _Step(lane.state.mappings_of(op.pa), {op.pa}, ())
+
+    def _kenter(self, lane: Lane, index: int, op: KEnter, divs: list[Divergence]) -> _Step:
+        free_before = lane.pool.free_frames
+        try:
+            self._call(lane, index, op, divs, lane.backend.pmap_kenter_pa, op.va, op.pa, op.prot)
+        except OutOfMemory:
+            self._out_of_memory(lane, index, op, divs, lane.state.extra_frames_for(KERNEL_PMAP, op.va), free_before)
+        pas = lane.state.kenter(op.va, op.pa, op.prot)
+        return _Step([(KERNEL_PMAP, op.va)], pas, (KERNEL_PMAP,))
+
+    def _kremove(self, lane: Lane, index: int, op: KRemove, divs: list[Divergence]) -> _Step:
+        vas = lane.state.kremove(op.va, op.size)
+        self._call(lane, index, op, divs, lane.backend.pmap_kremove, op.va, op.size)
+        return _Step(_with_edges(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,))
+
+    def _create(self, lane: Lane, index: int, op: Create, divs: list[Divergence]) -> _Step:
+        pmap = self.next_pmap - 1
+        free_before = lane.pool.free_frames
+        lane.state.create(pmap)
+        try:
+            self._call(lane, index, op, divs, lane.backend.pmap_create, pmap)
+        except OutOfMemory:
+            self._out_of_memory(lane, index, op, divs, lane.state.create_frames(), free_before)
+        return _Step([], set(), (pmap,))
+
+    def _destroy(self, lane: Lane, index: int, op: Destroy, divs: list[Divergence]) -> _Step:
+        pmap = op.pmap
+        if not self.destroy_frees:
+            self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
+            return _Step([], set(), ())
+        # At the last reference the pmap must be empty: the VM layer (here, the harness)
+        # removes what is left first (MODEL §3).
+        keys, pas = lane.state.empty(pmap)
+        self._call(lane, index, op, divs, lane.backend.pmap_remove, pmap, USER_MIN, USER_MAX)
+        self._observe(lane, index, op, divs, _Step(keys, pas, ()))
+        self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
+        lane.state.forget_pmap(pmap)
+        return _Step([], set(), (pmap,))
+
+    def _reference(self, lane: Lane, index: int, op: Reference, divs: list[Divergence]) -> _Step:
+        self._call(lane, index, op, divs, lane.backend.pmap_reference, op.pmap)
+        return _Step([], set(), ())
+
+    def _update(self, lane: Lane, index: int, op: Update, divs: list[Divergence]) -> _Step:
+        self._call(lane, index, op, divs, lane.backend.pmap_update, op.pmap)
+        return _Step([], set(), ())
 
     # -- observing and judging --------------------------------------------------------------------
 
     def _observe(self, lane: Lane, index: int, op: Op, divs: list[Divergence], step: _Step) -> None:
+        """Observe what the op touched.  The common case (everything as the contract says)
+        costs one backend read per place and builds nothing; the judging methods run only
+        where a value differs."""
         try:
-            tainted = self._check_keys(lane, index, op, divs, step.keys, step.optional)
+            b = lane.backend
+            st = lane.state
+            tainted = self._check_keys(lane, index, op, divs, step.keys, step.optional) if step.keys else None
             if tainted:
                 # A mapping that pointed at the wrong page moved this op's REF/MOD effects
                 # with it: follow the backend on those pages instead of reporting them.
                 self._resync_attributes(lane, tainted)
-            for pa in sorted(step.pas - tainted if tainted else step.pas):
-                self._judge_modified(lane, index, op, divs, pa, lane.backend.pmap_is_modified(pa), query=False)
-                self._judge_referenced(lane, index, op, divs, pa, lane.backend.pmap_is_referenced(pa), query=False)
+            pas = step.pas
+            if pas:
+                mod, ref = st.mod, st.ref
+                is_modified, is_referenced = b.pmap_is_modified, b.pmap_is_referenced
+                for pa in sorted(pas - tainted if tainted else pas) if len(pas) > 1 else pas:
+                    got = is_modified(pa)
+                    want = pa in mod
+                    if got is not want and got != want:
+                        self._judge_modified(lane, index, op, divs, pa, got, query=False)
+                    got = is_referenced(pa)
+                    if got and pa not in ref:
+                        self._judge_referenced(lane, index, op, divs, pa, got, query=False)
+            maps, wired = st.maps, st.wired
+            pool = lane.pool
             for pmap in step.pmaps:
-                self._check_counts(lane, index, op, divs, pmap)
-                if pmap != KERNEL_PMAP:
+                # Both checks in their common case inline: the counters and the frames are
+                # as the contract says and nothing about them is open.
+                table = maps.get(pmap)
+                if table is not None and (lane.count_offsets or b.pmap_resident_count(pmap) != len(table)
+                                          or b.pmap_wired_count(pmap) != wired[pmap]):
+                    self._check_counts(lane, index, op, divs, pmap)
+                if lane.resource_open or pool.held_pt_l1(pmap) != st.needed_pt_l1(pmap):
                     self._check_frames(lane, index, op, divs, pmap)
-            self._check_pool(lane, index, op, divs)
-            if lane.invariants and self.h.invariants_per_op:
+            if len(pool.violations) > lane.violations_seen:
+                self._check_pool(lane, index, op, divs)
+            if lane.invariants and self.per_op_invariants:
                 touched = Touched(frozenset(step.pmaps), tuple(step.keys), frozenset(step.pas))
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
@@ -782,9 +781,8 @@ class StreamRun:
             return
         b = lane.backend
         offsets = lane.count_offsets
-        resident = b.pmap_resident_count(pmap) - len(st.maps[pmap])
-        wired = b.pmap_wired_count(pmap) - st.wired[pmap]
-        if not (resident or wired or offsets):
+        if (not offsets and b.pmap_resident_count(pmap) == len(st.maps[pmap])
+                and b.pmap_wired_count(pmap) == st.wired[pmap]):
             return  # the common case: both counters right, nothing reported before
         for fld, got, want in (
             ("resident_count", b.pmap_resident_count(pmap), st.resident(pmap)),
@@ -803,12 +801,19 @@ class StreamRun:
     def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
         pool = lane.pool
         st = lane.state
+        # A backend that never frees the kernel's page-table pages may hold more of them
+        # than the live kernel mappings need (an allowance), never fewer.
+        open_ = lane.resource_open
+        if not open_ and pool.held_pt_l1(pmap) == st.needed_pt_l1(pmap):
+            return  # the common case: exactly what the geometry needs, nothing open
+        keeps = pmap == KERNEL_PMAP and lane.backend.keeps_kernel_page_tables
         for tag, fld, short in _FRAME_FIELDS:
             held = pool.held(pmap, tag)
             want = st.needed_frames(pmap, tag)
             key = (pmap, tag)
-            if held == want:
-                lane.resource_open.discard(key)
+            if held == want or (keeps and held > want):
+                if open_:
+                    open_.discard(key)
                 continue
             if key in lane.resource_open:
                 continue  # the same excess, already reported: one leak, one line
@@ -826,18 +831,26 @@ class StreamRun:
             lane.violations_seen += 1
             divs.append(self._div(lane, index, op, "resource", "pool", "frame-misuse", msg))
 
-    def _check_invariants(self, lane: Lane, index: int, op: Op, divs: list[Divergence], touched: Touched | None) -> None:
+    @staticmethod
+    def _invariant_messages(lane: Lane, touched: Touched | None) -> list[tuple[str, str]]:
+        """(invariant, message) for every violation the lane's invariants report."""
+        out = []
         for inv in lane.invariants:
             try:
                 messages = list(inv.check(lane.backend, touched))
             except Exception as exc:
                 messages = [f"the check raised {type(exc).__name__}: {exc}"]
-            for msg in messages:
-                key = (inv.name, msg)
-                if key in lane.invariant_open:
-                    continue
-                lane.invariant_open.add(key)
-                divs.append(self._div(lane, index, op, "invariant", inv.name, "violated", msg))
+            out.extend((inv.name, msg) for msg in messages)
+        return out
+
+    def _check_invariants(self, lane: Lane, index: int, op: Op, divs: list[Divergence], touched: Touched | None) -> None:
+        for key in self._invariant_messages(lane, touched):
+            if key in lane.invariant_open:
+                continue
+            if self.escalate:
+                raise _NeedsPrecise
+            lane.invariant_open.add(key)
+            divs.append(self._div(lane, index, op, "invariant", key[0], "violated", key[1]))
 
     # -- audits -------------------------------------------------------------------------------------
 
@@ -857,6 +870,8 @@ class StreamRun:
             except LaneStopped:
                 pass
             except Exception as exc:
+                if self.escalate and lane.invariants:
+                    raise _NeedsPrecise from exc  # as in _stop
                 divs.append(self._div(lane, index, op, "crash", "observe", type(exc).__name__,
                                       f"auditing the backend raised {type(exc).__name__}: {exc}",
                                       traceback=tb.format_exc()))
@@ -878,8 +893,7 @@ class StreamRun:
             keys = sorted(set(got) | {(pmap, va) for va in st.maps[pmap]})
             self._check_keys(lane, index, op, divs, keys, got_map=got)
             self._check_counts(lane, index, op, divs, pmap)
-            if pmap != KERNEL_PMAP:
-                self._check_frames(lane, index, op, divs, pmap)
+            self._check_frames(lane, index, op, divs, pmap)
         # Frames still held by pmaps that no longer exist.
         for owner in sorted(lane.pool.owners()):
             if owner not in st.maps and owner >= 1:
@@ -991,6 +1005,23 @@ class StreamRun:
             trace[lane.name].append((held, needed, lane.pool.frees))
 
 
+# The page-attribute ops: (backend method, MOD (else REF), clears the attribute).
+_ATTRIBUTE_OPS = {
+    ClearModify: ("pmap_clear_modify", True, True), IsModified: ("pmap_is_modified", True, False),
+    ClearReference: ("pmap_clear_reference", False, True), IsReferenced: ("pmap_is_referenced", False, False),
+}
+
+_HANDLERS: dict[type, Callable[..., _Step]] = {
+    Enter: StreamRun._enter, Remove: StreamRun._remove, Protect: StreamRun._protect,
+    Access: StreamRun._access, Extract: StreamRun._extract, Unwire: StreamRun._unwire,
+    PageProtect: StreamRun._page_protect, Collect: StreamRun._collect,
+    ClearModify: StreamRun._page_attribute, IsModified: StreamRun._page_attribute,
+    ClearReference: StreamRun._page_attribute, IsReferenced: StreamRun._page_attribute,
+    KEnter: StreamRun._kenter, KRemove: StreamRun._kremove, Create: StreamRun._create,
+    Destroy: StreamRun._destroy, Reference: StreamRun._reference, Update: StreamRun._update,
+}
+
+
 class _AuditOp:
     """Stands for "the checkpoint after op N" where an op is expected."""
 
@@ -999,6 +1030,17 @@ class _AuditOp:
 
     def __init__(self, index: int) -> None:
         self.index = index
+
+
+def _with_edges(pmap: int, sva: int, eva: int, vas: list[int]) -> list[tuple[int, int]]:
+    """The keys a range op touches, plus the page just before ``sva`` and the page at
+    ``eva`` (inside the pmap's range): an op that goes one page too far is caught there."""
+    lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == KERNEL_PMAP else (USER_MIN, USER_MAX)
+    keys = [(pmap, sva - PAGE_SIZE)] if sva - PAGE_SIZE >= lo else []
+    keys.extend((pmap, va) for va in vas)
+    if eva < hi:
+        keys.append((pmap, eva))
+    return keys
 
 
 def _loc(pmap: int, va: int | None = None) -> str:

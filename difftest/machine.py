@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import compress
 from typing import Iterable
 
 PAGE_SIZE = 4096
@@ -39,6 +40,11 @@ class Tag(IntEnum):
 
     def __str__(self) -> str:
         return self.name.lower()
+
+
+_PT, _L1 = int(Tag.PT), int(Tag.L1)
+# For each tag, a bytes.translate table mapping that tag to 1 and every other byte to 0.
+_ONE_TAG = {tag: bytes(int(i == tag) for i in range(256)) for tag in Tag}
 
 
 class OutOfMemory(Exception):
@@ -183,6 +189,11 @@ class PhysPool:
         """Frames tagged ``tag`` allocated on behalf of pmap ``owner``."""
         return self._held.get((owner, int(tag)), 0)
 
+    def held_pt_l1(self, owner: int) -> tuple[int, int]:
+        """``(held(owner, PT), held(owner, L1))`` in one call: the per-op frames check."""
+        held = self._held
+        return held.get((owner, _PT), 0), held.get((owner, _L1), 0)
+
     def held_by(self, owner: int) -> dict[str, int]:
         """Every non-data tag held by ``owner``, by tag name."""
         return {
@@ -202,21 +213,21 @@ class PhysPool:
         return self._owners[frame]
 
     def frames_with(self, tag: Tag, owner: int | None = None) -> list[int]:
-        """All frames with ``tag`` (and ``owner``, if given).  O(phys_pages): audits only."""
+        """All frames with ``tag`` (and ``owner``, if given), ascending.  O(phys_pages), at
+        C speed (a translate of the tag bytes and a compress): audits only."""
+        frames = list(compress(range(self.phys_pages), self._tags.translate(_ONE_TAG[tag])))
+        if owner is None:
+            return frames
         owners = self._owners
-        return [
-            f
-            for f, t in enumerate(self._tags)
-            if t == tag and (owner is None or owners[f] == owner)
-        ]
+        return [f for f in frames if owners[f] == owner]
 
     def check_conservation(self) -> list[str]:
         """Full audit: counts match the tags, the per-owner counts add up to them, the free
-        list matches the free frames."""
+        list matches the free frames.  Scans the tags with C-speed primitives (count,
+        translate, compress): cheap enough to run in every audit."""
         problems: list[str] = []
-        actual = [0] * len(Tag)
-        for t in self._tags:
-            actual[t] += 1
+        tags = self._tags
+        actual = [tags.count(t) for t in range(len(Tag))]
         held = [0] * len(Tag)
         for (_, t), n in self._held.items():
             held[t] += n
@@ -231,14 +242,17 @@ class PhysPool:
                 )
         if sum(self._counts) != self.phys_pages:
             problems.append(f"frames not conserved: {sum(self._counts)} counted of {self.phys_pages}")
-        if len(self._free) != actual[Tag.FREE] or len(set(self._free)) != len(self._free):
+        free = self._free
+        if sorted(free) == self.frames_with(Tag.FREE):
+            return problems  # the free list is exactly the frames tagged free, once each
+        if len(free) != actual[Tag.FREE] or len(set(free)) != len(free):
             problems.append(
-                f"free list holds {len(self._free)} entries for {actual[Tag.FREE]} free frames"
+                f"free list holds {len(free)} entries for {actual[Tag.FREE]} free frames"
             )
-        taken = [f for f in self._free if self._tags[f] != Tag.FREE]
+        taken = [f for f in free if tags[f] != Tag.FREE]
         if taken:
             problems.append(
-                f"free list holds {len(taken)} frames in use, first {taken[0]:#x} ({Tag(self._tags[taken[0]])})"
+                f"free list holds {len(taken)} frames in use, first {taken[0]:#x} ({Tag(tags[taken[0]])})"
             )
         return problems
 

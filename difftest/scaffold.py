@@ -184,6 +184,7 @@ class {cls}(Backend):
         top_level="create",
     )
     run_by_default = True  # `difftest fuzz` without --backends runs it
+    keeps_kernel_page_tables = True  # pmap 0's PT pages are never freed (allowed: declared)
     frees_pt_pages = True  # a capability: False would make the leak an expected failure
 
     def __init__(self, pool: PhysPool) -> None:

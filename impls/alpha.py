@@ -278,6 +278,7 @@ class AlphaPmap(Backend):
     name = "alpha-ref"
     description = "NetBSD/alpha pmap (v1.139/v1.154): 3 refcounted levels, lazy L1, frees PT pages"
     geometry = alpha_geometry(4, 512, 512)
+    keeps_kernel_page_tables = True  # kernel L2/L3 pages are never freed (see above)
 
     def __init__(
         self,

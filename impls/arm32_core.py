@@ -152,6 +152,7 @@ class Arm32Core(Backend):
     """The arm32 pmap of 1998-99 with reclamation left to subclasses (see module comment)."""
 
     geometry = ARM32_GEOMETRY
+    keeps_kernel_page_tables = True  # the kernel pmap's PT pages are never freed
 
     def __init__(self, pool: PhysPool) -> None:
         super().__init__(pool)

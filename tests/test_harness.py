@@ -342,3 +342,58 @@ def test_invariants_only_at_checkpoints_still_catch_the_break(registry):
     # the harness's own checks do not depend on the setting
     assert {d.signature for d in per_op.divergences if d.kind != "invariant"} == \
         {d.signature for d in at_audit.divergences if d.kind != "invariant"}
+
+
+# -- the kernel's page-table frames and the edges of range ops ------------------------------------
+
+KVA = 0xF0000000
+
+
+def test_kernel_pt_page_freed_with_a_live_entry_is_caught_at_the_kremove(registry):
+    """Two kernel mappings share one PT page; kremove of the first frees the page although
+    the second is live.  The built-ins' "kernel PT pages are never freed" is an allowance
+    (held >= needed), not a skip, so held < needed is a resource divergence at op 2."""
+    from difftest.ops import KRemove
+
+    ops = [KEnter(KVA, PA, RW), KEnter(KVA + PAGE_SIZE, PA + PAGE_SIZE, RW), KRemove(KVA, PAGE_SIZE),
+           Create(), enter(1, VA, PA)]
+    r = run(registry, ops, ["alpha-ref", "arm32-refcount", "bug-kpt-free"])
+    first = r.divergences[0]
+    assert (first.op_index, first.signature) == (2, "resource:bug-kpt-free:kremove:pt_frames:pt-frames-held<needed")
+    assert first.location == "pmap 0"
+    assert first.observations["bug-kpt-free"] == "held 0 / needed 1"
+    assert first.observations["arm32-refcount"] == "held 1 / needed 1"
+    assert all(d.backend == "bug-kpt-free" for d in r.divergences)
+
+
+def test_kernel_needs_its_top_level_table_and_may_keep_its_pt_pages(registry):
+    """Kernel frames are compared, not skipped: after kremove the built-ins keep the PT
+    pages (allowed: they declare it), and hold exactly their top-level table otherwise."""
+    from difftest.ops import KRemove
+
+    ops = [KEnter(KVA, PA, RW), KRemove(KVA, PAGE_SIZE), KEnter(KVA + 0x00800000, PA, RW)]
+    r = run(registry, ops, checkpoint_every=1)
+    assert r.divergences == []
+
+
+def test_protect_one_page_past_eva_is_caught_at_the_protect(registry):
+    """The page at eva is observed by a range op: a protect that lowers it too is a
+    translation divergence at that op, not at some later audit."""
+    ops = [Create(), enter(1, VA, PA), enter(1, VA + PAGE_SIZE, PA + PAGE_SIZE),
+           Protect(1, VA, VA + PAGE_SIZE, PROT_R), Extract(1, VA)]
+    r = run(registry, ops, ["alpha-ref", "arm32-refcount", "bug-protect-past-eva"])
+    d = only(r)
+    assert (d.op_index, d.signature) == (3, "translation:bug-protect-past-eva:protect:prot:prot-mismatch")
+    assert d.location == f"pmap 1 va {VA + PAGE_SIZE:#010x}"
+    assert d.observations["alpha-ref"] == f"pa {PA + PAGE_SIZE:#010x} rw"
+
+
+def test_the_page_before_sva_is_observed_too(registry):
+    """A remove whose range ends at a mapped page and starts after one leaves both alone;
+    the harness walks both edges (the built-ins agree: nothing reported)."""
+    ops = [Create(), enter(1, VA, PA), enter(1, VA + 2 * PAGE_SIZE, PA + PAGE_SIZE),
+           enter(1, VA + 3 * PAGE_SIZE, PA + PAGE_SIZE), Remove(1, VA + PAGE_SIZE, VA + 3 * PAGE_SIZE)]
+    assert run(registry, ops).divergences == []
+    # protect past eva on a range whose eva page is unmapped changes nothing: not reported
+    quiet = [Create(), enter(1, VA, PA), Protect(1, VA, VA + PAGE_SIZE, PROT_R)]
+    assert run(registry, quiet, ["alpha-ref", "bug-protect-past-eva"]).divergences == []

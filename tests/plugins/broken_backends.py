@@ -122,6 +122,31 @@ class FreesLivePt(Arm32Refcount):
             self.pmap_free_ptp(pm, region)
 
 
+class FreesLiveKernelPt(Arm32Refcount):
+    """kremove gives a kernel PT page back to the pool while one kernel mapping in it is
+    still live (the L1 still points at it): a use-after-free the kernel-frames check sees."""
+
+    name = "bug-kpt-free"
+    description = "test-only: kremove frees a kernel PT page that still has an entry"
+    run_by_default = False
+
+    def pmap_pte_delref(self, pm, region, frame, count):
+        super().pmap_pte_delref(pm, region, frame, count)
+        if pm.id == 0 and self._occ[frame] == 1 and self.pool.tag_of(frame) != 0:
+            self.pool.free(frame)
+
+
+class ProtectPastEva(Arm32Refcount):
+    """pmap_protect lowers one page too many: [sva, eva + 4 KiB)."""
+
+    name = "bug-protect-past-eva"
+    description = "test-only: protect also changes the page at eva"
+    run_by_default = False
+
+    def pmap_protect(self, pmap, sva, eva, prot):
+        super().pmap_protect(pmap, sva, min(eva + PAGE_SIZE, 0xEFC00000), prot)
+
+
 class ExtraMapping(Arm32Refcount):
     """Every enter also maps the page at va + 64 MiB: only a full audit can see it."""
 
@@ -157,7 +182,8 @@ class ProtectKillsProcess(Arm32Refcount):
 
 
 ALL = (WrongPaOnReplace, WrongPaOnce, LosesModOnRemove, TwoBugs, UnwireKeepsCount, EnomemLeavesATrace,
-       ProtectRaises, FreesLivePt, ExtraMapping, ProtectHangs, ProtectKillsProcess)
+       ProtectRaises, FreesLivePt, FreesLiveKernelPt, ProtectPastEva, ExtraMapping, ProtectHangs,
+       ProtectKillsProcess)
 
 
 @hookimpl

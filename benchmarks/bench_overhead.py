@@ -1,0 +1,286 @@
+"""The harness's overhead over the backends' own work, and its per-op cost as the address
+space grows with heavily shared pages.
+
+    python benchmarks/bench_overhead.py [--streams 10] [--ops 2000] [--repeats 5] [--seed 1]
+
+Three ways of running the same ops on the same backends (the default set):
+
+* ``bare``: a plain loop calling the backends' pmap(9) functions, nothing observed (the
+  backends' own time, the floor);
+* ``default``: ``Harness.run`` built as ``difftest fuzz`` builds it by default;
+* ``precise``: ``Harness.run`` with backend invariants after every op (``--invariants per-op``).
+
+Workloads: the first ``--streams`` streams of a campaign (``random`` generator, seeds as
+``difftest fuzz --seed S`` derives them, ``--ops`` each), and a *shared-pages* stream: a
+prefix maps N pages (N = 10 or 10,000) in 4 pmaps, ~600 mappings per data page at
+10,000, then a suffix of single-page ops (enter, access, protect, extract, remove, unwire)
+that maps those same shared pages and keeps at most 16 live mappings of its own.  The
+prefix runs untimed; the suffix is then timed op by op (``Harness.start`` and
+``StreamRun.step``, the per-op path, no checkpoint audit inside: audits cost O(live
+mappings) by design and are spaced at least that many ops apart).
+
+All figures are CPU time (``time.process_time``) of this process.  Repeats run the
+configurations interleaved, so that machine drift hits all alike; figures are medians,
+ratios are taken repeat by repeat and then their median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from difftest.machine import USER_MAX, USER_MIN, OutOfMemory, PhysPool
+from difftest import ops as o
+from difftest.plugins import PluginHost
+from difftest.streams import Stream, make_stream
+
+PAGE = 4096
+SHARE = 600  # mappings per shared data page at 10,000 live mappings
+
+
+# -- the backends' own work ---------------------------------------------------------------
+
+def _bare_calls(b: Any, op: Any, refs: dict[int, int], next_pmap: list[int]) -> None:
+    t = type(op)
+    if t is o.Enter:
+        b.pmap_enter(op.pmap, op.va, op.pa, op.prot, op.access, op.wired, op.canfail)
+    elif t is o.Remove:
+        b.pmap_remove(op.pmap, op.sva, op.eva)
+    elif t is o.Access:
+        b.pmap_access(op.pmap, op.va, op.kind)
+    elif t is o.Extract:
+        b.pmap_extract(op.pmap, op.va)
+    elif t is o.Protect:
+        b.pmap_protect(op.pmap, op.sva, op.eva, op.prot)
+    elif t is o.Unwire:
+        b.pmap_unwire(op.pmap, op.va)
+    elif t is o.PageProtect:
+        b.pmap_page_protect(op.pa, op.prot)
+    elif t is o.Collect:
+        b.pmap_collect(op.pmap)
+    elif t is o.ClearModify:
+        b.pmap_clear_modify(op.pa)
+    elif t is o.IsModified:
+        b.pmap_is_modified(op.pa)
+    elif t is o.ClearReference:
+        b.pmap_clear_reference(op.pa)
+    elif t is o.IsReferenced:
+        b.pmap_is_referenced(op.pa)
+    elif t is o.KEnter:
+        b.pmap_kenter_pa(op.va, op.pa, op.prot)
+    elif t is o.KRemove:
+        b.pmap_kremove(op.va, op.size)
+    elif t is o.Create:
+        b.pmap_create(next_pmap[0])
+    elif t is o.Reference:
+        b.pmap_reference(op.pmap)
+    elif t is o.Destroy:
+        if refs[op.pmap] == 0:  # the last reference: the VM layer empties the pmap first
+            b.pmap_remove(op.pmap, USER_MIN, USER_MAX)
+        b.pmap_destroy(op.pmap)
+    elif t is o.Update:
+        b.pmap_update(op.pmap)
+
+
+class BareRun:
+    """``stream``'s ops applied to fresh backends with no observation at all, op by op in
+    lockstep (as the harness does); a backend that runs out of memory simply stops."""
+
+    def __init__(self, specs: Sequence[Any], stream: Stream) -> None:
+        data = stream.data_frames()
+        self.live = []
+        for spec in specs:
+            pool = PhysPool(stream.phys_pages)
+            pool.reserve_data(data)
+            self.live.append(spec.factory(pool))
+        self.refs: dict[int, int] = {0: 1}
+        self.next_pmap = [0]
+
+    def step(self, index: int, op: Any) -> None:
+        t = type(op)
+        refs = self.refs
+        if t is o.Create:
+            self.next_pmap[0] += 1
+            refs[self.next_pmap[0]] = 1
+        elif t is o.Reference:
+            refs[op.pmap] += 1
+        elif t is o.Destroy:
+            refs[op.pmap] -= 1
+        for b in self.live:
+            try:
+                _bare_calls(b, op, refs, self.next_pmap)
+            except OutOfMemory:
+                self.live = [x for x in self.live if x is not b]
+
+
+def run_bare(specs: Sequence[Any], stream: Stream) -> None:
+    run = BareRun(specs, stream)
+    for i, op in enumerate(stream.ops):
+        run.step(i, op)
+
+
+# -- workloads ------------------------------------------------------------------------------
+
+def campaign_streams(host: PluginHost, seed: int, n: int, ops: int) -> list[Stream]:
+    from difftest.campaign import unit_seed
+
+    gen = host.registry.generators["random"]
+    return [gen.generate(unit_seed(seed, k), ops, 8192) for k in range(n)]
+
+
+PMAPS = 4
+SUFFIX_BASE = 0x60000000  # the measured ops' VAs, away from the prefix's
+LIVE_SUFFIX = 16  # the measured ops' own live mappings, at most
+
+
+def shared_prefix(n: int) -> list:
+    """``n`` mappings over ``PMAPS`` pmaps, ~``SHARE`` per data page (at least one page)."""
+    pages = max(1, n // SHARE)
+    ops: list = [o.Create() for _ in range(PMAPS)]
+    for i in range(n):
+        pmap = 1 + i % PMAPS
+        va = 0x00400000 + (i // PMAPS) * PAGE
+        pa = (64 + i % pages) * PAGE
+        ops.append(o.Enter(pmap, va, pa, o.PROT_R | o.PROT_W, 0, False, False))
+    return ops
+
+
+def shared_suffix(count: int, n: int, seed: int = 1) -> list:
+    """Single-page ops on the shared pages (so each op touches a page with ~600 mappings)."""
+    rng = random.Random(seed)
+    pages = [(64 + i) * PAGE for i in range(max(1, n // SHARE))]
+    ops: list = []
+    live: list[tuple[int, int]] = []
+    while len(ops) < count:
+        r = rng.random()
+        if len(live) >= LIVE_SUFFIX:
+            r = 0.9  # a remove: the suffix keeps at most LIVE_SUFFIX mappings of its own
+        if r < 0.3 or not live:
+            pmap = rng.randrange(1, PMAPS + 1)
+            va = SUFFIX_BASE + rng.randrange(256) * PAGE
+            if (pmap, va) in live:
+                continue
+            ops.append(o.Enter(pmap, va, rng.choice(pages), o.PROT_R | o.PROT_W,
+                             rng.choice((0, o.PROT_R, o.PROT_W | o.PROT_R)), rng.random() < 0.1, False))
+            live.append((pmap, va))
+        elif r < 0.5:
+            pmap, va = rng.choice(live)
+            ops.append(o.Access(pmap, va, rng.choice("rw")))
+        elif r < 0.6:
+            pmap, va = rng.choice(live)
+            ops.append(o.Protect(pmap, va, va + PAGE, o.PROT_R))
+        elif r < 0.7:
+            pmap, va = rng.choice(live)
+            ops.append(o.Extract(pmap, va))
+        elif r < 0.75:
+            pmap, va = rng.choice(live)
+            ops.append(o.Unwire(pmap, va))
+        else:
+            pmap, va = live.pop(rng.randrange(len(live)))
+            ops.append(o.Remove(pmap, va, va + PAGE))
+    return ops
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+def cpu(fn: Callable[[], Any]) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+def build_harnesses(host: PluginHost, checkpoint_every: int = 1000) -> tuple[Any, Any, Any]:
+    """(specs, default harness, precise harness), the default built as ``difftest fuzz``
+    builds it from its default options."""
+    from difftest.campaign import CampaignConfig, _worker_env
+    from difftest.harness import Harness
+
+    names = tuple(host.registry.default_backends())
+    config = CampaignConfig(backends=names, reference="alpha-ref", seed=0, checkpoint_every=checkpoint_every)
+    default, _ = _worker_env(config)
+    precise = Harness.from_registry(host.registry, names, "alpha-ref", invariants_per_op=True,
+                                    checkpoint_every=checkpoint_every)
+    return default.specs, default, precise
+
+
+def time_suffix(start: Callable[[Stream], Any], stream: Stream, suffix: int) -> float:
+    """CPU seconds per op of the last ``suffix`` ops, stepped one by one after the prefix
+    (untimed): the per-op path alone, no checkpoint audit inside."""
+    run = start(stream)
+    ops = stream.ops
+    pre = len(ops) - suffix
+    for i in range(pre):
+        run.step(i, ops[i])
+    t0 = time.process_time()
+    for i in range(pre, len(ops)):
+        run.step(i, ops[i])
+    return (time.process_time() - t0) / suffix
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=10, help="campaign streams (default 10)")
+    ap.add_argument("--ops", type=int, default=2000, help="ops per campaign stream (default 2000)")
+    ap.add_argument("--suffix", type=int, default=2000, help="measured ops of the shared-pages stream")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--skip-precise", action="store_true", help="leave out the precise path")
+    ap.add_argument("--json", metavar="FILE", help="also write the medians as JSON to FILE")
+    args = ap.parse_args(argv)
+
+    host = PluginHost()
+    host.load()
+    specs, default, precise = build_harnesses(host)
+    streams = campaign_streams(host, args.seed, args.streams, args.ops)
+    n_ops = sum(len(s.ops) for s in streams)
+    sizes = (10, 10_000)
+    shared = {}
+    for n in sizes:
+        shared[n] = make_stream(shared_prefix(n) + shared_suffix(args.suffix, n))
+
+    bare = lambda s: run_bare(specs, s)  # noqa: E731
+    modes: dict[str, Callable[[Stream], Any]] = {"bare": bare, "default": default.run}
+    starts: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: BareRun(specs, s), "default": default.start}
+    if not args.skip_precise:
+        modes["precise"] = precise.run
+        starts["precise"] = precise.start
+    camp: dict[str, list[float]] = {m: [] for m in modes}
+    marg: dict[tuple[str, int], list[float]] = {(m, n): [] for m in modes for n in sizes}
+    for _ in range(args.repeats):
+        for mode, fn in modes.items():  # interleaved: every mode once per repeat
+            camp[mode].append(cpu(lambda: [fn(s) for s in streams]) / n_ops)
+            for n in sizes:
+                marg[(mode, n)].append(time_suffix(starts[mode], shared[n], args.suffix))
+
+    med = statistics.median
+    us = lambda x: f"{x * 1e6:8.1f}"  # noqa: E731
+    print(f"backends: {', '.join(s.name for s in specs)}; {args.repeats} repeats, CPU time, medians")
+    print(f"campaign streams: {args.streams} x {args.ops} ops (random generator, seed {args.seed})")
+    print(f"{'mode':10} {'us/op':>8} {'ops/s':>9} {'x bare':>7} {'overhead':>9}  (overhead: (mode - bare) / bare)")
+    for mode in modes:
+        ratio = med([h / b for h, b in zip(camp[mode], camp["bare"])])
+        over = med([(h - b) / b for h, b in zip(camp[mode], camp["bare"])])
+        print(f"{mode:10} {us(med(camp[mode]))} {1 / med(camp[mode]):9,.0f} {ratio:6.2f}x {over:8.2f}x")
+    print(f"shared-pages stream: {args.suffix} single-page ops on pages with up to {SHARE} mappings each")
+    print(f"{'mode':10} {'10 live':>8} {'10,000':>8} {'ratio':>7}   (us/op, suffix)")
+    for mode in modes:
+        ratios = [l / s for s, l in zip(marg[(mode, 10)], marg[(mode, 10_000)]) if s > 0]
+        print(f"{mode:10} {us(med(marg[(mode, 10)]))} {us(med(marg[(mode, 10_000)]))} "
+              f"{med(ratios) if ratios else float('nan'):6.2f}x")
+    if args.json:
+        doc = {mode: {"campaign_us_per_op": med(camp[mode]) * 1e6,
+                      "campaign_x_bare": med([h / b for h, b in zip(camp[mode], camp["bare"])]),
+                      "shared_us_per_op": {str(n): med(marg[(mode, n)]) * 1e6 for n in sizes}}
+               for mode in modes}
+        with open(args.json, "w") as out:
+            json.dump(doc, out, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
