@@ -16,6 +16,7 @@ carries the environment it needs (plugins, backends), so workers need no initial
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
 import hashlib
 import json
@@ -35,6 +36,8 @@ from difftest.bugs import Member, group, head_of, representative, streams_hit
 from difftest.corpus import Corpus
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun
+from difftest.features import CoverageTally, recorder_for
+from difftest.feedback import FeedbackPool, Recipe, UnitScheduler, build_stream
 from difftest.ops import describe
 from difftest.report import REPORT_FORMAT
 from difftest.streams import Stream, atomic_write_text
@@ -71,6 +74,7 @@ class CampaignConfig:
     invariants: str = "auto"  # or "per-op", "checkpoint" (Harness: fast path, precise path, neither)
     # The generator's own options (GeneratorSpec.options), as (keyword, value) pairs.
     generator_options: tuple[tuple[str, str], ...] = ()
+    feedback: bool = False  # coverage feedback: mutants of a feedback pool (difftest/feedback.py)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -185,6 +189,7 @@ class UnitTask:
     config: CampaignConfig
     k: int
     backends: tuple[str, ...] | None = None  # a subset, when finding which backend kills a worker
+    recipe: Recipe | None = None  # with feedback: how stream k is made
 
 
 @dataclass
@@ -196,6 +201,7 @@ class UnitResult:
     # signature -> (events in this stream, the first divergence as JSON)
     hits: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)  # difftest.features
     # backend -> the op at which it ran out of memory in this stream
     out_of_memory: dict[str, int] = field(default_factory=dict)
     backends: tuple[str, ...] | None = None  # the backends run, when not all of the campaign's
@@ -207,6 +213,7 @@ class ShrinkTask:
     signature: str
     k: int
     backend: str = ""  # the signature's backend: its first divergence in the result is the head
+    recipe: Recipe | None = None
 
 
 @dataclass
@@ -258,9 +265,18 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
     return env
 
 
-def make_stream(config: CampaignConfig, k: int) -> Stream:
+def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) -> Stream:
+    """Stream k: the generator's, or with feedback the mutant its recipe says."""
     _, gen = _worker_env(config)
-    return config.generate(gen, unit_seed(config.seed, k))
+
+    def fresh(j: int) -> Stream:
+        return config.generate(gen, unit_seed(config.seed, j))
+
+    if recipe is None or recipe.parent is None:
+        return fresh(k)
+    return build_stream(recipe, fresh, config.ops_per_stream, config.seed,
+                        key=(config.seed, config.generator, config.generator_options, config.ops_per_stream,
+                             config.phys_pages))
 
 
 def run_unit(task: UnitTask) -> UnitResult:
@@ -268,10 +284,13 @@ def run_unit(task: UnitTask) -> UnitResult:
     harness, gen = _worker_env(task.config, task.backends)
     config = task.config
     seed = unit_seed(config.seed, task.k)
-    stream = config.generate(gen, seed)
+    stream = make_stream(config, task.k, task.recipe)
+    recorder = recorder_for(harness)
+    recorder.start()
     result = harness.run(stream, time_limit=config.stream_timeout)
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
-                     out_of_memory=out_of_memory_ops(result), backends=task.backends)
+                     out_of_memory=out_of_memory_ops(result), backends=task.backends,
+                     features=sorted(recorder.features(stream)))
     findings = [(d, None) for d in result.divergences] + survival_findings(result, out.out_of_memory)
     for d, explained_by in findings:
         if d.signature in out.hits:
@@ -325,7 +344,7 @@ def survival_findings(result: Any, out_of_memory: dict[str, int]) -> list[tuple[
 def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     """Regenerate stream k and minimise it for one signature: executed in a worker."""
     started = time.perf_counter()
-    stream = make_stream(task.config, task.k)
+    stream = make_stream(task.config, task.k, task.recipe)
     harness, _ = _worker_env(task.config)
     if harness.fast:
         harness = harness.precise()  # the same findings; minimised on the precise path
@@ -479,6 +498,9 @@ class Campaign:
         self.prior_elapsed = 0.0
         self._shrinks: dict[cf.Future, str] = {}
         self._journal = None
+        self.coverage = CoverageTally()
+        self.feedback = (FeedbackPool(config.seed, config.shard_index, config.shard_count)
+                         if config.feedback else None)
         self.corpus = corpus
         self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
         if resume or read_only:
@@ -534,6 +556,9 @@ class Campaign:
         if entry.get("type") == "corpus":
             self.corpus_runs[entry["entry"]] = entry["outcome"]
             return
+        features = self.coverage.replay(entry)
+        if self.feedback is not None:
+            self.feedback.replay(entry["k"], entry, features)
         self._commit_hits(entry["k"], entry["seed"], entry["ops"], entry["hits"], entry.get("elapsed", 0.0),
                           replaying=True, out_of_memory=entry.get("oom") or {}, ran=entry.get("backends"))
 
@@ -573,8 +598,21 @@ class Campaign:
             entry["oom"] = dict(sorted(res.out_of_memory.items()))
         if res.backends is not None:
             entry["backends"] = list(res.backends)
+        entry.update(self._commit_coverage(res))
         self._append_journal(entry)
         return new
+
+    def _commit_coverage(self, res: UnitResult) -> dict[str, Any]:
+        """Count the stream's features (and with feedback, score it): its journal fields."""
+        recipe = self._recipe(res.k)
+        fields = self.coverage.commit(res.features, mutant=recipe is not None and recipe.parent is not None)
+        if self.feedback is not None and recipe is not None:
+            self.feedback.commit(res.k, res.features)
+            fields.update(recipe.journal())
+        return fields
+
+    def _recipe(self, k: int) -> Recipe | None:
+        return None if self.feedback is None else self.feedback.recipe_for(k)
 
     def _commit_hits(self, k: int, seed: int, ops: int, hits: dict[str, Any], elapsed: float,
                      replaying: bool = False, out_of_memory: dict[str, int] | None = None,
@@ -624,18 +662,20 @@ class Campaign:
             for rec in sorted(self.records.values(), key=lambda r: r.first_k):
                 if rec.reproducer is None:
                     self._submit_shrink(executor, rec)
+            sched = UnitScheduler(units, self.feedback, lookahead=2 * self.workers)
             while True:
                 while not exhausted and len(pending) < 2 * self.workers:
                     if deadline is not None and time.monotonic() >= deadline:
                         exhausted = True
+                        sched.stop()
                         break
-                    k = next(units, None)
+                    k = sched.next()
                     if k is None:
-                        exhausted = True
+                        exhausted = sched.finished()
                         break
-                    pending[executor.submit(run_unit, UnitTask(config, k))] = k
-                    submitted.append(k)
-                if not pending:
+                    pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k)))] = k
+                    bisect.insort(submitted, k)
+                if not pending and (exhausted or not sched.held):
                     break
                 finished, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
                 broken: list[int] = []
@@ -658,7 +698,11 @@ class Campaign:
                             self._submit_shrink(executor, rec)
                 # Commit in stream order: the report must not depend on who finished first.
                 for k in [k for k in submitted if k in buffer]:
-                    if any(p < k for p in pending.values()):
+                    if sched.beyond(k):  # after a held stream the budget dropped: run on --resume
+                        buffer.pop(k)
+                        submitted.remove(k)
+                        continue
+                    if any(p < k for p in pending.values()) or sched.holds_below(k):
                         break
                     res = buffer.pop(k)
                     submitted.remove(k)
@@ -714,11 +758,12 @@ class Campaign:
             # the divergence that explains it, whose reproducer stands for it.
             self._finish_without_shrink(rec, f"explained by {rec.first['explained_by']}: not minimised on its own")
             return
-        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k, rec.first["backend"]))
+        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k, rec.first["backend"],
+                                                      self._recipe(rec.first_k)))
         self._shrinks[fut] = rec.signature
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
-        stream = make_stream(self.config, rec.first_k)
+        stream = make_stream(self.config, rec.first_k, self._recipe(rec.first_k))
         rec.reproducer = streams.stream_to_json(stream)
         rec.reproducer_ops = len(stream)
         rec.shrink_error = why
@@ -759,8 +804,9 @@ class Campaign:
         """Stream k was in flight when a worker died: run it alone to see whether it kills
         a worker, and if so with which backend."""
         single = self.executor_factory(1)
+        recipe = self._recipe(k)
         try:
-            return single.submit(run_unit, UnitTask(self.config, k)).result()
+            return single.submit(run_unit, UnitTask(self.config, k, recipe=recipe)).result()
         except BrokenProcessPool:
             pass
         finally:
@@ -769,7 +815,7 @@ class Campaign:
         for name in self.config.backends:
             solo = self.executor_factory(1)
             try:
-                solo.submit(run_unit, UnitTask(self.config, k, (name,))).result()
+                solo.submit(run_unit, UnitTask(self.config, k, (name,), recipe)).result()
             except BrokenProcessPool:
                 culprits.append(name)
             finally:
@@ -782,7 +828,7 @@ class Campaign:
             # What the other backends find in this stream is not lost with the worker.
             rest = self.executor_factory(1)
             try:
-                res = rest.submit(run_unit, UnitTask(self.config, k, others)).result()
+                res = rest.submit(run_unit, UnitTask(self.config, k, others, recipe)).result()
             except BrokenProcessPool:
                 pass
             finally:
@@ -821,7 +867,7 @@ class Campaign:
                     "first_hits": [{"elapsed": round(t, 3), "streams": n, "signature": s}
                                    for t, n, s in self.timeline]},
             worker_deaths=self.worker_deaths, hit_sets=self.hit_sets, survival=self.survival,
-            corpus=self.corpus,
+            corpus=self.corpus, coverage=self.coverage.to_report(len(self.committed)),
         )
 
 
@@ -875,6 +921,7 @@ def build_campaign_report(
     hit_sets: Counter[frozenset[str]] | None = None,
     survival: dict[str, Survival] | None = None,
     corpus: Any = None,
+    coverage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``difftest.report/1`` document of a campaign.  Everything but ``timing`` is a
     function of the configuration and the committed streams (and, with a corpus, of what
@@ -930,6 +977,7 @@ def build_campaign_report(
             "checkpoint_every": config.checkpoint_every,
             "invariants": config.invariants,
             "plugins": list(config.plugins),
+            "feedback": config.feedback,
         },
         "summary": {
             "signatures": len(entries),
@@ -948,6 +996,8 @@ def build_campaign_report(
     }
     if corpus is not None:
         doc["corpus"] = corpus.summary()
+    if coverage is not None:
+        doc["coverage"] = coverage
     if timing is not None:
         doc["timing"] = timing
     return doc
@@ -982,17 +1032,20 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     known: list[KnownDivergence] = []
     hit_sets: Counter[frozenset[str]] = Counter()
     survival: dict[str, Survival] = {}
+    tally = CoverageTally()
     for d in dirs:
         camp = load_run_dir(Path(d))
         config, records, committed, n_ops = camp.config, camp.records, camp.committed, camp.ops
         hit_sets.update(camp.hit_sets)
         for name, surv in camp.survival.items():
             survival.setdefault(name, Survival()).merge(surv)
+        tally.add(CoverageTally.from_journal(Path(d) / JOURNAL))
         if base is None:
             base, known = config, camp.known
         elif (config.seed, config.backends, config.generator, config.generator_options, config.ops_per_stream,
-              config.streams) != (base.seed, base.backends, base.generator, base.generator_options,
-                                  base.ops_per_stream, base.streams):
+              config.streams, config.feedback) != (base.seed, base.backends, base.generator,
+                                                   base.generator_options, base.ops_per_stream, base.streams,
+                                                   base.feedback):
             raise BadInput(f"{d}: not a shard of the same campaign as {dirs[0]}")
         streams_run += len(committed)
         ops += n_ops
@@ -1017,6 +1070,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
-    report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival)
+    report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival,
+                                   coverage=tally.to_report(streams_run))
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report

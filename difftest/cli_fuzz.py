@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from difftest.features import warnings
 from difftest.campaign import (
     JOURNAL,
     Campaign,
@@ -126,6 +127,9 @@ def _progress_bar(enabled: bool, total: int | None, budget: float | None = None)
 @click.option("--seed", default=None, type=int, help="Campaign seed (default: from the clock; printed).")
 @click.option("--workers", default=None, type=click.IntRange(1), help="Worker processes (default: cores).")
 @click.option("--generator", default="random", show_default=True, help="A registered stream generator.")
+@click.option("--feedback/--no-feedback", default=True, show_default=True,
+              help="Coverage feedback: keep streams that reach new features in a feedback pool and spend "
+                   "half the streams on their mutants (sharded runs keep one pool per shard).")
 @click.option("--phys-pages", default=8192, show_default=True, type=click.IntRange(16, 1 << 20))
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False),
               help="Output directory (default difftest-out/<timestamp>/).")
@@ -154,7 +158,7 @@ def _progress_bar(enabled: bool, total: int | None, budget: float | None = None)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
 def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_stream, seed, workers, generator,
-             phys_pages, out, baseline, resume, shard, stream_timeout, shrink_budget, checkpoint_every,
+             feedback, phys_pages, out, baseline, resume, shard, stream_timeout, shrink_budget, checkpoint_every,
              invariants, report_formats, corpus_dir, previous, as_json, no_progress) -> int:
     """Run a fuzz campaign: seeded streams on every backend, divergences deduplicated,
     minimised, and split into new and known.  Exit 1 only for new divergences.
@@ -203,7 +207,7 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
             shard_index=shard_index, shard_count=shard_count, stream_timeout=stream_timeout,
             shrink_budget=shrink_budget, checkpoint_every=checkpoint_every,
             plugins=tuple(ctx.plugin_modules), invariants=invariants,
-            generator_options=tuple(sorted(gen_options.items())),
+            generator_options=tuple(sorted(gen_options.items())), feedback=feedback,
         )
         known = load_baseline(baseline) if baseline else list(registry.known)
         out_dir = Path(out) if out else Path("difftest-out") / time.strftime("%Y%m%d-%H%M%S")
@@ -264,6 +268,10 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         click.echo(json.dumps(report, indent=2, allow_nan=False))
     else:
         print_summary(report, out_dir)
+        cov = report.get("coverage") or {}
+        click.echo(f"{cov.get('distinct', 0):,} distinct features reached", err=True)
+        for line in warnings(cov):  # health checks: what the campaign never reached
+            click.echo(f"warning: {line}", err=True)
     return EXIT_DIVERGENCES if report["summary"]["failing_bugs"] else EXIT_OK
 
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from difftest.backend import BackendSpec
 from difftest.legality import VMModel
-from difftest.machine import NO_OWNER, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
+from difftest.machine import KERNEL_PMAP, NO_OWNER, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
 from difftest.ops import (
     PROT_R,
     PROT_W,
@@ -56,6 +56,7 @@ DEPTH_FIELDS: dict[str, str] = {
     "reenters": "enters on a mapped VA with the same PA (new prot or wiring)",
     "shared_pages": "distinct pages mapped by >= 2 pmaps at once",
     "max_sharing": "most pmaps mapping one page at once",
+    "max_page_mappings": "most mappings of one page at once (any pmaps, aliases too)",
     "ranges_crossing_1mib": "range ops crossing a 1 MiB boundary",
     "ranges_crossing_2mib": "range ops crossing a 2 MiB boundary",
     "ranges_crossing_4mib": "range ops crossing a 4 MiB boundary",
@@ -68,11 +69,13 @@ DEPTH_FIELDS: dict[str, str] = {
     "page_protects_of_mapped": "page_protects of a page with mappings",
     "empties_4mib": "removals emptying a 4 MiB region of a pmap",
     "destroys": "destroys dropping the last reference",
+    "exits_with_mappings": "last destroys right after removes that unmapped live mappings (a process exit)",
     "pmaps_created": "pmaps created",
     "max_live_pmaps": "most user pmaps alive at once",
     "max_live_mappings": "most managed mappings alive at once",
     "regions_4mib": "distinct (pmap, 4 MiB region) pairs ever mapped",
     "kenters": "kenters",
+    "kernel_enters": "enters on the kernel pmap 0 (managed kernel mappings)",
     "kremoves": "kremoves",
 }
 
@@ -93,12 +96,13 @@ BACKEND_FIELDS: dict[str, str] = {
 class _StatsModel(VMModel):
     """The VM's view plus, per page, how many mappings each pmap has of it."""
 
-    __slots__ = ("pa_pmaps", "live", "regions_by_pmap", "on_share", "on_region_empty")
+    __slots__ = ("pa_pmaps", "live", "regions_by_pmap", "on_share", "on_region_empty", "max_page_mappings")
 
     def __init__(self) -> None:
         super().__init__()
         self.pa_pmaps: dict[int, dict[int, int]] = {}
         self.live = 0
+        self.max_page_mappings = 0
         self.on_share = None
         self.on_region_empty = None
 
@@ -109,6 +113,9 @@ class _StatsModel(VMModel):
         else:
             self.live += 1
         super().put(pmap, va, pa, wired)
+        n = len(self.pa_maps[pa])
+        if n > self.max_page_mappings:
+            self.max_page_mappings = n
         per = self.pa_pmaps.setdefault(pa, {})
         per[pmap] = per.get(pmap, 0) + 1
         if self.on_share is not None and len(per) >= 2:
@@ -165,6 +172,7 @@ def stream_stats(stream: Stream) -> dict[str, Any]:
 
     m.on_share = on_share
     m.on_region_empty = on_region_empty
+    unmapped: dict[int, bool] = {}  # pmap -> its latest ops were removes that unmapped something
     for op in stream.ops:
         t = type(op)
         kinds[op.name] = kinds.get(op.name, 0) + 1
@@ -191,6 +199,8 @@ def stream_stats(stream: Stream) -> dict[str, Any]:
                 depth["wired_enters"] += 1
             if op.canfail:
                 depth["canfail_enters"] += 1
+            if op.pmap == KERNEL_PMAP:
+                depth["kernel_enters"] += 1
             regions.add((op.pmap, op.va >> 22))
         elif t is Unwire:
             depth["unwires"] += 1
@@ -210,10 +220,17 @@ def stream_stats(stream: Stream) -> dict[str, Any]:
         elif t is Destroy:
             if m.refs.get(op.pmap) == 1:
                 depth["destroys"] += 1
+                if unmapped.get(op.pmap):
+                    depth["exits_with_mappings"] += 1
         elif t is KEnter:
             depth["kenters"] += 1
         elif t is KRemove:
             depth["kremoves"] += 1
+        pmap = getattr(op, "pmap", None)
+        if t is Remove and pmap in m.maps:
+            unmapped[pmap] = unmapped.get(pmap, False) or bool(m.in_range(pmap, op.sva, op.eva))
+        elif t is not Destroy and pmap is not None:
+            unmapped[pmap] = False
         try:
             m.apply(op)
         except KeyError:  # an op on a pmap the stream never made: validate_ops refuses it
@@ -223,6 +240,7 @@ def stream_stats(stream: Stream) -> dict[str, Any]:
         if m.live > depth["max_live_mappings"]:
             depth["max_live_mappings"] = m.live
     depth["shared_pages"] = len(shared)
+    depth["max_page_mappings"] = m.max_page_mappings
     depth["regions_4mib"] = len(regions)
     return {
         "ops": len(stream.ops),

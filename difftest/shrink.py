@@ -321,7 +321,7 @@ class _Shrinker:
         if bounded and time.monotonic() > self.deadline:
             raise _OutOfTime
         self.runs += 1
-        stream = Stream(tuple(ops), self.phys_pages, {})
+        stream = Stream(tuple(ops), self.phys_pages, {}, free_frames=self.original.free_frames)
         if self.time_limit:
             result = self.harness.run(stream, time_limit=self.time_limit)
         else:
@@ -629,7 +629,7 @@ def shrink(
         # no timings: the same shrink gives the same file
         "shrink": {"runs": s.runs, "reductions": s.reductions, "complete": complete},
     }
-    out = Stream(tuple(s.best), stream.phys_pages, origin)
+    out = Stream(tuple(s.best), stream.phys_pages, origin, free_frames=stream.free_frames)
     return ShrinkResult(stream=out, signature=signature, runs=s.runs, elapsed=elapsed,
                         reductions=s.reductions, original_ops=len(stream.ops), complete=complete,
                         passes=dict(s.passes))

@@ -72,20 +72,51 @@ class Stream:
     ops: Sequence[Op]
     phys_pages: int = DEFAULT_PHYS_PAGES
     origin: dict[str, Any] = field(default_factory=dict, hash=False)
+    # Memory pressure (``machine.free_frames``): at most this many frames are free when the
+    # stream starts; the rest of the machine beyond the named data pages is held by the
+    # rest of the system (other processes, caches) and reserved like data.  None: every
+    # frame the stream does not name is free.
+    free_frames: int | None = None
 
     def __len__(self) -> int:
         return len(self.ops)
 
-    def data_frames(self) -> set[int]:
-        """Frames the stream names as data pages: reserved in every pool before running."""
+    def named_frames(self) -> set[int]:
+        """Frames the stream's ops name as data pages."""
         return {op.pa // PAGE_SIZE for op in self.ops if hasattr(op, "pa")}
+
+    def data_frames(self) -> set[int]:
+        """Frames reserved as data in every pool before running: the named ones, plus, with
+        ``free_frames``, the lowest unnamed frames until only ``free_frames`` are left."""
+        named = self.named_frames()
+        if self.free_frames is None:
+            return named
+        held = self.phys_pages - len(named) - self.free_frames
+        if held <= 0:
+            return named
+        out = set(named)
+        frame = 0
+        while held > 0:
+            if frame not in named:
+                out.add(frame)
+                held -= 1
+            frame += 1
+        return out
 
     def replace(self, ops: Sequence[Op] | None = None, **changes: Any) -> "Stream":
         return Stream(
             ops=tuple(self.ops if ops is None else ops),
             phys_pages=changes.get("phys_pages", self.phys_pages),
             origin=changes.get("origin", self.origin),
+            free_frames=changes.get("free_frames", self.free_frames),
         )
+
+    def machine(self) -> dict[str, int]:
+        """The ``machine`` object of the stream file."""
+        doc = {"phys_pages": self.phys_pages}
+        if self.free_frames is not None:
+            doc["free_frames"] = self.free_frames
+        return doc
 
 
 # -- field codecs -----------------------------------------------------------------------
@@ -284,19 +315,20 @@ def stream_from_json(doc: Any, source: str | None = None) -> Stream:
     try:
         if not isinstance(doc, dict):
             raise StreamError("the document is not a JSON object")
-        phys_pages, origin = _check_header(doc)
+        phys_pages, origin, free_frames = _check_header(doc)
         raw_ops = doc.get("ops")
         if not isinstance(raw_ops, list):
             raise StreamError("field 'ops' must be a list")
         ops = tuple(op_from_json(raw, i) for i, raw in enumerate(raw_ops))
         validate_ops(ops, phys_pages)
-        return Stream(ops=ops, phys_pages=phys_pages, origin=origin)
+        return Stream(ops=ops, phys_pages=phys_pages, origin=origin, free_frames=free_frames)
     except StreamError as err:
         raise err.with_source(source) if source else err
 
 
-def _check_header(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """The format, machine and origin of a stream document (every key but the ops' form)."""
+def _check_header(doc: dict[str, Any]) -> tuple[int, dict[str, Any], int | None]:
+    """The format, machine (phys_pages, free_frames) and origin of a stream document
+    (every key but the ops' form): (phys_pages, origin, free_frames)."""
     fmt = doc.get("format")
     if fmt != STREAM_FORMAT:
         raise StreamError(f"field 'format' is {fmt!r}, expected {STREAM_FORMAT!r}")
@@ -304,21 +336,23 @@ def _check_header(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     if extra:
         raise StreamError(f"unexpected top-level field {extra[0]!r}")
     machine = doc.get("machine", {})
-    if not isinstance(machine, dict) or set(machine) - {"phys_pages"}:
-        raise StreamError("field 'machine' must be an object with only 'phys_pages'")
+    if not isinstance(machine, dict) or set(machine) - {"phys_pages", "free_frames"}:
+        raise StreamError("field 'machine' must be an object with only 'phys_pages' and 'free_frames'")
     phys_pages = machine.get("phys_pages", DEFAULT_PHYS_PAGES)
     if type(phys_pages) is not int or not 16 <= phys_pages <= (1 << 20):
         raise StreamError(f"machine.phys_pages {phys_pages!r} is not an integer in 16..1048576")
+    free_frames = machine.get("free_frames")
+    _check_free_frames(free_frames, phys_pages)
     origin = doc.get("origin", {})
     if not isinstance(origin, dict):
         raise StreamError("field 'origin' must be an object")
-    return phys_pages, origin
+    return phys_pages, origin, free_frames
 
 
 def stream_to_json(stream: Stream) -> dict[str, Any]:
     return {
         "format": STREAM_FORMAT,
-        "machine": {"phys_pages": stream.phys_pages},
+        "machine": stream.machine(),
         "origin": stream.origin,
         "ops": [op_to_json(op) for op in stream.ops],
     }
@@ -424,7 +458,7 @@ class FileStream(Stream):
     path: str = ""
     frames: frozenset[int] = frozenset()
 
-    def data_frames(self) -> set[int]:
+    def named_frames(self) -> set[int]:
         return set(self.frames)
 
 
@@ -449,7 +483,7 @@ def open_stream(path: str | os.PathLike[str]) -> Stream:
         if "format" not in members or "machine" not in members:
             return None
         try:
-            phys_pages, _ = _check_header({**members, "ops": []})
+            phys_pages, _, _ = _check_header({**members, "ops": []})
         except StreamError:
             return None  # reported after the whole object is read, as load() would
         inline.extend([Validator(phys_pages), set(), None])
@@ -487,7 +521,7 @@ def open_stream(path: str | os.PathLike[str]) -> Stream:
     if scan.array_seen:
         header["ops"] = []
     try:
-        phys_pages, origin = _check_header(header)
+        phys_pages, origin, free_frames = _check_header(header)
         if not scan.array_seen:
             raise StreamError("field 'ops' must be a list")
         ops = LazyOps(source, scan.offsets, scan.array_length)
@@ -505,7 +539,8 @@ def open_stream(path: str | os.PathLike[str]) -> Stream:
                     frames.add(pa // PAGE_SIZE)
     except StreamError as err:
         raise (err if err.source else err.with_source(source)) from None
-    return FileStream(ops=ops, phys_pages=phys_pages, origin=origin, path=source, frames=frozenset(frames))
+    return FileStream(ops=ops, phys_pages=phys_pages, origin=origin, free_frames=free_frames, path=source,
+                      frames=frozenset(frames))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -540,11 +575,18 @@ def save(stream: Stream, path: str | os.PathLike[str]) -> None:
 
 
 def make_stream(
-    ops: Iterable[Op], phys_pages: int = DEFAULT_PHYS_PAGES, origin: dict[str, Any] | None = None
+    ops: Iterable[Op], phys_pages: int = DEFAULT_PHYS_PAGES, origin: dict[str, Any] | None = None,
+    free_frames: int | None = None,
 ) -> Stream:
     """Build and validate a stream from op values (raises StreamError like the loader)."""
     if type(phys_pages) is not int or not 16 <= phys_pages <= (1 << 20):
         raise StreamError(f"machine.phys_pages {phys_pages!r} is not an integer in 16..1048576")
+    _check_free_frames(free_frames, phys_pages)
     ops = tuple(ops)
     validate_ops(ops, phys_pages)
-    return Stream(ops=ops, phys_pages=phys_pages, origin=dict(origin or {}))
+    return Stream(ops=ops, phys_pages=phys_pages, origin=dict(origin or {}), free_frames=free_frames)
+
+
+def _check_free_frames(free_frames: Any, phys_pages: int) -> None:
+    if free_frames is not None and (type(free_frames) is not int or not 0 <= free_frames <= phys_pages):
+        raise StreamError(f"machine.free_frames {free_frames!r} is not an integer in 0..{phys_pages}")

@@ -19,6 +19,7 @@ from importlib.resources import files
 from typing import Any, TextIO
 
 from reports import analysis, common, plots
+from reports.health import coverage_context
 
 OP_TABLE_ROWS = 60  # longer reproducers show the ops around where they diverge
 STATUS_CLASS = {"new": "bad", "regressed": "bad", "open": "warn", "known": "muted", "fixed": "good",
@@ -232,6 +233,7 @@ def context(report: dict[str, Any], registry: Any = None, run_dir: Any = None) -
         "long": _long_stream(report, registry) if registry is not None else {"note": registry_note},
         "timeline": _timeline(report),
         "coverage": _coverage(report, registry) if registry is not None else {"note": registry_note},
+        "features": coverage_context(report),
         "tool": report.get("tool") or {},
         "status_class": STATUS_CLASS,
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from reports import common
+from reports.health import coverage_blocks
 
 Block = tuple[Any, ...]
 
@@ -78,6 +79,8 @@ def outline(report: dict[str, Any], run_dir: Any = None, details: bool = True) -
         blocks.append(("heading", "Allowed differences"))
         blocks.append(("table", ["backend", "kind", "count"],
                        [[b, k, n] for b, kinds in sorted(allowed.items()) for k, n in sorted(kinds.items())]))
+
+    blocks.extend(coverage_blocks(report))
 
     if details and report.get("bugs"):
         blocks.append(("heading", "Bug details"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from difftest import GeneratorSpec, ImporterSpec, hookimpl
 from strategies.pager import generate_pager
-from strategies.seeded import generate
+from strategies.seeded import generate, generate_pressure
 from strategies.strace import convert as convert_strace
 from strategies.trace import generate_trace
 
@@ -17,6 +17,14 @@ def difftest_register_generators(register) -> None:
             generate=generate,
             description="seeded random streams shaped for deep states: region edges, remaps, "
             "shared pages, wiring, boundary-crossing ranges, collect/page_protect, swarm op mix",
+        )
+    )
+    register(
+        GeneratorSpec(
+            name="pressure",
+            generate=generate_pressure,
+            description="random streams all driven to the pool's edge: machine.free_frames leaves few "
+            "frames for page tables, every enter canfail, fills until ENOMEM, then frees and exits",
         )
     )
     register(

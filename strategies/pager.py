@@ -100,8 +100,13 @@ class PagerGenerator(_Base):
     def __init__(self, seed: int, phys_pages: int) -> None:
         super().__init__(seed, phys_pages)
         rnd = self.rnd
-        self.reserve = max(32, phys_pages // 32)
-        n_data = phys_pages - self.reserve
+        # Page-table memory: what is left free beside the workload's data frames (the rest
+        # of the machine is held by the rest of the system: machine.free_frames).  Drawn
+        # from the seed, never from the stream length: a longer stream only adds ops.
+        self.reserve = min(phys_pages // 2, (48, 72, 96)[int(rnd() * 3)])
+        # The workload's share of memory: small enough that the page daemon runs within a
+        # few hundred ops.
+        n_data = max(16, min(phys_pages - self.reserve, 96 + int(rnd() * 288)))
         # the VM's free list of data frames, in a seed-shuffled order
         frames = list(range(phys_pages - n_data, phys_pages))
         self.rng.shuffle(frames)
@@ -111,7 +116,7 @@ class PagerGenerator(_Base):
         self.n_data = n_data
         self.low = max(4, n_data // 16)
         self.high = max(8, n_data // 8)
-        self.max_procs = max(2, min(8, self.reserve // 24))
+        self.max_procs = max(3, min(8, self.reserve // 20))
         self.p_canfail = (0.0, 0.1, 0.3)[int(rnd() * 3)]
         self.mmap_cursor = int(rnd() * MMAP_SLOTS)
         self.procs: dict[int, _Proc] = {}
@@ -126,7 +131,8 @@ class PagerGenerator(_Base):
         self.clock: deque[int] = deque()
         self.referenced: dict[int, None] = {}  # the VM's idea of REF since the last clear
         self.dirty: dict[int, None] = {}
-        self.stats = {"pageouts": 0, "swapouts": 0, "exits": 0, "spawns": 0}
+        self.stats = {"pageouts": 0, "swapouts": 0, "exits": 0, "spawns": 0, "execs": 0, "cow": 0,
+                      "writebacks": 0}
 
     def origin(self, n_ops: int) -> dict[str, Any]:
         return {
@@ -135,6 +141,7 @@ class PagerGenerator(_Base):
             "ops": n_ops,
             "version": GENERATOR_VERSION,
             "pt_reserve_frames": self.reserve,
+            "data_frames": self.n_data,
             "max_procs": self.max_procs,
             "canfail": self.p_canfail,
         }
@@ -176,6 +183,10 @@ class PagerGenerator(_Base):
                 self.emit(IsReferenced(pa))
                 self.emit(ClearReference(pa))
                 del self.referenced[pa]
+                self.clock.append(pa)
+                continue
+            if pa in self.dirty and who[0] != "text" and rnd() < 0.5:
+                self.write_back(pa)  # launder first; freed on a later pass if still clean
                 self.clock.append(pa)
                 continue
             self.page_out(pa, who)
@@ -228,7 +239,7 @@ class PagerGenerator(_Base):
         uarea = self.uarea_free.pop()
         share = self.n_data // max(1, self.max_procs - 2)  # the compilers fill the memory
         target = max(8, int(share * (0.6 + rnd() * 0.9))) if not long_lived else max(8, share // 8)
-        proc = _Proc(pid, pmap, program, long_lived, life=800 + int(rnd() * rnd() * 5000), uarea=uarea,
+        proc = _Proc(pid, pmap, program, long_lived, life=150 + int(rnd() * rnd() * 1500), uarea=uarea,
                      last_run=self.tick, heap_target=min(target, 2 * 1024 * 1024 // PAGE_SIZE * 4))
         self.procs[pid] = proc
         for i in range(UAREA_PAGES):  # the u-area: wired kernel memory (pmap_kenter_pa)
@@ -258,6 +269,39 @@ class PagerGenerator(_Base):
         del self.procs[proc.pid]
         self.stats["exits"] += 1
 
+    def exec(self, proc: _Proc) -> None:
+        """execve of a new program in the same vmspace: unmap everything, free the anonymous
+        frames, start over with the new text, a small heap and stack."""
+        self.unmap_all(proc.pmap)
+        for pa in proc.anon.values():
+            self.release(pa)
+        proc.anon.clear()
+        proc.mmaps.clear()
+        proc.stale.clear()
+        proc.swapped.clear()
+        proc.program = PROGRAMS[2 + int(self.rnd() * 3)]
+        proc.heap_pages, proc.stack_pages = 8, 2
+        self.stats["execs"] += 1
+
+    def write_back(self, pa: int | None = None) -> None:
+        """Clean a dirty page (the syncer, or the page daemon laundering a victim):
+        write-protect every mapping (a later write faults and re-dirties it), write it out,
+        clear MOD."""
+        if pa is None:
+            if not self.dirty:
+                return
+            pa = next(iter(self.dirty))
+        self.emit(PageProtect(pa, R))
+        self.emit(IsModified(pa))
+        self.emit(ClearModify(pa))
+        del self.dirty[pa]
+        by_pmap = {p.pmap: p for p in self.procs.values()}
+        for pmap, va in self.m.mappings_of(pa):
+            proc = by_pmap.get(pmap)
+            if proc is not None:
+                proc.stale[va] = None  # its next write faults and re-enters the page writable
+        self.stats["writebacks"] += 1
+
     def new_mmap(self, proc: _Proc) -> None:
         rnd = self.rnd
         self.mmap_cursor = (self.mmap_cursor + 1 + int(rnd() * 3)) % MMAP_SLOTS
@@ -273,12 +317,11 @@ class PagerGenerator(_Base):
     def munmap(self, proc: _Proc, mm: _Mmap) -> None:
         self.emit(Remove(proc.pmap, mm.base, mm.base + mm.pages * PAGE_SIZE))
         proc.mmaps.remove(mm)
-        if mm.file is None:
-            for va in mm.touched:
-                pa = proc.anon.pop(va, None)
-                if pa is not None:
-                    self.release(pa)
-                proc.swapped.pop(va, None)
+        for va in mm.touched:  # anonymous pages, and private copies of file pages
+            pa = proc.anon.pop(va, None)
+            if pa is not None:
+                self.release(pa)
+            proc.swapped.pop(va, None)
         for va in [v for v in proc.stale if v not in self.m.maps[proc.pmap]]:
             del proc.stale[va]
 
@@ -320,12 +363,30 @@ class PagerGenerator(_Base):
             else:
                 idx = int(rnd() * mm.pages)
             va = mm.base + idx * PAGE_SIZE
-            if mm.file is not None:
+            if mm.file is not None and va not in proc.anon:
+                mapped = self.m.maps[proc.pmap].get(va)
+                if mapped is not None and not mapped[1] and va not in proc.stale and rnd() < 0.35:
+                    return self.copy_on_write(proc, mm, va)
                 prot, kind, cache = R, "r", ("file", mm.file, idx)
-            else:
+            else:  # anonymous memory, or a private copy of a file page
                 prot, kind, cache = RW, ("r", "w")[int(rnd() * 2)], None
                 mm.touched[va] = None
         self.touch_page(proc, va, prot, kind, cache)
+
+    def copy_on_write(self, proc: _Proc, mm: _Mmap, va: int) -> None:
+        """A write to a private file mapping: the page is copied to a new frame, which
+        replaces the live read-only mapping (a remap of a live VA to a new page)."""
+        pa = self.alloc_frame()
+        if pa is None or va not in self.m.maps[proc.pmap]:
+            if pa is not None:
+                self.release(pa)
+            return
+        proc.anon[va] = pa
+        self.owner[pa] = ("anon", proc.pid, va)
+        mm.touched[va] = None
+        self.emit(Enter(proc.pmap, va, pa, RW, PROT_W, False, self.rnd() < self.p_canfail))
+        self.note_access(pa, "w")
+        self.stats["cow"] += 1
 
     def touch_page(self, proc: _Proc, va: int, prot: int, kind: str, cache: tuple | None) -> None:
         pmap = proc.pmap
@@ -463,6 +524,10 @@ class PagerGenerator(_Base):
                 proc.life -= len(self.ops) - before
                 if proc.life <= 0:
                     self.exit(proc)
+                elif rnd() < 0.08:
+                    self.exec(proc)  # the compiler driver runs the next pass in its process
+            if self.dirty and rnd() < 0.05:
+                self.write_back()
             if len(self.free) < self.low:
                 self.page_daemon()
             elif len(self.free) < self.high and rnd() < 0.03:
@@ -476,4 +541,4 @@ def generate_pager(seed: int, n_ops: int, phys_pages: int = DEFAULT_PHYS_PAGES) 
         raise ValueError(f"n_ops must be >= 0, not {n_ops}")
     gen = PagerGenerator(seed, phys_pages)
     ops = gen.run(n_ops)
-    return Stream(ops=tuple(ops), phys_pages=phys_pages, origin=gen.origin(n_ops))
+    return Stream(ops=tuple(ops), phys_pages=phys_pages, origin=gen.origin(n_ops), free_frames=gen.reserve)

@@ -68,8 +68,9 @@ from difftest.ops import (
     Update,
 )
 from difftest.streams import Stream
+from strategies.pressure import PressureModels
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the swarm's pressure dimension, machine.free_frames
 
 MIB = 1 << 20
 REGION = 4 * MIB
@@ -138,6 +139,10 @@ BASE_WEIGHTS = {
     "update": 1,
 }
 ALWAYS = ("enter", "remove")  # every stream maps and unmaps
+# The swarm's pressure dimension: the share of ``random`` streams driven to the pool's edge
+# (strategies/pressure.py), and the weight of their "fill" action.
+P_PRESSURE = 0.75
+FILL_WEIGHT = 10
 
 
 class _Model(VMModel):
@@ -258,9 +263,12 @@ def _random_access(rnd: Callable[[], float], prot: int) -> int:
 
 
 class RandomGenerator(_Base):
-    """The ``random`` generator (see the module docstring)."""
+    """The ``random`` generator (see the module docstring).
 
-    def __init__(self, seed: int, phys_pages: int) -> None:
+    ``pressure``: True or False forces the swarm's pressure dimension (the ``pressure``
+    generator), None draws it from the seed."""
+
+    def __init__(self, seed: int, phys_pages: int, pressure: bool | None = None) -> None:
         super().__init__(seed, phys_pages)
         rng, rnd = self.rng, self.rnd
         # -- swarm: which actions, with which weights -------------------------------------
@@ -296,9 +304,20 @@ class RandomGenerator(_Base):
         self.p_canfail = (0.0, 0.05, 0.3)[int(rnd() * 3)]
         self.prots = (R, RW, RW, RX, RWX, RW)
         self.users: list[int] = []
+        # -- pressure: drawn last, so the draws above are the same with or without it -----
+        self.pressure: PressureModels | None = None
+        self.free_frames: int | None = None
+        if pressure is None:
+            pressure = rnd() < P_PRESSURE
+        if pressure:
+            self.p_canfail = 1.0  # every enter may fail: running out is ENOMEM, not a panic
+            # fills are about a third of the draws, whatever the swarm's other weights
+            fill = max(FILL_WEIGHT, len(self.table) // 2)
+            self.weights["fill"] = fill
+            self.table.extend([self._a_fill] * fill)
 
     def origin(self, n_ops: int) -> dict[str, Any]:
-        return {
+        doc = {
             "generator": "random",
             "seed": self.seed,
             "ops": n_ops,
@@ -306,6 +325,16 @@ class RandomGenerator(_Base):
             "swarm": dict(self.weights),
             "regions": [f"{b:#010x}" for b in self.bases],
         }
+        if self.free_frames is not None:
+            doc["pressure"] = {"free_frames": self.free_frames}
+        return doc
+
+    def emit(self, op: Op) -> None:
+        if len(self.ops) < self.limit:
+            self.m.apply(op)
+            self.ops.append(op)
+            if self.pressure is not None:
+                self.pressure.apply(op)
 
     # -- picks ---------------------------------------------------------------------------------
 
@@ -533,6 +562,8 @@ class RandomGenerator(_Base):
     def _a_create(self) -> None:
         if len(self.users) >= self.max_pmaps:
             return
+        if self.pressure is not None and not self.pressure.can_create(margin=1):
+            return  # pmap_create cannot fail gracefully: never at the edge
         pmap = self.m.next_id
         self.emit(Create())
         if self.m.alive(pmap):
@@ -554,8 +585,47 @@ class RandomGenerator(_Base):
             self.users.remove(pmap)
 
     def _a_kenter(self) -> None:
-        self.emit(KEnter(self.kernel_va(KENTER_BASE, KENTER_SIZE), self.data_pa(),
-                         (RW, R, RWX)[int(self.rnd() * 3)]))
+        va = self.kernel_va(KENTER_BASE, KENTER_SIZE)
+        if self.pressure is not None and not self.pressure.fits_everywhere(KERNEL_PMAP, va, margin=1):
+            return  # pmap_kenter_pa cannot fail gracefully: never at the edge
+        self.emit(KEnter(va, self.data_pa(), (RW, R, RWX)[int(self.rnd() * 3)]))
+
+    def _a_fill(self) -> None:
+        """Pressure: map a page in a 2 MiB region no pmap uses yet (a new table in every
+        shape, a new 1 GiB region now and then, a new pmap's first mapping), until every
+        frame model is past its edge; then half the time free something instead."""
+        rnd = self.rnd
+        pm = self.pressure
+        assert pm is not None
+        if pm.all_full() and rnd() < 0.5:
+            r = rnd()
+            if r < 0.4:
+                return self._a_remove_range()
+            if r < 0.6:
+                return self._a_collect()
+            if r < 0.85:
+                return self._a_destroy()
+            return self._a_create()
+        if rnd() < 0.15 and pm.can_create(margin=1):
+            self._a_create()
+            pmap = self.users[-1] if self.users else None
+        else:
+            pmap = self.user()
+        if pmap is None:
+            return
+        # any 2 MiB slot of the user range: spread over the four 1 GiB regions; near the
+        # edge, rather one that needs more frames than a model has left (a partial walk)
+        tries = 8 if pm.near_edge() else 1
+        for _ in range(tries):
+            base = int(rnd() * (USER_MAX // (2 * MIB))) * 2 * MIB
+            va = max(USER_MIN, base + EDGE_PAGES[int(rnd() * len(EDGE_PAGES))] * PAGE_SIZE)
+            if va >= USER_MAX:
+                va = base
+            if tries == 1 or pm.partial(pmap, va):
+                break
+        if rnd() < 0.2 and len(self.base_pick) < 64 and (base & ~(REGION - 1)) + REGION <= USER_MAX:
+            self.base_pick.append(base & ~(REGION - 1))  # later ops visit it too
+        self._enter(pmap, va, self.data_pa())
 
     def _a_kremove(self) -> None:
         rnd = self.rnd
@@ -595,6 +665,13 @@ class RandomGenerator(_Base):
 
     def run(self, n_ops: int) -> list[Op]:
         self.limit = n_ops
+        if self.weights.get("fill"):
+            # Frames left for the pmaps: reached by the fills within ~1,000 ops (and not a
+            # function of n_ops: a longer stream only adds ops at the end), never more than
+            # the machine has beside the data pages.
+            budget = 12 + int(self.rnd() * 228)
+            self.free_frames = max(8, min(budget, self.phys_pages - len(self.data)))
+            self.pressure = PressureModels(self.free_frames)
         table = self.table
         n = len(table)
         rnd = self.rnd
@@ -605,10 +682,18 @@ class RandomGenerator(_Base):
         return ops
 
 
-def generate(seed: int, n_ops: int, phys_pages: int = DEFAULT_PHYS_PAGES) -> Stream:
+def generate(seed: int, n_ops: int, phys_pages: int = DEFAULT_PHYS_PAGES, pressure: bool | None = None) -> Stream:
     """The ``random`` generator: ``n_ops`` VM-legal ops shaped by ``seed``."""
     if n_ops < 0:
         raise ValueError(f"n_ops must be >= 0, not {n_ops}")
-    gen = RandomGenerator(seed, phys_pages)
+    gen = RandomGenerator(seed, phys_pages, pressure)
     ops = gen.run(n_ops)
-    return Stream(ops=tuple(ops), phys_pages=phys_pages, origin=gen.origin(n_ops))
+    origin = gen.origin(n_ops)
+    if pressure:
+        origin["generator"] = "pressure"
+    return Stream(ops=tuple(ops), phys_pages=phys_pages, origin=origin, free_frames=gen.free_frames)
+
+
+def generate_pressure(seed: int, n_ops: int, phys_pages: int = DEFAULT_PHYS_PAGES) -> Stream:
+    """The ``pressure`` generator: ``random`` streams, every one driven to the pool's edge."""
+    return generate(seed, n_ops, phys_pages, pressure=True)

@@ -8,7 +8,6 @@ first user L1, L2 and L3 pages are frames 1, 2 and 3.  Freed frames come back LI
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -211,13 +210,12 @@ def test_remove_skips_absent_tables():
     enter(b, 1, 0xEFBFF000, PA(0))
     b.pmap_remove(1, USER_MIN, 0xEFBFF000)  # the whole user space below the one mapping
     assert b.walk(1, 0xEFBFF000) is not None
-    t0 = time.perf_counter()
-    for _ in range(300):
-        b.pmap_remove(1, USER_MIN, 0xEFBFF000)
-        b.pmap_remove(1, USER_MIN, USER_MAX)
-        enter(b, 1, 0xEFBFF000, PA(0))
-    # a page-by-page loop would visit ~10^6 pages per remove; table skipping visits one L3
-    assert time.perf_counter() - t0 < 1.0
+    # a page-by-page loop would visit ~10^6 pages per remove; table skipping visits only
+    # the L3 tables that exist in the range: the mapping's, whatever the range's width
+    pm = b.pmaps[1]
+    below = [frame for frame, *_ in b._l3_ranges(pm, USER_MIN, 0xEFBFF000)]
+    whole = [frame for frame, *_ in b._l3_ranges(pm, USER_MIN, USER_MAX)]
+    assert len(whole) == 1 and below == whole
     assert list(b.walk_range(1, 0, 1 << 32)) == [(0xEFBFF000, Translation(PA(0), RW, False))]
 
 
@@ -932,16 +930,3 @@ def test_random_stream_matches_the_semantics(variant, seed):
         b.pmap_destroy(p)
         assert held(b, p) == (0, 0)
     assert messages(b) == []
-
-
-def test_enter_remove_speed():
-    b = make()
-    b.pmap_create(1)
-    enter(b, 1, 0x00400000, PA(1))  # keep the tables
-    n = 20000
-    t0 = time.perf_counter()
-    for i in range(n):
-        b.pmap_enter(1, 0x00401000, PA(0), RW, 0, False, False)
-        b.pmap_remove(1, 0x00401000, 0x00402000)
-    per_pair = (time.perf_counter() - t0) / n
-    assert per_pair < 100e-6  # a few microseconds each in practice
