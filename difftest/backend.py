@@ -162,12 +162,20 @@ class Backend(abc.ABC):
     description: ClassVar[str] = ""
     #: the declared page-table geometry (an instance attribute is fine too)
     geometry: Geometry
-    #: run when the user names no backends
+    #: run when the user names no backends (``difftest fuzz``/``replay`` without
+    #: ``--backends``); a variant or a test-only backend says False
     run_by_default: ClassVar[bool] = True
     #: True when page-table pages of the kernel pmap are never freed once allocated (as in
     #: most real pmaps): the harness then lets pmap 0 hold more page-table frames than its
     #: live mappings need, never fewer.  False: the kernel is held to "needed" exactly.
     keeps_kernel_page_tables: ClassVar[bool] = False
+
+    # -- capabilities: what the contract lets a backend lack.  ``difftest check-backend``
+    # turns the divergences a missing capability explains into expected failures
+    # (``difftest.conformance.CAPABILITIES``).
+
+    #: frees a page-table page when its last live entry goes, not only at destroy
+    frees_pt_pages: ClassVar[bool] = True
 
     def __init__(self, pool: PhysPool) -> None:
         """Bootstrap: take the pool and make the kernel pmap 0."""
@@ -192,7 +200,7 @@ class Backend(abc.ABC):
     def pmap_enter(
         self, pmap: int, va: int, pa: int, prot: int, access: int, wired: bool, canfail: bool
     ) -> str:
-        """Map ``va`` to ``pa``; return ``"OK"`` or (``canfail`` only) ``"ENOMEM"``."""
+        """Map ``va`` to ``pa``; return ``difftest.OK`` or (``canfail`` only) ``difftest.ENOMEM``."""
 
     @abc.abstractmethod
     def pmap_remove(self, pmap: int, sva: int, eva: int) -> None:
@@ -244,7 +252,8 @@ class Backend(abc.ABC):
     def pmap_access(self, pmap: int, va: int, kind: str) -> str:
         """The MMU performs a ``kind`` ("r", "w", "x") access at ``va``: walk the tables;
         on a fault the pmap's REF/MOD emulation may fix the PTE up and retry.  Return
-        ``"ok"`` or ``"fault"`` (a fault the VM layer would have to handle)."""
+        ``difftest.OK`` or ``difftest.FAULT`` (a fault the VM layer would have to handle).
+        The 0.1 spellings ``"ok"`` / ``"fault"`` are accepted until 0.3."""
 
     def pmap_update(self, pmap: int) -> None:
         """Finish deferred work (TLB shootdowns).  Nothing to do in most models."""

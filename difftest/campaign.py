@@ -1225,7 +1225,7 @@ def build_campaign_report(
         })
     seen = [e["signature"] for e in entries] + [b["head"] for b in bugs if b["status"] != "fixed"]
     no_longer = [{"signature": k.pattern, "reason": k.reason} for k in known
-                 if not any(k.matches(s) for s in seen)]
+                 if k.concerns(config.backends) and not any(k.matches(s) for s in seen)]
     failing = [b for b in bugs if b["status"] in FAILING_STATUSES]
     doc = {
         "format": REPORT_FORMAT,

@@ -15,7 +15,7 @@ import click
 
 # The command group and every subcommand (each module registers its own on ``cli``).
 from difftest import interrupts
-from difftest import cli_fuzz, cli_import, cli_report, cli_run, cli_shrink, cli_streams  # noqa: F401
+from difftest import cli_check, cli_fuzz, cli_import, cli_report, cli_run, cli_shrink, cli_streams  # noqa: F401
 from difftest.cli_base import Context, cli, pass_ctx, styled, use_color  # noqa: F401
 from difftest.errors import (
     EXIT_INTERNAL,

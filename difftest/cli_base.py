@@ -54,6 +54,10 @@ class Context:
         self.plugin_modules = tuple(plugin_modules)
         self._host: PluginHost | None = None
 
+    def add_plugins(self, modules: Sequence[str]) -> None:
+        """``-p`` given after the command name (before the plugins are loaded)."""
+        self.plugin_modules += tuple(m for m in modules if m not in self.plugin_modules)
+
     @property
     def host(self) -> PluginHost:
         if self._host is None:
@@ -69,15 +73,42 @@ class Context:
 
 pass_ctx = click.make_pass_decorator(Context)
 
+_PLUGIN_HELP = "Import MODULE as a plugin (repeatable; also DIFFTEST_PLUGINS=mod1,mod2)."
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def _plugins_after_command(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    obj = ctx.find_object(Context)
+    if obj is not None and value:
+        obj.add_plugins(value)
+
+
+class PluginOptionGroup(click.Group):
+    """The command group: every subcommand also takes ``-p/--plugin`` after its name
+    (``difftest fuzz -p mymod``), as ``pytest`` users expect."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        _add_plugin_option(self)
+        return super().make_context(*args, **kwargs)
+
+
+def _add_plugin_option(group: click.Group) -> None:
+    for command in group.commands.values():
+        if not any(isinstance(p, click.Option) and "--plugin" in p.opts for p in command.params):
+            command.params.append(click.Option(
+                ["-p", "--plugin", "plugins_after_command"], multiple=True, metavar="MODULE",
+                expose_value=False, is_eager=True, callback=_plugins_after_command, help=_PLUGIN_HELP))
+        if isinstance(command, click.Group):
+            _add_plugin_option(command)
+
+
+@click.group(cls=PluginOptionGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-p",
     "--plugin",
     "plugins",
     multiple=True,
     metavar="MODULE",
-    help="Import MODULE as a plugin (repeatable; also DIFFTEST_PLUGINS=mod1,mod2).",
+    help=_PLUGIN_HELP,
 )
 @click.version_option(__version__, prog_name="difftest")
 @click.pass_context

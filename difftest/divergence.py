@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from difftest.streams import Stream
 
@@ -128,3 +128,13 @@ class KnownDivergence:
 
     def matches(self, signature: str) -> bool:
         return fnmatch.fnmatchcase(signature, self.pattern)
+
+    def concerns(self, backends: Sequence[str]) -> bool:
+        """Whether a run of ``backends`` could show this entry at all: False when the
+        pattern names a backend (``kind:backend:...``, kind without wildcards) that none of
+        them is, so that an entry about a backend that did not run is not "no longer seen"."""
+        kind, sep, rest = self.pattern.partition(":")
+        if not sep or any(c in kind for c in "*?["):
+            return True
+        backend = rest.split(":", 1)[0]
+        return any(fnmatch.fnmatchcase(name, backend) for name in backends)

@@ -58,9 +58,8 @@ from difftest.machine import (
     Tag,
 )
 from difftest.ops import (
-    ACCESS_FAULT,
-    ACCESS_OK,
     ENOMEM,
+    FAULT,
     OK,
     PROT_R,
     PROT_W,
@@ -85,6 +84,7 @@ from difftest.ops import (
     Unwire,
     Update,
     describe,
+    normalise_result,
     prot_str,
 )
 from difftest.streams import Stream
@@ -546,8 +546,8 @@ class StreamRun:
         free_before = pool.free_frames
         held_before = pool.held_pt_l1(pmap) if op.canfail else None
         try:
-            res = self._call(lane, index, op, divs, lane.backend.pmap_enter, pmap, va, op.pa, op.prot, op.access,
-                             op.wired, op.canfail)
+            res = normalise_result(self._call(lane, index, op, divs, lane.backend.pmap_enter, pmap, va, op.pa,
+                                              op.prot, op.access, op.wired, op.canfail))
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
         lane.result = res
@@ -584,14 +584,14 @@ class StreamRun:
     def _access(self, lane: Lane, index: int, op: Access, divs: list[Divergence]) -> _Step:
         pmap, va = op.pmap, op.va
         expect_ok, m = lane.state.access_allowed(pmap, va, _KIND_BIT[op.kind])
-        res = self._call(lane, index, op, divs, lane.backend.pmap_access, pmap, va, op.kind)
+        res = normalise_result(self._call(lane, index, op, divs, lane.backend.pmap_access, pmap, va, op.kind))
         lane.result = res
-        if res not in (ACCESS_OK, ACCESS_FAULT):
+        if res not in (OK, FAULT):
             divs.append(self._div(lane, index, op, "result", "result", "bad-access-result",
                                   f"pmap_access returned {res!r}", location=_loc(pmap, va)))
-        elif (res == ACCESS_OK) != expect_ok:
-            cls = "access-ok-expected-fault" if res == ACCESS_OK else "access-fault-expected-ok"
-            want = "ok" if expect_ok else "fault"
+        elif (res == OK) != expect_ok:
+            cls = "access-ok-expected-fault" if res == OK else "access-fault-expected-ok"
+            want = OK if expect_ok else FAULT
             divs.append(self._div(lane, index, op, "result", "result", cls,
                                   f"access {op.kind} gave {res}, the contract says {want}",
                                   location=_loc(pmap, va)))

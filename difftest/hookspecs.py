@@ -31,6 +31,10 @@ def difftest_register_backends(register: Callable[..., None]) -> None:
         that sets ``name``, ``description`` and ``geometry``, or
         ``register(BackendSpec(...))`` for a factory taking a ``PhysPool`` (for example a
         parametrised variant of a backend).  Names must be unique across all plugins.
+        A class that leaves an abstract method of ``Backend`` unimplemented is refused
+        here (exit 3).  Class attributes say whether the backend runs by default
+        (``run_by_default``) and which capabilities it lacks (``frees_pt_pages``:
+        docs/PLUGINS.md, ``difftest check-backend``).
     """
 
 

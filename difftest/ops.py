@@ -255,11 +255,25 @@ OP_TYPES: dict[str, type] = {
     )
 }
 
-# Results an op can return (besides None, a PA int or a bool).
+# Results an op can return (besides None, a PA int or a bool).  One spelling, upper case
+# like the errno name: ``pmap_enter`` returns OK or ENOMEM, ``pmap_access`` OK or FAULT.
 OK = "OK"
 ENOMEM = "ENOMEM"
-ACCESS_OK = "ok"
-ACCESS_FAULT = "fault"
+FAULT = "FAULT"
+ACCESS_OK = OK  # the names of 0.1, kept for imports
+ACCESS_FAULT = FAULT
+
+#: What ``pmap_access`` may be asked to do: a load, a store, an instruction fetch.
+ACCESS_KINDS = ("r", "w", "x")
+
+# pmap_access returned "ok" / "fault" in 0.1.  Accepted (and normalised where the harness
+# calls the backend) until 0.3; docs/PLUGINS.md says so.
+_LEGACY_RESULTS = {"ok": OK, "fault": FAULT}
+
+
+def normalise_result(result: object) -> object:
+    """A backend's result in the current spelling (``"ok"`` -> ``OK``, ``"fault"`` -> ``FAULT``)."""
+    return _LEGACY_RESULTS.get(result, result) if isinstance(result, str) else result
 
 
 def op_pmap(op: Op) -> int | None:

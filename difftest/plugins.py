@@ -9,8 +9,10 @@ so that every registered object is attributed to its plugin.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import sys
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable, Iterable
 
@@ -45,6 +47,7 @@ class PluginHost:
         self.registry = Registry()
         # plugin name -> distribution name ("" for local modules)
         self.distributions: dict[str, str] = {}
+        self.autoload = True
 
     # -- loading --------------------------------------------------------------------------
 
@@ -52,6 +55,7 @@ class PluginHost:
         """Load entry points (unless disabled) and ``modules``; fill and return the registry."""
         if autoload is None:
             autoload = not os.environ.get(ENV_DISABLE_AUTOLOAD)
+        self.autoload = autoload
         if autoload:
             for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
                 self._load_entry_point(ep)
@@ -82,7 +86,21 @@ class PluginHost:
         self._register(obj, ep.name, dist)
 
     def add_module(self, module: str) -> None:
-        """Import ``module`` and register it as a plugin named after it."""
+        """Load the plugin ``module``: with autoload off, an entry point of the group
+        ``difftest`` by that name (as ``pytest -p NAME`` does: the plugin keeps its name and
+        distribution); otherwise the module of that name, found like ``python -m`` finds
+        it (the current directory first), registered as a plugin named after it."""
+        if not self.autoload:
+            named = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == module]
+            if len(named) > 1:
+                dists = ", ".join(sorted(ep.dist.name if ep.dist else "?" for ep in named))
+                raise PluginError(f"plugin {module!r}: several distributions have an entry point "
+                                  f"of that name ({dists}); give the module instead")
+            if named:
+                if not self.pm.has_plugin(module):
+                    self._load_entry_point(named[0])
+                return
+        _cwd_on_path()
         try:
             obj = importlib.import_module(module)
         except Exception as exc:
@@ -167,6 +185,7 @@ class PluginHost:
                         spec = BackendSpec.from_class(obj)
                     else:
                         raise TypeError(f"{obj!r} is neither a Backend subclass nor a BackendSpec")
+                    _refuse_abstract(spec.factory)
                 except TypeError as exc:
                     raise PluginError(f"plugin {plugin!r} ({_dist_text(dist)}): {exc}") from None
                 claim("backend", spec.name, plugin, dist)
@@ -220,6 +239,25 @@ class PluginHost:
 
         self._call("difftest_register_known_divergences", known)
         # An invariant naming a backend that is not loaded stays inert: harmless.
+
+
+def _refuse_abstract(factory: Any) -> None:
+    """A backend class that leaves pmap(9) calls unimplemented is refused when it is
+    registered, not found later as a crash in every stream."""
+    if isinstance(factory, functools.partial):  # a parametrised variant of a class
+        factory = factory.func
+    missing = sorted(getattr(factory, "__abstractmethods__", ()) or ())
+    if isinstance(factory, type) and missing:
+        raise TypeError(f"backend class {factory.__name__} does not implement "
+                        f"{', '.join(missing)}")
+
+
+def _cwd_on_path() -> None:
+    """``-p mymod`` finds ``mymod.py`` in the current directory, as ``pytest -p`` and
+    ``python -m`` users expect (the console script's path starts at its own directory)."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def _with_origin(spec: Any, plugin: str, dist: str) -> Any:

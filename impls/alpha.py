@@ -121,7 +121,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from itertools import compress
 from typing import Iterator
@@ -146,7 +145,7 @@ from difftest.machine import (
     PhysPool,
     Tag,
 )
-from difftest.ops import ACCESS_FAULT, ACCESS_OK, ENOMEM, OK, PROT_R, PROT_W, PROT_X
+from difftest.ops import ENOMEM, FAULT, OK, PROT_R, PROT_W, PROT_X
 
 __all__ = ["AlphaPmap", "PmapPanic", "alpha_geometry", "INVARIANTS"]
 
@@ -852,12 +851,12 @@ class AlphaPmap(Backend):
         pm = self.pmaps[pmap]
         l3frame = self._pmap_l3pt(pm, va)
         if l3frame is None:
-            return ACCESS_FAULT  # translation not valid
+            return FAULT  # translation not valid
         tbl = self.ptmem[l3frame]
         i = (va >> PAGE_SHIFT) & self._m3
         pte = tbl[i]
         if not pte & PG_V:
-            return ACCESS_FAULT
+            return FAULT
         user = pmap != KERNEL_PMAP
         if kind == "r":
             enable, faulton = (PG_URE if user else PG_KRE), PG_FOR
@@ -868,12 +867,12 @@ class AlphaPmap(Backend):
         else:
             raise ValueError(f"access kind {kind!r} is not r, w or x")
         if not pte & enable:
-            return ACCESS_FAULT  # access violation: for the VM layer
+            return FAULT  # access violation: for the VM layer
         if pte & faulton:
             self.pmap_emulate_reference(pm, va, kind == "w")
             if tbl[i] & faulton:
-                return ACCESS_FAULT
-        return ACCESS_OK
+                return FAULT
+        return OK
 
     def pmap_update(self, pmap: int) -> None:
         """Nothing to do: this pmap module does not defer any operations."""
@@ -1345,9 +1344,6 @@ INVARIANTS = (
 
 # == registration =================================================================================
 
-# Newer contracts let a variant stay out of the default backend set (BackendSpec.default).
-_NOT_BY_DEFAULT = {"default": False} if "default" in {f.name for f in dataclasses.fields(BackendSpec)} else {}
-
 ALPHA_4M = BackendSpec(
     name="alpha-ref-4m",
     factory=functools.partial(
@@ -1355,7 +1351,7 @@ ALPHA_4M = BackendSpec(
     ),
     geometry=alpha_geometry(1, 1024, 1024),
     description="alpha-ref with 1 x 1024 x 1024 entries (4-byte PTEs): an L3 page maps 4 MiB like arm32",
-    **_NOT_BY_DEFAULT,
+    default=False,  # runs only when named
 )
 
 

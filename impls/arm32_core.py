@@ -68,7 +68,7 @@ from typing import Iterator
 
 from difftest.backend import Backend, Geometry, Level, Translation
 from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
-from difftest.ops import ACCESS_FAULT, ACCESS_OK, ENOMEM, OK, PROT_R, PROT_W, PROT_X
+from difftest.ops import ENOMEM, FAULT, OK, PROT_R, PROT_W, PROT_X
 
 # -- geometry (pte.h v1.8) ------------------------------------------------------------------
 
@@ -537,21 +537,21 @@ class Arm32Core(Backend):
     def pmap_access(self, pmap: int, va: int, kind: str) -> str:
         where = self.pmap_pte(pmap, va)
         if where is None:
-            return ACCESS_FAULT  # no L2 table: section translation fault
+            return FAULT  # no L2 table: section translation fault
         pt, idx = where
         pte = pt[idx]
         if not pte or not (pte >> PTE_SW_SHIFT) & _KIND_BIT[kind]:
-            return ACCESS_FAULT  # a real fault for uvm_fault
+            return FAULT  # a real fault for uvm_fault
         write = kind == "w"
         valid = (pte & L2_MASK) == L2_SPAGE
         if valid and (not write or pte & PT_AP_W):
-            return ACCESS_OK
+            return OK
         # The data abort handler's first try: the pmap's own emulation fix-ups.
         if not valid and not self.pmap_handled_emulation(pmap, va):
-            return ACCESS_FAULT
+            return FAULT
         if write and not pt[idx] & PT_AP_W and not self.pmap_modified_emulation(pmap, va):
-            return ACCESS_FAULT
-        return ACCESS_OK
+            return FAULT
+        return OK
 
     def pmap_handled_emulation(self, pmap: int, va: int) -> bool:
         """Translation fault on an L2_INVAL PTE of a managed page: set H, validate."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -12,17 +13,41 @@ from typing import Mapping, Sequence
 CONSOLE_SCRIPT = "import sys; sys.argv[0] = 'difftest'; from difftest.cli import run; run()"
 
 TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 PLUGIN_DISTS = TESTS / "plugin_dists"
 
+#: The entry points difftest's own distribution declares (pyproject.toml): with autoload
+#: off, ``-p NAME`` / ``DIFFTEST_PLUGINS`` load them by these names.
+BUILTIN_PLUGINS: tuple[str, ...] = tuple(
+    tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["difftest"]
+)
 
-def clean_env(pythonpath: Sequence[str | os.PathLike[str]] = (), **extra: str | None) -> dict[str, str]:
+
+def pinned_plugin_env(plugins: Sequence[str] = BUILTIN_PLUGINS) -> dict[str, str]:
+    """The variables that make difftest load exactly ``plugins``: no entry-point discovery,
+    so a third party's plugin installed in the same environment changes nothing (as
+    pytest's ``pytester`` disables plugin autoload)."""
+    env = {"DIFFTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    if plugins:
+        env["DIFFTEST_PLUGINS"] = ",".join(plugins)
+    return env
+
+
+def clean_env(pythonpath: Sequence[str | os.PathLike[str]] = (),
+              plugins: Sequence[str] | None = BUILTIN_PLUGINS, **extra: str | None) -> dict[str, str]:
     """The current environment without difftest's and colour variables, with ``pythonpath``
-    put before any PYTHONPATH already set, plus ``extra`` (None removes a variable)."""
+    put before any PYTHONPATH already set, plus ``extra`` (None removes a variable).
+
+    ``plugins`` pins the plugin set of the child (default: the built-ins alone); None lets
+    it discover entry points, for the tests of discovery itself.
+    """
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("DIFFTEST_") and k not in ("NO_COLOR", "FORCE_COLOR")
     }
+    if plugins is not None:
+        env.update(pinned_plugin_env(plugins))
     paths = [str(p) for p in pythonpath] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)

@@ -290,18 +290,18 @@ def test_access_driven_ref_mod_on_every_mapping():
     enter(b, 2, 0x50000, PA(0), prot=PROT_R)
     assert not b.pmap_is_referenced(PA(0))
     # a read: REF, fault-on-read/execute cleared on both mappings, fault-on-write stays
-    assert b.pmap_access(2, 0x50000, "r") == "ok"
+    assert b.pmap_access(2, 0x50000, "r") == "OK"
     assert b.pmap_is_referenced(PA(0)) and not b.pmap_is_modified(PA(0))
     for pmap, va in ((1, 0x10000), (2, 0x50000)):
         assert pte_of(b, pmap, va) & (PG_FOR | PG_FOW | PG_FOE) == PG_FOW
     # a write where the prot has no w is a real fault and changes nothing
-    assert b.pmap_access(2, 0x50000, "w") == "fault"
+    assert b.pmap_access(2, 0x50000, "w") == "FAULT"
     assert not b.pmap_is_modified(PA(0))
-    assert b.pmap_access(1, 0x10000, "x") == "fault"
-    assert b.pmap_access(1, 0x20000, "r") == "fault"  # no mapping
-    assert b.pmap_access(1, 0x7FF00000, "r") == "fault"  # no table
+    assert b.pmap_access(1, 0x10000, "x") == "FAULT"
+    assert b.pmap_access(1, 0x20000, "r") == "FAULT"  # no mapping
+    assert b.pmap_access(1, 0x7FF00000, "r") == "FAULT"  # no table
     # a write: MOD, all fault bits gone everywhere
-    assert b.pmap_access(1, 0x10000, "w") == "ok"
+    assert b.pmap_access(1, 0x10000, "w") == "OK"
     assert b.pmap_is_modified(PA(0))
     assert pte_of(b, 2, 0x50000) & (PG_FOR | PG_FOW | PG_FOE) == 0
     # clear_reference arms every mapping again; the next access sets REF again
@@ -309,12 +309,12 @@ def test_access_driven_ref_mod_on_every_mapping():
     assert not b.pmap_is_referenced(PA(0))
     for pmap, va in ((1, 0x10000), (2, 0x50000)):
         assert pte_of(b, pmap, va) & (PG_FOR | PG_FOW | PG_FOE) == PG_FOR | PG_FOW | PG_FOE
-    assert b.pmap_access(1, 0x10000, "r") == "ok"
+    assert b.pmap_access(1, 0x10000, "r") == "OK"
     assert b.pmap_is_referenced(PA(0)) and b.pmap_is_modified(PA(0))
     # clear_modify arms fault-on-write only
     assert b.pmap_clear_modify(PA(0)) is True
     assert pte_of(b, 1, 0x10000) & (PG_FOR | PG_FOW | PG_FOE) == PG_FOW
-    assert b.pmap_access(1, 0x10000, "w") == "ok" and b.pmap_is_modified(PA(0))
+    assert b.pmap_access(1, 0x10000, "w") == "OK" and b.pmap_is_modified(PA(0))
     # logical prot is untouched by emulation
     assert b.walk(1, 0x10000) == Translation(PA(0), RW, False)
     assert b.walk(2, 0x50000) == Translation(PA(0), PROT_R, False)
@@ -325,8 +325,8 @@ def test_execute_access():
     b = make()
     b.pmap_create(1)
     enter(b, 1, 0x10000, PA(0), prot=PROT_X)  # execute only: no read
-    assert b.pmap_access(1, 0x10000, "r") == "fault"
-    assert b.pmap_access(1, 0x10000, "x") == "ok"
+    assert b.pmap_access(1, 0x10000, "r") == "FAULT"
+    assert b.pmap_access(1, 0x10000, "x") == "OK"
     assert b.pmap_is_referenced(PA(0)) and not b.pmap_is_modified(PA(0))
     assert pte_of(b, 1, 0x10000) & (PG_FOR | PG_FOE) == 0
 
@@ -344,8 +344,8 @@ def test_protect():
     b.pmap_protect(1, 0x001FF000, 0x00201000, RX)  # never adds x
     assert b.walk(1, 0x001FF000) == Translation(PA(0), RX, False)
     assert b.walk(1, 0x00200000) == Translation(PA(1), PROT_R, False)
-    assert b.pmap_access(1, 0x00200000, "w") == "fault"
-    assert b.pmap_access(1, 0x00200000, "r") == "ok"
+    assert b.pmap_access(1, 0x00200000, "w") == "FAULT"
+    assert b.pmap_access(1, 0x00200000, "r") == "OK"
     b.pmap_protect(1, 0x00200000, 0x00201000, PROT_X)  # no read: removes
     assert b.walk(1, 0x00200000) is None
     assert held(b, 1) == (1, 2)  # the second L3 page went
@@ -396,9 +396,9 @@ def test_kenter_kremove_kernel_tables_never_freed():
     assert (b.pmap_resident_count(0), b.pmap_wired_count(0)) == (1, 1)
     assert 0x100 not in b.pvh_list  # unmanaged
     assert not b.pmap_is_referenced(PA(0))
-    assert b.pmap_access(0, KVA, "w") == "ok"
+    assert b.pmap_access(0, KVA, "w") == "OK"
     assert not b.pmap_is_modified(PA(0)) and not b.pmap_is_referenced(PA(0))
-    assert b.pmap_access(0, KVA, "x") == "fault"
+    assert b.pmap_access(0, KVA, "x") == "FAULT"
     b.pmap_unwire(0, KVA)  # no-op on kenter'd
     b.pmap_remove(0, KERNEL_MIN, 0xFFFFF000)  # remove never removes kenter'd
     b.pmap_protect(0, KERNEL_MIN, 0xFFFFF000, PROT_R)  # nor does protect touch them
@@ -875,9 +875,9 @@ def _random_op(rng, b, m, pmaps):
         k = rng.choice("rwx")
         e = m.maps.get((pmap, va))
         bit = {"r": PROT_R, "w": PROT_W, "x": PROT_X}[k]
-        expect = "ok" if e and e[1] & bit else "fault"
+        expect = "OK" if e and e[1] & bit else "FAULT"
         assert b.pmap_access(pmap, va, k) == expect
-        if expect == "ok" and e[3]:
+        if expect == "OK" and e[3]:
             m.ref.add(e[0])
             if k == "w":
                 m.mod.add(e[0])

@@ -334,9 +334,9 @@ def test_protect_read_drops_write(cls):
     assert b.walk(1, 0x00400000) == Translation(PA2, PROT_R, False)
     assert not pte(b, 1, 0x003FF000) & core.PT_AP_W
     assert pv(b, PA1) == [(1, 0x003FF000, 0)]
-    assert b.pmap_access(1, 0x003FF000, "w") == "fault"
-    assert b.pmap_access(1, 0x003FF000, "r") == "ok"
-    assert b.pmap_access(1, 0x00400000, "x") == "fault"
+    assert b.pmap_access(1, 0x003FF000, "w") == "FAULT"
+    assert b.pmap_access(1, 0x003FF000, "r") == "OK"
+    assert b.pmap_access(1, 0x00400000, "x") == "FAULT"
     # Rights are never added back: protect rx keeps r only.
     b.pmap_protect(1, 0x003FF000, 0x00401000, RX)
     assert b.walk(1, 0x003FF000).prot == PROT_R
@@ -397,23 +397,23 @@ def test_enter_seeds_ref_mod_from_the_access_type(cls):
 def test_access_drives_ref_and_mod(cls):
     pool, b = make(cls)
     b.pmap_enter(1, 0x1000, PA1, RW, PROT_NONE, False, False)
-    assert b.pmap_access(1, 0x1000, "x") == "fault"  # not in prot: nothing changes
+    assert b.pmap_access(1, 0x1000, "x") == "FAULT"  # not in prot: nothing changes
     assert not b.pmap_is_referenced(PA1) and pte(b, 1, 0x1000) & core.L2_MASK == core.L2_INVAL
-    assert b.pmap_access(1, 0x1000, "r") == "ok"  # pmap_handled_emulation
+    assert b.pmap_access(1, 0x1000, "r") == "OK"  # pmap_handled_emulation
     assert b.pmap_is_referenced(PA1) and not b.pmap_is_modified(PA1)
     assert pte(b, 1, 0x1000) & core.L2_MASK == core.L2_SPAGE
     assert not pte(b, 1, 0x1000) & core.PT_AP_W
-    assert b.pmap_access(1, 0x1000, "w") == "ok"  # pmap_modified_emulation
+    assert b.pmap_access(1, 0x1000, "w") == "OK"  # pmap_modified_emulation
     assert b.pmap_is_modified(PA1) and pte(b, 1, 0x1000) & core.PT_AP_W
-    assert b.pmap_access(1, 0x2000, "r") == "fault"  # no mapping
-    assert b.pmap_access(1, 0x00800000, "r") == "fault"  # no PT page
+    assert b.pmap_access(1, 0x2000, "r") == "FAULT"  # no mapping
+    assert b.pmap_access(1, 0x00800000, "r") == "FAULT"  # no PT page
     # A write to an L2_INVAL PTE takes both fix-ups.
     b.pmap_enter(1, 0x2000, PA2, RW, PROT_NONE, False, False)
-    assert b.pmap_access(1, 0x2000, "w") == "ok"
+    assert b.pmap_access(1, 0x2000, "w") == "OK"
     assert b.pmap_is_referenced(PA2) and b.pmap_is_modified(PA2)
     # Read-only mapping: a write is a real fault and changes nothing.
     b.pmap_enter(1, 0x3000, PA3, PROT_R, PROT_NONE, False, False)
-    assert b.pmap_access(1, 0x3000, "w") == "fault"
+    assert b.pmap_access(1, 0x3000, "w") == "FAULT"
     assert not b.pmap_is_referenced(PA3) and not b.pmap_is_modified(PA3)
     audit_clean(b)
 
@@ -438,8 +438,8 @@ def test_clear_modify_revokes_write_in_every_mapping(cls):
     assert b.pmap_clear_modify(PA1) is True
     assert not pte(b, 1, 0x1000) & core.PT_AP_W and not pte(b, 2, 0x00400000) & core.PT_AP_W
     assert b.walk(2, 0x00400000).prot == RW  # the logical prot stays
-    assert b.pmap_access(1, 0x1000, "r") == "ok" and not b.pmap_is_modified(PA1)
-    assert b.pmap_access(2, 0x00400000, "w") == "ok" and b.pmap_is_modified(PA1)
+    assert b.pmap_access(1, 0x1000, "r") == "OK" and not b.pmap_is_modified(PA1)
+    assert b.pmap_access(2, 0x00400000, "w") == "OK" and b.pmap_is_modified(PA1)
     assert not pte(b, 1, 0x1000) & core.PT_AP_W  # only the faulting PTE gets AP_W back
     audit_clean(b)
 
@@ -452,7 +452,7 @@ def test_clear_reference_then_access_sets_ref_again(cls):
     assert not b.pmap_is_referenced(PA1)
     assert pte(b, 1, 0x1000) & core.L2_MASK == core.L2_INVAL
     assert b.pmap_clear_reference(PA1) is False
-    assert b.pmap_access(1, 0x1000, "x") == "ok"
+    assert b.pmap_access(1, 0x1000, "x") == "OK"
     assert b.pmap_is_referenced(PA1) and not b.pmap_is_modified(PA1)
     assert b.walk(1, 0x1000) == Translation(PA1, RX, False)
     audit_clean(b)
@@ -471,7 +471,7 @@ def test_kenter_and_kremove(cls):
     assert pool.held(0, Tag.PT) == 1 and pool.owner_of(4) == 0
     assert b.walk(0, KVA) == Translation(PA1, RW, True)
     assert pv(b, PA1) == [] and b.pmap_resident_count(0) == b.pmap_wired_count(0) == 2
-    assert b.pmap_access(0, KVA, "w") == "ok"
+    assert b.pmap_access(0, KVA, "w") == "OK"
     assert not b.pmap_is_modified(PA1) and not b.pmap_is_referenced(PA1)  # unmanaged
     # page_protect and remove leave kenter'd mappings alone.
     b.pmap_page_protect(PA1, PROT_NONE)
@@ -523,7 +523,7 @@ def test_page_protect_read_removes_write_everywhere(cls):
     assert b.walk(2, 0x2000) == Translation(PA1, PROT_R, True)
     assert b.walk(2, 0x3000) == Translation(PA2, RW, False)  # another page
     assert pv(b, PA1) == [(1, 0x1000, 0), (2, 0x2000, core.PT_W)]
-    assert b.pmap_access(2, 0x2000, "w") == "fault"
+    assert b.pmap_access(2, 0x2000, "w") == "FAULT"
     assert b.pmap_is_modified(PA1)
     audit_clean(b)
 

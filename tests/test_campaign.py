@@ -90,6 +90,16 @@ def test_baseline_entries_not_seen_are_listed(tmp_path):
     assert "no longer seen (fixed?): crash:alpha-ref:*" in proc.stdout
 
 
+def test_baseline_entry_of_a_backend_not_run_is_not_judged(tmp_path):
+    # The default baseline knows PR 5666 of arm32-leaky; without arm32-leaky nothing is
+    # "no longer seen": the entry was not judged.
+    proc = fuzz(tmp_path, "--backends", "alpha-ref,arm32-refcount", "--streams", "2", "--ops-per-stream", "300",
+                "--seed", "7", "--workers", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report_of(tmp_path)["no_longer_seen"] == []
+    assert "no longer seen" not in proc.stdout
+
+
 @pytest.mark.parametrize("content, words", [
     ("[[known]]\nsignature = 3\n", "no 'signature'"),
     ("not toml at all [", "not valid TOML"),

@@ -21,7 +21,7 @@ from difftest import cli, streams
 from difftest.cli import main
 from difftest.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
-TOY_ONLY = clean_env([PLUGIN_DISTS / "good"], DIFFTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+TOY_ONLY = clean_env([PLUGIN_DISTS / "good"], plugins=())
 
 
 def test_version():
@@ -75,13 +75,13 @@ def test_backends_json_parses():
 
 
 def test_backends_json_of_the_installed_backends_is_sorted_and_attributed():
-    doc = json.loads(run_difftest("backends", "--json").stdout)
+    doc = json.loads(run_difftest("backends", "--json", env=clean_env(plugins=None)).stdout)
     assert [b["name"] for b in doc] == sorted(b["name"] for b in doc)
     assert all(b["plugin"] and b["distribution"] for b in doc)  # all from entry points
 
 
 def test_backends_json_empty_list_when_nothing_is_registered():
-    result = run_difftest("backends", "--json", env=clean_env(DIFFTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
+    result = run_difftest("backends", "--json", env=clean_env(plugins=()))
     assert result.returncode == EXIT_OK and json.loads(result.stdout) == []
 
 

@@ -31,7 +31,7 @@ def registry():
     sys.path.insert(0, str(PLUGINS))
     try:
         host = PluginHost()
-        host.load(["broken_backends", "shrink_bugs"], autoload=True)
+        host.load(["broken_backends", "shrink_bugs"])
         yield host.registry
     finally:
         sys.path.remove(str(PLUGINS))

@@ -50,7 +50,7 @@ def registry():
     sys.path.insert(0, str(PLUGINS))
     try:
         host = PluginHost()
-        host.load(["broken_backends"], autoload=True)
+        host.load(["broken_backends"])
         yield host.registry
     finally:
         sys.path.remove(str(PLUGINS))

@@ -4,134 +4,21 @@ the autoload switch, and one-line exit-3 errors for broken plugins."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
 import json
-import re
-import site
 import subprocess
-import sys
 import textwrap
-import tomllib
-import zipfile
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import pytest
 
-from cliutil import CONSOLE_SCRIPT, PLUGIN_DISTS, assert_one_line_error, clean_env, run_difftest
-from difftest import needed_pt_frames
+from cliutil import PLUGIN_DISTS, assert_one_line_error, clean_env, run_difftest
+from difftest import FAULT, OK, PROT_R, PROT_W, PhysPool, Tag, needed_pt_frames
 from difftest.errors import EXIT_INTERNAL
-from difftest.machine import PhysPool, Tag
-from difftest.ops import ACCESS_FAULT, ACCESS_OK, OK, PROT_R, PROT_W
 from difftest.plugins import ENTRY_POINT_GROUP, PluginHost
+from venvutil import Venv
 
 GOOD = PLUGIN_DISTS / "good"
-
-
-# -- installing the plugin distributions --------------------------------------------------
-
-
-def build_wheel(src: Path, out_dir: Path) -> Path:
-    """Build a pure-Python wheel of a ``tests/plugin_dists`` project with the stdlib alone.
-
-    The projects are ordinary setuptools projects, but setuptools < 70.1 needs the
-    ``wheel`` package to build one and it is not always installed; a wheel is a zip file
-    with three metadata files, so make it here and let pip install it for real.
-    """
-    meta = tomllib.loads((src / "pyproject.toml").read_text())
-    project = meta["project"]
-    name, version = project["name"], project["version"]
-    stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}"
-    info = f"{stem}.dist-info"
-    files: dict[str, bytes] = {}
-    for module in meta["tool"]["setuptools"]["py-modules"]:
-        files[f"{module}.py"] = (src / f"{module}.py").read_bytes()
-    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
-    files[f"{info}/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: difftest-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    )
-    groups = project.get("entry-points", {})
-    files[f"{info}/entry_points.txt"] = "".join(
-        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n"
-        for group, eps in groups.items()
-    ).encode()
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{info}/RECORD,,")
-    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    wheel = out_dir / f"{stem}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path, data in files.items():
-            zf.writestr(path, data)
-    return wheel
-
-
-class Venv:
-    """A virtual environment that sees the system site-packages (so difftest and its
-    dependencies, installed there, need no network) plus the distributions installed here."""
-
-    def __init__(self, root: Path, wheels: Path) -> None:
-        self.root = root
-        self.wheels = wheels
-        self.python = root / "bin" / "python"
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)],
-            check=True,
-        )
-        if not self._sees("difftest", "pip"):
-            # This interpreter runs in a venv itself: --system-site-packages gave the new one
-            # the base interpreter's packages, not the ones difftest is installed in.
-            purelib = subprocess.run(
-                [str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()
-            dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
-            (Path(purelib) / "_difftest_host.pth").write_text(
-                "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs) + "\n"
-            )
-            assert self._sees("difftest", "pip"), "cannot make a venv that sees difftest"
-        self.pip = [str(self.python), "-m", "pip"]  # the host's pip, running in the venv
-        # The console script pip would write for difftest's [project.scripts].
-        self.difftest = root / "bin" / "difftest"
-        self.difftest.write_text(f"#!{self.python}\n{CONSOLE_SCRIPT.replace('; ', chr(10))}\n")
-        self.difftest.chmod(0o755)
-
-    def _sees(self, *modules: str) -> bool:
-        probe = "; ".join(f"import {m}" for m in modules)
-        return subprocess.run([str(self.python), "-c", probe], env=clean_env(), cwd=self.root,
-                              capture_output=True).returncode == 0
-
-    def run(self, *args: str, pythonpath: Sequence[Path] = (), **env: str | None
-            ) -> subprocess.CompletedProcess[str]:
-        return run_difftest(*args, command=[str(self.difftest)], env=clean_env(pythonpath, **env))
-
-    def _pip(self, *args: str) -> None:
-        result = subprocess.run(
-            [*self.pip, *args, "--disable-pip-version-check", "--no-input", "-q"],
-            capture_output=True, text=True, env=clean_env(PIP_NO_INDEX="1"), timeout=120,
-        )
-        assert result.returncode == 0, f"pip {args}: {result.stdout}{result.stderr}"
-
-    def install(self, dist_dir: Path) -> str:
-        """Install a plugin distribution; return its name."""
-        self._pip("install", "--no-deps", "--no-index", str(build_wheel(dist_dir, self.wheels)))
-        return tomllib.loads((dist_dir / "pyproject.toml").read_text())["project"]["name"]
-
-    def uninstall(self, name: str) -> None:
-        self._pip("uninstall", "--yes", name)
-
-    @contextlib.contextmanager
-    def installed(self, dist_dir: Path) -> Iterator[str]:
-        name = self.install(dist_dir)
-        try:
-            yield name
-        finally:
-            self.uninstall(name)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +147,9 @@ def write_module(directory: Path, name: str, source: str) -> None:
 
 
 def local_env(tmp_path: Path, **extra: str | None) -> dict[str, str]:
-    """PYTHONPATH with tmp_path (modules written by the test) and the toy plugin's module."""
+    """PYTHONPATH with tmp_path (modules written by the test) and the toy plugin's module,
+    the built-ins pinned (so a copy of the toy installed in this environment is not found
+    through its entry point)."""
     return clean_env([tmp_path, GOOD], **extra)
 
 
@@ -301,11 +190,11 @@ def builtin_plugin_modules() -> dict[str, str]:
 
 
 def test_disabling_autoload_drops_the_builtins_and_plugin_option_brings_them_back(tmp_path):
-    everything = backends_json(run_difftest("backends", "--json"))
+    everything = backends_json(run_difftest("backends", "--json", env=clean_env(plugins=None)))
     builtin = {n: b for n, b in everything.items() if b["distribution"] == "pmap-difftest"}
     assert all(b["plugin"] in builtin_plugin_modules() for b in builtin.values())
 
-    off = local_env(tmp_path, DIFFTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    off = clean_env([tmp_path, GOOD], plugins=())
     assert backends_json(run_difftest("backends", "--json", env=off)) == {}
     table = run_difftest("backends", env=off)
     assert table.returncode == 0 and table.stdout == ""
@@ -409,6 +298,7 @@ def test_plugin_registering_something_wrong(tmp_path, body, needles):
 
 def test_toy_backend_runs_through_the_registry(monkeypatch):
     monkeypatch.syspath_prepend(str(GOOD))
+    monkeypatch.delenv("DIFFTEST_PLUGINS")  # the toy alone
     host = PluginHost()
     registry = host.load(["difftest_toy_plugin"], autoload=False)
     spec = registry.backends["toy"]
@@ -422,8 +312,8 @@ def test_toy_backend_runs_through_the_registry(monkeypatch):
     assert toy.pmap_enter(1, 0x400000, 0x5000, PROT_R | PROT_W, PROT_R, False, False) == OK
     assert toy.pmap_extract(1, 0x400000) == 0x5000
     assert toy.pmap_is_referenced(0x5000) and not toy.pmap_is_modified(0x5000)
-    assert toy.pmap_access(1, 0x400000, "w") == ACCESS_OK and toy.pmap_is_modified(0x5000)
-    assert toy.pmap_access(1, 0x400000, "x") == ACCESS_FAULT
+    assert toy.pmap_access(1, 0x400000, "w") == OK and toy.pmap_is_modified(0x5000)
+    assert toy.pmap_access(1, 0x400000, "x") == FAULT
     assert [va for va, _ in toy.walk_range(1, 0, 1 << 32)] == [0x400000]
     assert pool.held(1, Tag.PT) == needed_pt_frames(spec.geometry, [0x400000])[Tag.PT] == 1
     toy.pmap_page_protect(0x5000, 0)

@@ -37,7 +37,7 @@ def registry():
     sys.path.insert(0, str(PLUGINS))
     try:
         host = PluginHost()
-        host.load(["shrink_bugs"], autoload=True)
+        host.load(["shrink_bugs"])
         yield host.registry
     finally:
         sys.path.remove(str(PLUGINS))

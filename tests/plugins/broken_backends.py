@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from difftest import hookimpl
+from difftest import ENOMEM, hookimpl
 from difftest.machine import PAGE_SIZE
 from impls.arm32 import Arm32Refcount
 from impls.arm32_core import Pmap
@@ -79,6 +79,21 @@ class UnwireKeepsCount(Arm32Refcount):
         before = pm.wired
         super().pmap_unwire(pmap, va)
         pm.wired = before
+
+
+class EnomemLeavesATrace(Arm32Refcount):
+    """pmap_enter with canfail counts the mapping before it finds there is no PT frame:
+    ENOMEM with the resident count one too high."""
+
+    name = "bug-enomem-trace"
+    description = "test-only: ENOMEM leaves the resident count raised"
+    run_by_default = False
+
+    def pmap_enter(self, pmap, va, pa, prot, access, wired, canfail):
+        res = super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
+        if res == ENOMEM:
+            self._pmaps[pmap].resident += 1
+        return res
 
 
 class ProtectRaises(Arm32Refcount):
@@ -166,8 +181,9 @@ class ProtectKillsProcess(Arm32Refcount):
         os._exit(17)
 
 
-ALL = (WrongPaOnReplace, WrongPaOnce, LosesModOnRemove, TwoBugs, UnwireKeepsCount, ProtectRaises, FreesLivePt,
-       FreesLiveKernelPt, ProtectPastEva, ExtraMapping, ProtectHangs, ProtectKillsProcess)
+ALL = (WrongPaOnReplace, WrongPaOnce, LosesModOnRemove, TwoBugs, UnwireKeepsCount, EnomemLeavesATrace,
+       ProtectRaises, FreesLivePt, FreesLiveKernelPt, ProtectPastEva, ExtraMapping, ProtectHangs,
+       ProtectKillsProcess)
 
 
 @hookimpl

@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import difftest
-from difftest import Backend, Geometry, Level, Tag, Translation
-from difftest.ops import ACCESS_FAULT, ACCESS_OK, OK, PROT_R, PROT_W, PROT_X
+from difftest import FAULT, OK, PROT_R, PROT_W, PROT_X, Backend, Geometry, Level, Tag, Translation
 
 _KIND_BITS = {"r": PROT_R, "w": PROT_W, "x": PROT_X}
 
@@ -87,6 +86,8 @@ class ToyBackend(Backend):
             del self.pmaps[pmap].ptes[va]
 
     def pmap_protect(self, pmap, sva, eva, prot) -> None:
+        if prot & PROT_W:
+            return  # protect never adds rights, and with w it takes none away
         if not prot & PROT_R:
             self.pmap_remove(pmap, sva, eva)
             return
@@ -120,6 +121,8 @@ class ToyBackend(Backend):
                     yield p, va, m
 
     def pmap_page_protect(self, pa, prot) -> None:
+        if prot & PROT_W:
+            return
         for p, va, m in self._mappings_of(pa):
             if prot & PROT_R:
                 m.prot &= ~PROT_W
@@ -149,10 +152,10 @@ class ToyBackend(Backend):
         m = self.pmaps[pmap].ptes.get(va)
         bit = _KIND_BITS[kind]
         if m is None or not m.prot & bit:
-            return ACCESS_FAULT
+            return FAULT
         if m.managed:
             self._touch(m.pa, bit)
-        return ACCESS_OK
+        return OK
 
     # -- counts and the MMU's view ----------------------------------------------------------
 
