@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures as cf
+import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
 import re
+import sys
 import time
 import tomllib
 from collections import Counter
@@ -31,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from difftest import __version__, streams
+from difftest import __version__, interrupts, streams
 from difftest.bugs import Member, group, head_of, representative, streams_hit
 from difftest.corpus import Corpus
 from difftest.divergence import Divergence, KnownDivergence
-from difftest.errors import BadInput, NothingToRun
+from difftest.errors import BadInput, NothingToRun, short
 from difftest.features import CoverageTally, recorder_for
 from difftest.feedback import FeedbackPool, Recipe, UnitScheduler, build_stream
 from difftest.ops import describe
@@ -47,6 +49,7 @@ CAMPAIGN_FORMAT = "difftest.campaign/1"
 FAILING_STATUSES = ("new", "open", "regressed")
 EXIT_ORPHANED = 70  # a worker whose campaign process died (never seen by the user)
 JOURNAL = "journal.jsonl"
+LOCK = "lock"  # held (flock) by the one process running the campaign; holds its pid
 
 ExecutorFactory = Callable[[int], cf.Executor]
 
@@ -214,6 +217,7 @@ class ShrinkTask:
     k: int
     backend: str = ""  # the signature's backend: its first divergence in the result is the head
     recipe: Recipe | None = None
+    backends: tuple[str, ...] | None = None  # the lanes the signature needs (None: all)
 
 
 @dataclass
@@ -246,6 +250,8 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
            config.invariants)
     env = _WORKER_CACHE.get(key)
     if env is None:
+        interrupts.install()
+        _stdout_to_stderr()
         host = _WORKER_CACHE.get(("host", config.plugins))
         if host is None:
             host = PluginHost()
@@ -263,6 +269,15 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
         env = (harness, gen)
         _WORKER_CACHE[key] = env
     return env
+
+
+def _stdout_to_stderr() -> None:
+    """In a worker process, what plugins print goes to stderr: the parent's stdout may be
+    a JSON document (``fuzz --json``) that a stray line would break."""
+    if multiprocessing.parent_process() is None:
+        return  # not a worker process (an in-process executor): the parent's stdout stays
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
 def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) -> Stream:
@@ -345,7 +360,7 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
     """Regenerate stream k and minimise it for one signature: executed in a worker."""
     started = time.perf_counter()
     stream = make_stream(task.config, task.k, task.recipe)
-    harness, _ = _worker_env(task.config)
+    harness, _ = _worker_env(task.config, task.backends)
     if harness.fast:
         harness = harness.precise()  # the same findings; minimised on the precise path
     try:
@@ -355,7 +370,12 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
                              time.perf_counter() - started, f"no minimiser: {exc}")
     head = None
     try:
-        outcome = shrink(stream, harness, task.signature, time_budget=task.config.shrink_budget)
+        # Every run is bounded, as the campaign's are: a hanging lane cannot hang the shrink.
+        # A budget of work (runs), not of seconds: equal seeds give equal reproducers on a
+        # loaded machine too.  The time budget is only a ceiling far above it.
+        outcome = shrink(stream, harness, task.signature,
+                         time_budget=SHRINK_TIME_CEILING * task.config.shrink_budget,
+                         time_limit=task.config.stream_timeout, max_runs=shrink_runs(task.config))
         small = outcome.stream
         error = None
         if task.backend:
@@ -403,6 +423,106 @@ def exit_with_parent(parent: int) -> None:
         os._exit(EXIT_ORPHANED)
 
     threading.Thread(target=watch, name="difftest-parent-watch", daemon=True).start()
+
+
+SHRINK_RUNS_PER_SECOND = 20  # a campaign's --shrink-budget S is 20 * S harness runs
+SHRINK_TIME_CEILING = 4  # ... and at most 4 * S seconds (a slow machine's safety net)
+
+
+def shrink_runs(config: CampaignConfig) -> int:
+    """The harness runs a campaign's shrink may make, from ``--shrink-budget`` seconds."""
+    return max(1, round(config.shrink_budget * SHRINK_RUNS_PER_SECOND))
+
+
+WATCHDOG_GRACE = 1.0  # seconds past a task's allowance before the parent kills its worker
+
+
+def unit_allowance(config: CampaignConfig) -> float:
+    """The longest a stream may run: after a hang the others go on under a fresh limit, so
+    each backend may use the whole ``stream_timeout`` once, plus one for generating it."""
+    return config.stream_timeout * (len(config.backends) + 1)
+
+
+def watchdog_limits(config: CampaignConfig) -> tuple[float, float, float]:
+    """(stream task, shrink task, stream task alone) limits, from the moment the executor
+    marks the task running.
+
+    A task marked running may still wait behind one other in the call queue, hence twice
+    the allowance.  A shrink stops starting runs at its budget; each run is bounded, and
+    finding where the signature first shows takes a few runs that the budget does not
+    bound (prefixes of growing length)."""
+    allowance = unit_allowance(config)
+    grace = WATCHDOG_GRACE + config.stream_timeout
+    return (2 * allowance + grace, SHRINK_TIME_CEILING * config.shrink_budget + 8 * allowance + grace,
+            allowance + grace)
+
+
+def kill_workers(executor: cf.Executor) -> bool:
+    """Kill the worker processes of a local process pool (the pool is then broken, and its
+    tasks fail with ``BrokenProcessPool``).  False for an executor without processes
+    of its own to kill (a cluster's): its hung task is abandoned instead."""
+    processes = getattr(executor, "_processes", None)
+    if not processes:
+        return False
+    for proc in list(processes.values()):
+        try:
+            proc.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+    return True
+
+
+class Watchdog:
+    """Notes when each task starts running and tells which ran past its limit."""
+
+    def __init__(self) -> None:
+        self.since: dict[cf.Future, float] = {}
+
+    def overdue(self, futures: dict[cf.Future, float]) -> list[cf.Future]:
+        """``futures``: future -> its limit in seconds.  The futures past it."""
+        now = time.monotonic()
+        late = []
+        for fut, limit in futures.items():
+            if fut.done():
+                self.since.pop(fut, None)
+            elif fut.running():
+                if now - self.since.setdefault(fut, now) > limit:
+                    late.append(fut)
+        return late
+
+    def forget(self) -> None:
+        self.since.clear()
+
+
+def run_alone(executor_factory: ExecutorFactory, task: Any, fn: Callable[[Any], Any],
+              limit: float) -> tuple[Any, str]:
+    """Run one task in a fresh one-worker executor: (result, "ok"), (None, "died") when the
+    worker died, (None, "hung") when it ran past ``limit`` seconds and was killed."""
+    single = executor_factory(1)
+    hung = False
+    try:
+        return single.submit(fn, task).result(timeout=limit), "ok"
+    except BrokenProcessPool:
+        return None, "died"
+    except cf.TimeoutError:
+        hung = True
+        kill_workers(single)
+        return None, "hung"
+    finally:
+        single.shutdown(wait=not hung, cancel_futures=True)
+
+
+def _worker_death_hit(name: str | None, k: int, seed: int, hung: bool) -> tuple[str, tuple[int, dict[str, Any]]]:
+    """The divergence of a worker that died (or hung and was killed) running stream k:
+    ``name``'s when it does so alone, "?"'s when no single backend does."""
+    what = ("hung past the watchdog's limit and was killed" if hung else "died")
+    d = Divergence(kind="hang" if hung else "crash", backend=name or "?", op_index=-1, op="whole stream",
+                   op_kind="stream", field="worker", cls="worker-killed" if hung else "worker-died",
+                   message=f"the worker process {what} running stream {k} (seed {seed})"
+                           + (f" with {name} alone" if name else ""),
+                   attribution=(f"{name} {'hangs' if hung else 'kills'} the worker when run alone" if name
+                                else "no single backend kills the worker alone"))
+    return d.signature, (1, d.to_json())
 
 
 # -- the campaign (parent side) --------------------------------------------------------------------
@@ -456,6 +576,73 @@ class Survival:
         return asdict(self)
 
 
+def journal_record_problem(entry: Any) -> str | None:
+    """What is wrong with a parsed journal line (None: a record ``_load_state`` can use)."""
+    if not isinstance(entry, dict):
+        return "record is not a JSON object"
+    if entry.get("type") == "elapsed":
+        ok = isinstance(entry.get("elapsed"), (int, float)) and not isinstance(entry.get("elapsed"), bool)
+        return None if ok else "elapsed record lacks a number 'elapsed'"
+    if entry.get("type") == "corpus":
+        ok = isinstance(entry.get("entry"), str) and isinstance(entry.get("outcome"), dict)
+        return None if ok else "corpus record lacks a string 'entry' and an object 'outcome'"
+    if "oom" in entry and not (isinstance(entry["oom"], dict) and all(type(v) is int for v in entry["oom"].values())):
+        return "record's 'oom' is not a map of op indexes"
+    if "backends" in entry and not (isinstance(entry["backends"], list)
+                                    and all(isinstance(b, str) for b in entry["backends"])):
+        return "record's 'backends' is not a list of names"
+    for key in ("k", "seed", "ops"):
+        if type(entry.get(key)) is not int or entry[key] < 0:
+            return f"record lacks a non-negative integer {key!r}"
+    for key in ("elapsed", "at"):
+        if key in entry and (not isinstance(entry[key], (int, float)) or isinstance(entry[key], bool)):
+            return f"record's {key!r} is not a number"
+    hits = entry.get("hits")
+    if not isinstance(hits, dict):
+        return "record lacks an object 'hits'"
+    for sig, hit in hits.items():
+        if (not isinstance(hit, list) or len(hit) != 2 or type(hit[0]) is not int or not isinstance(hit[1], dict)
+                or not {"kind", "backend", "op_kind", "field", "class"} <= set(hit[1])):
+            return f"record's hit {short(sig)} is not [count, divergence]"
+    return None
+
+
+def read_corpus_record(path: Path) -> dict[str, Any]:
+    """An ``OUT/corpus/*.json`` file: a signature's record, or a plain stream file (which
+    has no 'signature'); anything else is bad input naming the file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{path}: not a corpus record ({short(str(exc), 80)})") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{path}: not a corpus record (not a JSON object)")
+    repro = doc.get("reproducer")
+    if "signature" in doc and repro is not None and not (isinstance(repro, dict) and isinstance(repro.get("ops"), list)):
+        raise BadInput(f"{path}: not a corpus record ('reproducer' is not a stream)")
+    return doc
+
+
+def lock_run_dir(out: Path) -> int:
+    """Take ``OUT/lock`` for this process (``flock``, released when it exits, even on
+    ``kill -9``) and write our pid in it.  A directory in use: ``BadInput`` naming the pid
+    that holds it.  Returns the lock's descriptor."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise BadInput(f"{out}: cannot take the campaign's lock: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise BadInput(f"{out} is in use by another campaign (pid {holder}): "
+                       "wait for it to end or use another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def slug(signature: str) -> str:
     """A file name for a signature: readable, and unique through a short hash."""
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", signature)[:80]
@@ -497,12 +684,19 @@ class Campaign:
         self.started = time.monotonic()
         self.prior_elapsed = 0.0
         self._shrinks: dict[cf.Future, str] = {}
+        self._shrink_attempts: dict[str, int] = {}
+        self._watchdog = Watchdog()
+        self._limits = watchdog_limits(config)
         self._journal = None
         self.coverage = CoverageTally()
         self.feedback = (FeedbackPool(config.seed, config.shard_index, config.shard_count)
                          if config.feedback else None)
         self.corpus = corpus
         self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
+        self._committed_set: set[int] = set()
+        self._lock: int | None = None
+        if not read_only:
+            self._lock = lock_run_dir(self.out)
         if resume or read_only:
             self._load_state(repair=not read_only)
         else:
@@ -527,21 +721,30 @@ class Campaign:
             raise BadInput(f"{self.out}: no campaign to resume (campaign.json missing)")
         good: list[str] = []
         if journal.exists():
-            lines = journal.read_text(encoding="utf-8").splitlines(keepends=True)
-            for line in lines:
-                if not line.endswith("\n"):
+            try:
+                lines = journal.read_text(encoding="utf-8").splitlines(keepends=True)
+            except UnicodeDecodeError as exc:
+                raise BadInput(f"{journal}: not UTF-8 text (byte {exc.start})") from None
+            for lineno, line in enumerate(lines, 1):
+                last = lineno == len(lines)
+                if not line.endswith("\n") and last:
                     break  # torn by a kill: that stream is run again
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
-                    break
+                    if last:
+                        break
+                    raise BadInput(f"{journal}:{lineno}: not a JSON record") from None
+                problem = journal_record_problem(entry)
+                if problem:
+                    raise BadInput(f"{journal}:{lineno}: {problem}")
                 good.append(line)
                 self._replay_journal_entry(entry)
             # Drop a torn tail so that appends start on a clean line.
             if repair and len(good) != len(lines):
                 atomic_write_text(journal, "".join(good))
         for path in sorted((self.out / "corpus").glob("*.record.json")):
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = read_corpus_record(path)
             rec = self.records.get(doc.get("signature", ""))
             if rec is not None and doc.get("reproducer") is not None:
                 rec.reproducer = doc["reproducer"]
@@ -551,11 +754,15 @@ class Campaign:
 
     def _replay_journal_entry(self, entry: dict[str, Any]) -> None:
         if entry.get("type") == "elapsed":
-            self.prior_elapsed = entry["elapsed"]
+            self.prior_elapsed = max(self.prior_elapsed, entry["elapsed"])
             return
         if entry.get("type") == "corpus":
             self.corpus_runs[entry["entry"]] = entry["outcome"]
             return
+        # The campaign's time when the stream was committed: a killed session's time counts.
+        self.prior_elapsed = max(self.prior_elapsed, entry.get("at", 0.0))
+        if entry["k"] in self._committed_set:
+            return  # written twice (two sessions on one directory before it was locked)
         features = self.coverage.replay(entry)
         if self.feedback is not None:
             self.feedback.replay(entry["k"], entry, features)
@@ -593,7 +800,8 @@ class Campaign:
                                 ran=res.backends)
         for rec in new:
             self._write_divergence(rec)
-        entry = {"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits, "elapsed": round(res.elapsed, 6)}
+        entry = {"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits, "elapsed": round(res.elapsed, 6),
+                 "at": round(self.elapsed(), 3)}
         if res.out_of_memory:
             entry["oom"] = dict(sorted(res.out_of_memory.items()))
         if res.backends is not None:
@@ -618,6 +826,7 @@ class Campaign:
                      replaying: bool = False, out_of_memory: dict[str, int] | None = None,
                      ran: Sequence[str] | None = None) -> list[SignatureRecord]:
         self.committed.append(k)
+        self._committed_set.add(k)
         self.ops += ops
         self.stream_seconds += elapsed
         if hits:
@@ -657,7 +866,7 @@ class Campaign:
         exhausted = False
         interrupted = False
         try:
-            self._replay_corpus(executor)
+            executor = self._replay_corpus(executor)
             # Signatures found before a kill whose reproducer was not written: shrink again.
             for rec in sorted(self.records.values(), key=lambda r: r.first_k):
                 if rec.reproducer is None:
@@ -678,6 +887,7 @@ class Campaign:
                 if not pending and (exhausted or not sched.held):
                     break
                 finished, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                self._enforce_deadlines(executor, pending)
                 broken: list[int] = []
                 for fut in finished:
                     k = pending.pop(fut)
@@ -693,9 +903,8 @@ class Campaign:
                     for k in sorted(broken):
                         buffer[k] = self._isolate(k)
                     executor = self.executor_factory(self.workers)
-                    for rec in sorted(self.records.values(), key=lambda r: r.first_k):
-                        if rec.reproducer is None and rec.signature not in self._shrinks.values():
-                            self._submit_shrink(executor, rec)
+                    self._watchdog.forget()
+                    self._resubmit_shrinks(executor)
                 # Commit in stream order: the report must not depend on who finished first.
                 for k in [k for k in submitted if k in buffer]:
                     if sched.beyond(k):  # after a held stream the budget dropped: run on --resume
@@ -708,9 +917,9 @@ class Campaign:
                     submitted.remove(k)
                     for rec in self._commit(res):
                         self._submit_shrink(executor, rec)
-                self._collect_shrinks(block=False)
+                self._collect_shrinks()
                 self._report_progress()
-            self._collect_shrinks(block=True)
+            executor = self._finish_shrinks(executor)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
             interrupted = True
             raise
@@ -725,6 +934,9 @@ class Campaign:
                 self._append_journal({"type": "elapsed", "elapsed": round(self.elapsed(), 3)})
                 self._journal.close()
                 self._journal = None
+            if self._lock is not None:
+                os.close(self._lock)  # releases the flock
+                self._lock = None
         if not self.committed:
             raise NothingToRun("no stream was run (is the budget too small?)")
         report = self.report()
@@ -733,21 +945,41 @@ class Campaign:
             report["corpus"] = self.corpus.summary()
         return report
 
-    def _replay_corpus(self, executor: cf.Executor) -> None:
-        """Replay the corpus's reproducers first (those not replayed before a --resume)."""
+    def _replay_corpus(self, executor: cf.Executor) -> cf.Executor:
+        """Replay the corpus's reproducers first (those not replayed before a --resume),
+        under the watchdog.  Returns the executor to go on with (a fresh one after a
+        worker died or hung: the entries then in flight are replayed again one by one)."""
         if self.corpus is None:
-            return
+            return executor
         todo = [e for e in self.corpus.runnable(self.config.backends) if e.name not in self.corpus_runs]
-        futures = {executor.submit(replay_corpus_entry, CorpusTask(self.config, e.stream, e.backend)): e for e in todo}
-        for fut in cf.as_completed(futures):
-            entry = futures[fut]
-            try:
-                outcome = fut.result()
-            except BrokenProcessPool:
+        pending = {executor.submit(replay_corpus_entry, CorpusTask(self.config, e.stream, e.backend)): e
+                   for e in todo}
+        broken = []
+        while pending:
+            finished, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            self._enforce_deadlines(executor, dict.fromkeys(pending, 0))
+            for fut in finished:
+                entry = pending.pop(fut)
+                try:
+                    self._record_corpus_run(entry.name, fut.result())
+                except BrokenProcessPool:
+                    broken.append(entry)
+        if not broken:
+            return executor
+        executor.shutdown(wait=False, cancel_futures=True)
+        for entry in broken:
+            task = CorpusTask(self.config, entry.stream, entry.backend)
+            outcome, fate = run_alone(self.executor_factory, task, replay_corpus_entry, self._limits[2])
+            if fate != "ok":
                 outcome = {"diverged": True, "signatures": [], "head_signature": None,
-                           "note": "the worker died replaying it"}
-            self.corpus_runs[entry.name] = outcome
-            self._append_journal({"type": "corpus", "entry": entry.name, "outcome": outcome})
+                           "note": f"the worker {'hung' if fate == 'hung' else 'died'} replaying it"}
+            self._record_corpus_run(entry.name, outcome)
+        self._watchdog.forget()
+        return self.executor_factory(self.workers)
+
+    def _record_corpus_run(self, name: str, outcome: dict[str, Any]) -> None:
+        self.corpus_runs[name] = outcome
+        self._append_journal({"type": "corpus", "entry": name, "outcome": outcome})
 
     def _submit_shrink(self, executor: cf.Executor, rec: SignatureRecord) -> None:
         if self.config.shrink_budget <= 0:
@@ -758,9 +990,62 @@ class Campaign:
             # the divergence that explains it, whose reproducer stands for it.
             self._finish_without_shrink(rec, f"explained by {rec.first['explained_by']}: not minimised on its own")
             return
-        fut = executor.submit(shrink_unit, ShrinkTask(self.config, rec.signature, rec.first_k, rec.first["backend"],
-                                                      self._recipe(rec.first_k)))
-        self._shrinks[fut] = rec.signature
+        culprits = self._culprits()
+        backend = rec.first.get("backend")
+        if backend in culprits:
+            self._finish_without_shrink(rec, f"not shrunk: {backend} kills or hangs the worker")
+            return
+        attempts = self._shrink_attempts.get(rec.signature, 0)
+        if attempts >= 2:
+            self._finish_without_shrink(rec, "not shrunk: the worker died (or hung) twice while shrinking")
+            return
+        self._shrink_attempts[rec.signature] = attempts + 1
+        task = ShrinkTask(self.config, rec.signature, rec.first_k, rec.first["backend"],
+                          self._recipe(rec.first_k), self._shrink_backends(backend, culprits))
+        self._shrinks[executor.submit(shrink_unit, task)] = rec.signature
+
+    def _culprits(self) -> set[str]:
+        return {name for death in self.worker_deaths for name in death["backends"]}
+
+    def _shrink_backends(self, backend: Any, culprits: set[str]) -> tuple[str, ...] | None:
+        """The lanes a signature's shrink runs: its backend and the reference (a signature
+        is one backend against the contract), never a backend that killed a worker.  So a
+        backend that dies or hangs leaves the others' reproducers to be shrunk without it."""
+        names = tuple(n for n in self.config.backends
+                      if (n == backend or n == self.config.reference) and n not in culprits)
+        return names or None
+
+    def _resubmit_shrinks(self, executor: cf.Executor) -> None:
+        """Shrink again every signature left without a reproducer (its worker died)."""
+        for rec in sorted(self.records.values(), key=lambda r: r.first_k):
+            if rec.reproducer is None and rec.signature not in self._shrinks.values():
+                self._submit_shrink(executor, rec)
+
+    def _enforce_deadlines(self, executor: cf.Executor, pending: dict[cf.Future, int]) -> None:
+        """The parent's watchdog: a task past its limit (a backend that ignores SIGALRM, or
+        spins in C code) has its worker killed; what follows is a worker's death."""
+        unit_limit, shrink_limit, _ = self._limits
+        watched = {fut: unit_limit for fut in pending}
+        watched.update({fut: shrink_limit for fut in self._shrinks})
+        if self._watchdog.overdue(watched):
+            kill_workers(executor)
+            self._watchdog.forget()
+
+    def _finish_shrinks(self, executor: cf.Executor) -> cf.Executor:
+        """Wait for the shrinks in flight, under the watchdog; those whose worker died are
+        run again on a fresh pool.  Returns the executor in use."""
+        while True:
+            if not self._shrinks:
+                if all(rec.reproducer is not None for rec in self.records.values()):
+                    return executor
+                executor.shutdown(wait=False, cancel_futures=True)
+                executor = self.executor_factory(self.workers)
+                self._watchdog.forget()
+                self._resubmit_shrinks(executor)
+                continue
+            cf.wait(list(self._shrinks), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            self._collect_shrinks()
+            self._enforce_deadlines(executor, {})
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
         stream = make_stream(self.config, rec.first_k, self._recipe(rec.first_k))
@@ -770,29 +1055,25 @@ class Campaign:
         self._write_corpus(rec)
         self._write_divergence(rec)
 
-    def _collect_shrinks(self, block: bool) -> None:
-        while self._shrinks:
-            finished, _ = cf.wait(list(self._shrinks), timeout=None if block else 0,
-                                  return_when=cf.FIRST_COMPLETED)
-            if not finished:
-                return
-            for fut in finished:
-                sig = self._shrinks.pop(fut)
-                rec = self.records[sig]
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool:
-                    self._finish_without_shrink(rec, "the worker died while shrinking")
-                    continue
-                except Exception as exc:
-                    self._finish_without_shrink(rec, f"{type(exc).__name__}: {exc}")
-                    continue
-                rec.reproducer = outcome.stream_json
-                rec.reproducer_ops = outcome.ops
-                rec.shrink_error = outcome.error
-                rec.head = outcome.head
-                self._write_corpus(rec)
-                self._write_divergence(rec)
+    def _collect_shrinks(self) -> None:
+        """Take in the shrinks done (never waits).  One whose worker died is left without a
+        reproducer, to be shrunk again on a fresh pool."""
+        for fut in [f for f in self._shrinks if f.done()]:
+            sig = self._shrinks.pop(fut)
+            rec = self.records[sig]
+            try:
+                outcome = fut.result()
+            except BrokenProcessPool:
+                continue
+            except Exception as exc:
+                self._finish_without_shrink(rec, f"{type(exc).__name__}: {exc}")
+                continue
+            rec.reproducer = outcome.stream_json
+            rec.reproducer_ops = outcome.ops
+            rec.shrink_error = outcome.error
+            rec.head = outcome.head
+            self._write_corpus(rec)
+            self._write_divergence(rec)
 
     def _requeue_shrinks_after_break(self) -> None:
         for fut in list(self._shrinks):
@@ -801,46 +1082,35 @@ class Campaign:
             self._shrinks.pop(fut)
 
     def _isolate(self, k: int) -> UnitResult:
-        """Stream k was in flight when a worker died: run it alone to see whether it kills
-        a worker, and if so with which backend."""
-        single = self.executor_factory(1)
+        """Stream k was in flight when a worker died (or was killed by the watchdog): run it
+        alone to see whether it kills or hangs a worker, and if so with which backend."""
+        unit_limit = self._limits[2]  # alone in its executor: no queue to wait in
         recipe = self._recipe(k)
-        try:
-            return single.submit(run_unit, UnitTask(self.config, k, recipe=recipe)).result()
-        except BrokenProcessPool:
-            pass
-        finally:
-            single.shutdown(wait=True, cancel_futures=True)
-        culprits = []
+        res, fate = run_alone(self.executor_factory, UnitTask(self.config, k, recipe=recipe), run_unit, unit_limit)
+        if fate == "ok":
+            return res
+        whole = fate
+        culprits: list[str] = []
+        hung: list[str] = []
         for name in self.config.backends:
-            solo = self.executor_factory(1)
-            try:
-                solo.submit(run_unit, UnitTask(self.config, k, (name,), recipe)).result()
-            except BrokenProcessPool:
+            _, solo = run_alone(self.executor_factory, UnitTask(self.config, k, (name,), recipe), run_unit, unit_limit)
+            if solo != "ok":
                 culprits.append(name)
-            finally:
-                solo.shutdown(wait=True, cancel_futures=True)
+                if solo == "hung":
+                    hung.append(name)
         seed = unit_seed(self.config.seed, k)
-        self.worker_deaths.append({"stream": k, "seed": seed, "backends": culprits})
+        self.worker_deaths.append({"stream": k, "seed": seed, "backends": culprits,
+                                   "killed_by_watchdog": hung})
         res = UnitResult(k=k, seed=seed, ops=0, elapsed=0.0, backends=())
         others = tuple(n for n in self.config.backends if n not in culprits)
         if culprits and others:
             # What the other backends find in this stream is not lost with the worker.
-            rest = self.executor_factory(1)
-            try:
-                res = rest.submit(run_unit, UnitTask(self.config, k, others, recipe)).result()
-            except BrokenProcessPool:
-                pass
-            finally:
-                rest.shutdown(wait=True, cancel_futures=True)
+            rest, fate = run_alone(self.executor_factory, UnitTask(self.config, k, others, recipe), run_unit, unit_limit)
+            if fate == "ok":
+                res = rest
         for name in culprits or ["?"]:
-            d = Divergence(kind="crash", backend=name, op_index=-1, op="whole stream", op_kind="stream",
-                           field="worker", cls="worker-died",
-                           message=f"the worker process died running stream {k} (seed {seed})"
-                                   + (f" with {name} alone" if culprits else ""),
-                           attribution=(f"{name} kills the worker when run alone" if culprits
-                                        else "no single backend kills the worker alone"))
-            res.hits[d.signature] = (1, d.to_json())
+            res.hits.update([_worker_death_hit(name if culprits else None, k, seed,
+                                               name in hung if culprits else whole == "hung")])
         return res
 
     def _report_progress(self) -> None:
@@ -1030,6 +1300,8 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     ops = 0
     base: CampaignConfig | None = None
     known: list[KnownDivergence] = []
+    shards: dict[int, Path] = {}
+    seen: set[int] = set()
     hit_sets: Counter[frozenset[str]] = Counter()
     survival: dict[str, Survival] = {}
     tally = CoverageTally()
@@ -1042,11 +1314,12 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         tally.add(CoverageTally.from_journal(Path(d) / JOURNAL))
         if base is None:
             base, known = config, camp.known
-        elif (config.seed, config.backends, config.generator, config.generator_options, config.ops_per_stream,
-              config.streams, config.feedback) != (base.seed, base.backends, base.generator,
-                                                   base.generator_options, base.ops_per_stream, base.streams,
-                                                   base.feedback):
-            raise BadInput(f"{d}: not a shard of the same campaign as {dirs[0]}")
+        _check_shard(Path(d), config, base, Path(dirs[0]), shards)
+        shards[config.shard_index] = Path(d)
+        twice = seen.intersection(committed)
+        if twice:  # equal configs and distinct shards cannot share a stream; a copied journal can
+            raise BadInput(f"{d}: stream {min(twice)} is also in another shard given")
+        seen.update(committed)
         streams_run += len(committed)
         ops += n_ops
         for sig, rec in records.items():
@@ -1061,6 +1334,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
                 reproducer=first.reproducer, reproducer_ops=first.reproducer_ops, shrink_error=first.shrink_error,
                 head=first.head)
     assert base is not None
+    missing = [i for i in range(base.shard_count) if i not in shards]
     config = CampaignConfig(**{**asdict(base), "shard_index": 0, "shard_count": 1,
                                "backends": base.backends, "plugins": base.plugins})
     out.mkdir(parents=True, exist_ok=True)
@@ -1072,5 +1346,25 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     # The merged report is the unsharded campaign's: config says shard 0/1.
     report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival,
                                    coverage=tally.to_report(streams_run))
+    if missing:  # not the unsharded campaign's report: say what it lacks
+        report["campaign"]["shard"] = "+".join(str(i) for i in sorted(shards)) + f"/{base.shard_count}"
+        report["campaign"]["shards_missing"] = missing
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report
+
+
+def _check_shard(d: Path, config: CampaignConfig, base: CampaignConfig, first: Path,
+                 shards: dict[int, Path]) -> None:
+    """``d`` is one more shard of ``base``'s campaign, not given before (BadInput naming it)."""
+    if config.shard_count != base.shard_count:
+        raise BadInput(f"{d}: shard {config.shard_index}/{config.shard_count} overlaps the shards of "
+                       f"{first} (of {base.shard_count}): not the same split")
+    mine, theirs = asdict(config), asdict(base)
+    for name in mine:
+        if name != "shard_index" and mine[name] != theirs[name]:
+            raise BadInput(f"{d}: not a shard of the same campaign as {first} "
+                           f"({name} {short(mine[name])} != {short(theirs[name])})")
+    if config.shard_index in shards:
+        raise BadInput(f"{d}: shard {config.shard_index}/{config.shard_count} given twice "
+                       f"(also {shards[config.shard_index]})")
+

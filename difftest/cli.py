@@ -14,6 +14,7 @@ from typing import Sequence
 import click
 
 # The command group and every subcommand (each module registers its own on ``cli``).
+from difftest import interrupts
 from difftest import cli_check, cli_fuzz, cli_import, cli_report, cli_run, cli_shrink, cli_streams  # noqa: F401
 from difftest.cli_base import Context, cli, pass_ctx, styled, use_color  # noqa: F401
 from difftest.errors import (
@@ -29,6 +30,7 @@ from difftest.errors import (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: run click without its own exit handling, map errors to codes."""
+    interrupts.install()  # a real Ctrl-C is told apart from a plugin raising KeyboardInterrupt
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="difftest",
                       standalone_mode=False)

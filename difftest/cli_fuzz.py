@@ -405,6 +405,9 @@ def print_summary(report: dict, out_dir: Path) -> None:
 def merge_cmd(dirs, out, as_json) -> int:
     """Combine the outputs of campaign shards into one report."""
     report = merge_runs([Path(d) for d in dirs], Path(out))
+    for i in report["campaign"].get("shards_missing", []):
+        click.echo(f"difftest: warning: missing shard {i} of {report['campaign']['shard'].split('/')[-1]}",
+                   err=True)
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False))
     else:

@@ -28,6 +28,7 @@ from difftest.cli_base import Context, cli, pass_ctx
 from difftest.errors import EXIT_OK, BadInput, PluginError
 from difftest.lifecycle import compare
 from difftest.report import REPORT_FORMAT
+from difftest.report_shape import nested_problem
 from difftest.streams import atomic_write_text
 
 REPORT_FILE = "report.json"
@@ -103,7 +104,7 @@ def _shape_problem(doc: Any) -> str | None:
     for key in ("no_longer_seen", "worker_deaths"):
         if key in doc and not isinstance(doc[key], list):
             return f"field {key!r} is not a list"
-    return None
+    return nested_problem(doc)
 
 
 def _registry(ctx: Context, run_dir: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -68,12 +69,14 @@ def _clip(text: str, width: int) -> str:
               help="Minimise a reproducer for each signature (from the ops up to its first sighting).")
 @click.option("--shrink-budget", default=10.0, show_default=True, type=click.FloatRange(0),
               metavar="SECONDS", help="With --shrink: seconds to minimise each signature.")
+@click.option("--stream-timeout", default=60.0, show_default=True, type=click.FloatRange(0.01),
+              metavar="SECONDS", help="Time limit of each run, shrink runs included (past it: a hang).")
 @click.option("--json", "as_json", is_flag=True, help="Print one difftest.report/1 document.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
 def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], reference: str | None,
                checkpoint_every: int, invariants: str, baseline: str | None, strict: bool, do_shrink: bool,
-               shrink_budget: float, as_json: bool, no_progress: bool) -> int:
+               shrink_budget: float, stream_timeout: float, as_json: bool, no_progress: bool) -> int:
     """Run stream files on the backends; exit 1 when anything the baseline does not know
     diverged (with --strict: when anything diverged).
 
@@ -85,13 +88,15 @@ def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], 
     harness = make_harness(ctx, backends, reference, checkpoint_every=checkpoint_every,
                            invariants_per_op=invariants == "per-op")
     bar = _ops_bar(not (as_json or no_progress) and sys.stderr.isatty(), sum(len(s) for s in loaded))
-    try:
-        runs = [harness.run(_counted(stream, bar)) for stream in loaded]
-    finally:
-        if bar is not None:
-            bar.close()
-    reproducers, notes = (_shrink_firsts(harness, runs, loaded, files, shrink_budget)
-                          if do_shrink else ({}, {}))
+    # What a backend prints goes to stderr: stdout may be the JSON document.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            runs = [harness.run(_counted(stream, bar), time_limit=stream_timeout) for stream in loaded]
+        finally:
+            if bar is not None:
+                bar.close()
+        reproducers, notes = (_shrink_firsts(harness, runs, loaded, files, shrink_budget, stream_timeout)
+                              if do_shrink else ({}, {}))
     report = report_from_runs(runs, sources=files, reproducers=reproducers, shrink_notes=notes)
     mark_known(report, load_baseline(baseline) if baseline else list(ctx.registry.known))
     if as_json:
@@ -141,7 +146,8 @@ def _counted(stream: Stream, bar) -> Stream:
 
 
 def _shrink_firsts(harness: Harness, runs: Sequence[RunResult], loaded: Sequence[Stream],
-                   files: Sequence[str], budget: float) -> tuple[dict[str, Stream], dict[str, str]]:
+                   files: Sequence[str], budget: float,
+                   time_limit: float | None = None) -> tuple[dict[str, Stream], dict[str, str]]:
     """For each signature, minimise the ops up to its first sighting (``replay --shrink``)."""
     from difftest.shrink import shrink
 
@@ -155,7 +161,8 @@ def _shrink_firsts(harness: Harness, runs: Sequence[RunResult], loaded: Sequence
             prefix = streams.Stream(ops=tuple(stream.ops[:end]), phys_pages=stream.phys_pages,
                                     origin={"stream": path, "start": 0, "end": end})
             try:
-                reproducers[d.signature] = shrink(prefix, harness, d.signature, time_budget=budget).stream
+                reproducers[d.signature] = shrink(prefix, harness, d.signature, time_budget=budget,
+                                                      time_limit=time_limit).stream
             except BadInput as exc:  # not VM-legal, or the prefix alone does not show it
                 notes[d.signature] = f"not minimised: {exc}"
     return reproducers, notes

@@ -15,6 +15,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, CI runners, Slurm): handled like Ctrl-C (what is found is
     kept, the campaign can be resumed), exit 143."""
 
+QUOTE_LIMIT = 40  # characters of a bad value quoted in an error line
+
+
+def short(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error line: at most ``limit`` characters of it, then "..."
+    (a bad value may be a megabyte long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 class DifftestError(Exception):
     """Base class: ``str(err)`` is the one line shown to the user."""

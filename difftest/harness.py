@@ -43,7 +43,8 @@ from typing import Any, Callable, Iterable, Sequence
 from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched
 from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState
 from difftest.divergence import Allowed, Divergence, RunResult
-from difftest.errors import BadInput
+from difftest.errors import BadInput, short
+from difftest.interrupts import plugin_fault
 from difftest.machine import (
     KERNEL_MAX,
     KERNEL_MIN,
@@ -104,6 +105,12 @@ class _NeedsPrecise(BaseException):
     """The fast path found a backend invariant broken at an audit: the stream is re-run on
     the precise path, which says at which op it broke.  A BaseException, so that the
     audit's own error handling does not take it for a crash."""
+
+
+def _backend_fault(exc: BaseException) -> bool:
+    """``exc``, caught around a backend's code, is the backend's (its crash): anything but
+    the harness's own control flow and a real Ctrl-C (``difftest.interrupts``)."""
+    return plugin_fault(exc, (StreamTimeout, _NeedsPrecise, LaneStopped))
 
 
 class StreamTimeout(BaseException):
@@ -313,27 +320,43 @@ class StreamRun:
         pool.reserve_data(self.data_frames)
         invariants = [inv for inv in self.h.invariants if inv.applies_to(spec.name)]
         lane = Lane(spec=spec, backend=None, pool=pool, state=ContractState(spec.geometry), invariants=invariants)  # type: ignore[arg-type]
+        free_before = pool.free_frames
         try:
             lane.backend = spec.factory(pool)
-        except Exception as exc:
-            lane.stopped = f"crashed at bootstrap: {type(exc).__name__}: {exc}"
-            self.result.divergences.append(
-                Divergence(
-                    kind="crash", backend=spec.name, op_index=-1, op="bootstrap", op_kind="bootstrap",
-                    field="exception", cls=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
-                    traceback=tb.format_exc(),
-                )
-            )
-            self.result.stopped[spec.name] = lane.stopped
+        except OutOfMemory as exc:
+            if free_before >= lane.state.create_frames():  # it had the frames: a bug
+                self._bootstrap_crash(lane, exc)
+            else:  # the machine is too small for this backend: allowed, as at pmap_create
+                lane.stopped = f"out of memory at bootstrap: {exc}"
+                self.result.stopped[spec.name] = lane.stopped
+                self._allow(lane, -1, "out-of-memory", f"bootstrap: {exc}")
+        except BaseException as exc:
+            if not _backend_fault(exc):
+                raise
+            self._bootstrap_crash(lane, exc)
         return lane
+
+    def _bootstrap_crash(self, lane: Lane, exc: BaseException) -> None:
+        lane.stopped = f"crashed at bootstrap: {type(exc).__name__}: {exc}"
+        self.result.divergences.append(
+            Divergence(
+                kind="crash", backend=lane.name, op_index=-1, op="bootstrap", op_kind="bootstrap",
+                field="exception", cls=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
+                traceback=tb.format_exc(),
+            )
+        )
+        self.result.stopped[lane.name] = lane.stopped
 
     # -- the loop -------------------------------------------------------------------------------
 
     def execute(self, deadline: float | None, start: int = 0) -> None:
         every = self.h.checkpoint_every
         due: int | None = None
+        stopped, lanes = self.result.stopped, len(self.lanes)
         # Iterated, not indexed: the ops may come from a lazy sequence.
         for index, op in enumerate(islice(self.stream.ops, start, None), start):
+            if len(stopped) >= lanes:
+                break  # every lane has stopped: the ops left run nowhere (and are not counted)
             if due is not None:
                 # The checkpoint after op ``due``, run only now that another op follows:
                 # after the last op the final audit is the checkpoint (never two in a row).
@@ -415,6 +438,11 @@ class StreamRun:
                 self._step_lane(lane, index, op, divs)
             except LaneStopped:
                 pass
+            except OutOfMemory as exc:  # from an op that cannot fail for want of memory
+                try:
+                    self._crashed(lane, index, op, divs, exc)
+                except LaneStopped:
+                    pass
             lane.next_op = index + 1
             if divs:
                 found.extend((lane, d) for d in divs)
@@ -436,15 +464,40 @@ class StreamRun:
         except FrameError as exc:
             divs.append(self._div(lane, index, op, "resource", "pool", "frame-misuse", str(exc)))
             self._stop(lane, f"frame misuse at op {index}: {exc}")
-        except Exception as exc:
-            divs.append(
-                self._div(
-                    lane, index, op, "crash", "exception", type(exc).__name__,
-                    f"{type(exc).__name__}: {exc}", traceback=tb.format_exc(),
-                )
-            )
-            self._stop(lane, f"crashed at op {index}: {type(exc).__name__}: {exc}")
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the backend's crash too
+            if not _backend_fault(exc):
+                raise
+            self._crashed(lane, index, op, divs, exc)
         raise AssertionError("unreachable")
+
+    def _crashed(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
+        """The backend raised ``exc`` running ``op``: a crash, and the lane stops (raises)."""
+        divs.append(
+            self._div(
+                lane, index, op, "crash", "exception", type(exc).__name__,
+                f"{type(exc).__name__}: {exc}", traceback=tb.format_exc(),
+            )
+        )
+        self._stop(lane, f"crashed at op {index}: {type(exc).__name__}: {exc}")
+
+    def _follow_backend(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int, va: int,
+                        pas: set[int]) -> None:
+        """A result outside the contract says nothing of what the backend did: take its
+        translation at (pmap, va) and the pages' attributes as they are, so that one bad
+        result is one divergence, not a cascade of the ops that follow."""
+        st = lane.state
+        got = self._call(lane, index, op, divs, lane.backend.walk, pmap, va)
+        if got is None:
+            st.delete(pmap, va)
+        else:
+            st.put(pmap, va, (got.pa, got.prot, got.wired, True))
+            pas.add(got.pa)
+        try:
+            self._resync_attributes(lane, pas)
+        except BaseException as exc:
+            if not _backend_fault(exc):
+                raise
+            self._crashed(lane, index, op, divs, exc)
 
     def _stop(self, lane: Lane, why: str, allowed: bool = False) -> None:
         if self.escalate and lane.invariants:
@@ -514,7 +567,8 @@ class StreamRun:
                                       location=_loc(pmap)))
         else:
             divs.append(self._div(lane, index, op, "result", "result", "bad-enter-result",
-                                  f"pmap_enter returned {res!r}", location=_loc(pmap, va)))
+                                  f"pmap_enter returned {short(res)}", location=_loc(pmap, va)))
+            self._follow_backend(lane, index, op, divs, pmap, va, pas)
         return _Step([(pmap, va)], pas, (pmap,))
 
     def _remove(self, lane: Lane, index: int, op: Remove, divs: list[Divergence]) -> _Step:
@@ -672,7 +726,9 @@ class StreamRun:
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            if not _backend_fault(exc):
+                raise
             divs.append(
                 self._div(lane, index, op, "crash", "observe", type(exc).__name__,
                           f"observing the backend raised {type(exc).__name__}: {exc}",
@@ -841,7 +897,9 @@ class StreamRun:
         for inv in lane.invariants:
             try:
                 messages = list(inv.check(lane.backend, touched))
-            except Exception as exc:
+            except BaseException as exc:
+                if not _backend_fault(exc):
+                    raise
                 messages = [f"the check raised {type(exc).__name__}: {exc}"]
             out.extend((inv.name, msg) for msg in messages)
         return out
@@ -872,7 +930,9 @@ class StreamRun:
                 self._audit_lane(lane, index, op, divs)
             except LaneStopped:
                 pass
-            except Exception as exc:
+            except BaseException as exc:
+                if not _backend_fault(exc):
+                    raise
                 if self.escalate and lane.invariants:
                     raise _NeedsPrecise from exc  # as in _stop
                 divs.append(self._div(lane, index, op, "crash", "observe", type(exc).__name__,
@@ -977,7 +1037,9 @@ class StreamRun:
                 return str(bool(fn(pa))).lower()
             if fld == "pool":
                 return f"{lane.pool.free_frames} free, {lane.pool.count(Tag.PT)} pt, {lane.pool.count(Tag.L1)} l1"
-        except Exception as exc:  # observing a broken backend must not stop the report
+        except BaseException as exc:  # observing a broken backend must not stop the report
+            if not _backend_fault(exc):
+                raise
             return f"unobservable ({type(exc).__name__})"
         if d.backend == lane.name:
             return d.message

@@ -43,8 +43,35 @@ def finite_float(text: str) -> float:
 DECODER = json.JSONDecoder(parse_constant=refuse_constant, parse_float=finite_float)
 
 
+MAX_NESTING = 64  # levels of arrays and objects in a stream's free-form fields (its origin)
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar: 0), without recursion;
+    counting stops a level past ``MAX_NESTING``."""
+    deepest = 0
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        todo.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def fix_text(value: Any) -> Any:
-    """Undo the latin-1 reading of UTF-8 bytes in every string of a decoded value."""
+    """Undo the latin-1 reading of UTF-8 bytes in every string of a decoded value (one
+    nested deeper than ``MAX_NESTING`` is left as it is: it is refused anyway)."""
+    if isinstance(value, (list, dict)) and nesting_depth(value) > MAX_NESTING:
+        return value
+    return _fix_text(value)
+
+
+def _fix_text(value: Any) -> Any:
     if isinstance(value, str):
         if value.isascii():
             return value
@@ -53,9 +80,9 @@ def fix_text(value: Any) -> Any:
         except (UnicodeEncodeError, UnicodeDecodeError):
             return value  # a \\u escape beyond latin-1: already real text
     if isinstance(value, list):
-        return [fix_text(v) for v in value]
+        return [_fix_text(v) for v in value]
     if isinstance(value, dict):
-        return {fix_text(k): fix_text(v) for k, v in value.items()}
+        return {_fix_text(k): _fix_text(v) for k, v in value.items()}
     return value
 
 

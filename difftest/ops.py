@@ -31,7 +31,7 @@ def parse_prot(text: str) -> int:
     for ch in text:
         bit = {"r": PROT_R, "w": PROT_W, "x": PROT_X}.get(ch)
         if bit is None or prot & bit:
-            raise ValueError(f"{text!r} is not a subset of 'rwx'")
+            raise ValueError(f"{text[:40]!r} is not a subset of 'rwx'")
         prot |= bit
     return prot
 

@@ -271,13 +271,14 @@ def _size_key(ops: Sequence[Op]) -> tuple[int, int, int, int, int]:
 class _Shrinker:
     def __init__(self, stream: Stream, harness: Any, signature: str, budget: float,
                  legal: LegalityCheck | None, progress: Callable[[str], None] | None,
-                 time_limit: float | None = None) -> None:
+                 time_limit: float | None = None, max_runs: int | None = None) -> None:
         self.original = stream
         self.phys_pages = stream.phys_pages
         self.harness = harness
         self.signature = signature
         self.started = time.monotonic()
         self.deadline = self.started + max(0.0, budget)
+        self.max_runs = max_runs  # a budget of work: the same stream shrinks alike on any machine
         if legal is vm_legality_problems:
             self.legal: LegalityCheck | None = lambda ops: vm_legality_problems(ops, first_only=True)
         else:
@@ -318,7 +319,8 @@ class _Shrinker:
 
     def _run(self, ops: Sequence[Op], bounded: bool = True) -> int | None:
         """Run ``ops``; the index of the first divergence with the signature, or None."""
-        if bounded and time.monotonic() > self.deadline:
+        if bounded and ((self.max_runs is not None and self.runs >= self.max_runs)
+                        or time.monotonic() > self.deadline):
             raise _OutOfTime
         self.runs += 1
         stream = Stream(tuple(ops), self.phys_pages, {}, free_frames=self.original.free_frames)
@@ -604,6 +606,7 @@ def shrink(
     legal: LegalityCheck | None = vm_legality_problems,
     progress: Callable[[str], None] | None = None,
     time_limit: float | None = None,
+    max_runs: int | None = None,
 ) -> ShrinkResult:
     """Minimise ``stream`` while its run on ``harness`` keeps showing ``signature``.
 
@@ -612,11 +615,13 @@ def shrink(
     a VM rule on purpose).  The original stream must itself be valid, legal and show the
     signature (``BadInput`` otherwise).  Stops at ``time_budget`` seconds with the best
     stream so far (a run in progress is finished first).  ``time_limit`` bounds each run
-    (``Harness.run``); a ``hang`` signature gets 10 s unless told otherwise.  The result's ``origin`` is ``{"shrunk_from": <original origin>,
+    (``Harness.run``); a ``hang`` signature gets 10 s unless told otherwise.  ``max_runs``
+    bounds the harness runs after the first sighting is found: a budget of work, so that
+    the result does not depend on the machine's speed (when the time budget is not hit first).  The result's ``origin`` is ``{"shrunk_from": <original origin>,
     "signature": ..., "original_ops": N, ...}``.
     """
     started = time.perf_counter()
-    s = _Shrinker(stream, harness, signature, time_budget, legal, progress, time_limit)
+    s = _Shrinker(stream, harness, signature, time_budget, legal, progress, time_limit, max_runs)
     problem = s.legal_problem(s.best)
     if problem is not None:
         raise BadInput(f"the stream to shrink is not legal: {problem}")

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from difftest.errors import StreamError
+from difftest.errors import BadInput, StreamError, short
 from difftest.jsonstream import (
+    MAX_NESTING,
     MalformedJSON,
     NotAnObject,
     finite_float,
     fix_text,
+    nesting_depth,
     read_elements,
     refuse_constant,
     scan_object,
@@ -141,7 +143,7 @@ def _decode_field(kind: str, value: Any) -> Any:
     """Decode one field's JSON value; raise ValueError with a short reason."""
     if kind == F_PMAP:
         if type(value) is not int:
-            raise ValueError(f"{value!r} is not an integer pmap id")
+            raise ValueError(f"{short(value)} is not an integer pmap id")
         if value < 0:
             raise ValueError(f"{value} is not a pmap id (ids are >= 0)")
         return value
@@ -149,28 +151,28 @@ def _decode_field(kind: str, value: Any) -> Any:
         if isinstance(value, str):
             # Strictly 0x and hex digits: int() alone would take spaces, newlines and '_'.
             if not _HEX.fullmatch(value):
-                raise ValueError(f"{value!r} is not a hex address such as '0x00400000'")
+                raise ValueError(f"{short(value)} is not a hex address such as '0x00400000'")
             number = int(value, 16)
         elif type(value) is int:
             number = value
         else:
-            raise ValueError(f"{value!r} is not an address")
+            raise ValueError(f"{short(value)} is not an address")
         if number < 0:
-            raise ValueError(f"{value!r} is negative")
+            raise ValueError(f"{short(value)} is negative")
         if number & PAGE_MASK:
             raise ValueError(f"{number:#010x} is not page-aligned ({PAGE_SIZE} bytes)")
         return number
     if kind in (F_PROT, F_ACCESS):
         if not isinstance(value, str):
-            raise ValueError(f"{value!r} is not a protection string such as 'rw'")
+            raise ValueError(f"{short(value)} is not a protection string such as 'rw'")
         return parse_prot(value)
     if kind == F_KIND:
         if value not in ("r", "w", "x"):
-            raise ValueError(f"{value!r} is not one of 'r', 'w', 'x'")
+            raise ValueError(f"{short(value)} is not one of 'r', 'w', 'x'")
         return value
     if kind == F_BOOL:
         if type(value) is not bool:
-            raise ValueError(f"{value!r} is not true or false")
+            raise ValueError(f"{short(value)} is not true or false")
         return value
     raise AssertionError(kind)
 
@@ -178,14 +180,14 @@ def _decode_field(kind: str, value: Any) -> Any:
 def op_from_json(raw: Any, index: int) -> Op:
     """Decode one op object, checking its shape and each field's own form."""
     if not isinstance(raw, dict):
-        raise StreamError(f"{raw!r} is not an object", index=index)
+        raise StreamError(f"{short(raw)} is not an object", index=index)
     name = raw.get("op")
     if name is None:
         raise StreamError("no 'op' field", index=index, field="op")
     cls = OP_TYPES.get(name) if isinstance(name, str) else None
     if cls is None:
         known = ", ".join(sorted(OP_TYPES))
-        raise StreamError(f"unknown op {name!r} (known: {known})", index=index, field="op")
+        raise StreamError(f"unknown op {short(name)} (known: {known})", index=index, field="op")
     expected = {n for n, _ in cls.FIELDS}
     extra = sorted(set(raw) - expected - {"op"})
     if extra:
@@ -331,7 +333,7 @@ def _check_header(doc: dict[str, Any]) -> tuple[int, dict[str, Any], int | None]
     (every key but the ops' form): (phys_pages, origin, free_frames)."""
     fmt = doc.get("format")
     if fmt != STREAM_FORMAT:
-        raise StreamError(f"field 'format' is {fmt!r}, expected {STREAM_FORMAT!r}")
+        raise StreamError(f"field 'format' is {short(fmt)}, expected {STREAM_FORMAT!r}")
     extra = sorted(set(doc) - {"format", "machine", "origin", "ops"})
     if extra:
         raise StreamError(f"unexpected top-level field {extra[0]!r}")
@@ -340,13 +342,53 @@ def _check_header(doc: dict[str, Any]) -> tuple[int, dict[str, Any], int | None]
         raise StreamError("field 'machine' must be an object with only 'phys_pages' and 'free_frames'")
     phys_pages = machine.get("phys_pages", DEFAULT_PHYS_PAGES)
     if type(phys_pages) is not int or not 16 <= phys_pages <= (1 << 20):
-        raise StreamError(f"machine.phys_pages {phys_pages!r} is not an integer in 16..1048576")
+        raise StreamError(f"machine.phys_pages {short(phys_pages)} is not an integer in 16..1048576")
     free_frames = machine.get("free_frames")
     _check_free_frames(free_frames, phys_pages)
     origin = doc.get("origin", {})
     if not isinstance(origin, dict):
         raise StreamError("field 'origin' must be an object")
+    if nesting_depth(origin) > MAX_NESTING:  # the same limit for every command that reads it
+        raise StreamError(f"field 'origin' is nested deeper than {MAX_NESTING} levels")
     return phys_pages, origin, free_frames
+
+
+MAX_STREAM_BYTES_ENV = "DIFFTEST_MAX_STREAM_BYTES"
+DEFAULT_MAX_STREAM_BYTES = 16 << 30
+
+
+def max_stream_bytes() -> int:
+    """The largest stream file read (``DIFFTEST_MAX_STREAM_BYTES``, default 16 GiB)."""
+    text = os.environ.get(MAX_STREAM_BYTES_ENV)
+    if not text:
+        return DEFAULT_MAX_STREAM_BYTES
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise BadInput(f"{MAX_STREAM_BYTES_ENV}={short(text)} is not a positive number of bytes")
+    return limit
+
+
+def check_stream_file(path: str | os.PathLike[str]) -> bool:
+    """Refuse what must not be read as a stream: a file above the size limit, a device
+    (``/dev/zero`` never ends) or a directory.  A pipe is allowed (read up to the limit).
+    Returns whether ``path`` is a regular file."""
+    source = str(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise StreamError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    limit = max_stream_bytes()
+    if stat.S_ISREG(st.st_mode):
+        if st.st_size > limit:
+            raise StreamError(f"{st.st_size} bytes: larger than the limit of {limit} bytes ({MAX_STREAM_BYTES_ENV})",
+                              source=source)
+        return True
+    if not stat.S_ISFIFO(st.st_mode):
+        raise StreamError("not a regular file", source=source)
+    return False
 
 
 def stream_to_json(stream: Stream) -> dict[str, Any]:
@@ -386,8 +428,14 @@ def dumps(stream: Stream) -> str:
 def load(path: str | os.PathLike[str]) -> Stream:
     """Read a stream file; every problem is a StreamError naming the file."""
     source = str(path)
+    check_stream_file(path)
+    limit = max_stream_bytes()
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)  # a pipe has no size to check beforehand
+        if len(data) > limit:
+            raise StreamError(f"larger than the limit of {limit} bytes ({MAX_STREAM_BYTES_ENV})", source=source)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise StreamError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", source=source) from None
     return loads(text, source)
@@ -469,10 +517,7 @@ def open_stream(path: str | os.PathLike[str]) -> Stream:
     every op) and the ops are decoded again, a chunk at a time, as the run uses them.
     """
     source = str(path)
-    try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        regular = False
+    regular = check_stream_file(path)
     if not regular:  # a pipe cannot be read again: hold it in memory (load says what is wrong)
         return load(path)
     # In the usual layout (format and machine before the ops) every op is decoded and
@@ -580,7 +625,7 @@ def make_stream(
 ) -> Stream:
     """Build and validate a stream from op values (raises StreamError like the loader)."""
     if type(phys_pages) is not int or not 16 <= phys_pages <= (1 << 20):
-        raise StreamError(f"machine.phys_pages {phys_pages!r} is not an integer in 16..1048576")
+        raise StreamError(f"machine.phys_pages {short(phys_pages)} is not an integer in 16..1048576")
     _check_free_frames(free_frames, phys_pages)
     ops = tuple(ops)
     validate_ops(ops, phys_pages)
@@ -589,4 +634,4 @@ def make_stream(
 
 def _check_free_frames(free_frames: Any, phys_pages: int) -> None:
     if free_frames is not None and (type(free_frames) is not int or not 0 <= free_frames <= phys_pages):
-        raise StreamError(f"machine.free_frames {free_frames!r} is not an integer in 0..{phys_pages}")
+        raise StreamError(f"machine.free_frames {short(free_frames)} is not an integer in 0..{phys_pages}")

@@ -1,0 +1,475 @@
+"""A campaign that its plugins and its inputs cannot break (issue 16).
+
+Misbehaving backends (tests/plugins/misbehaving_backends.py: leaving the process, raising
+KeyboardInterrupt, OutOfMemory from pmap_remove, sleeping for ever with and without SIGALRM,
+printing, dying mid-stream) run in real campaigns with the built-ins, through the real CLI:
+each is that backend's crash or hang, the culprit named, exit 1, and the built-ins' findings
+(the PR 5666 leak of arm32-leaky) intact and minimised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cliutil import CONSOLE_SCRIPT, clean_env, run_difftest
+from difftest.ops import Create, Enter, IsModified, Protect, Remove
+from difftest.streams import Stream, dumps
+
+pytestmark = pytest.mark.slow
+
+PLUGINS = Path(__file__).parent / "plugins"
+LEAK = "resource:arm32-leaky:remove:pt_frames:pt-frames-held>needed"
+PROT_RW = 3
+PROT_R = 1
+
+
+def difftest(tmp_path: Path, *args: str, timeout: float = 120):
+    return run_difftest("-p", "misbehaving_backends", *args, env=clean_env([PLUGINS]), cwd=tmp_path,
+                        timeout=timeout)
+
+
+def campaign(tmp_path: Path, culprit: str, *extra: str, out: str = "out", timeout: float = 120,
+             n_streams: int = 2):
+    """A short campaign of the reference, the leaky built-in and ``culprit``."""
+    proc = difftest(tmp_path, "fuzz", "--no-progress", "--out", str(tmp_path / out), "--streams", str(n_streams),
+                    "--ops-per-stream", "300", "--seed", "5", "--workers", "1",
+                    "--backends", f"alpha-ref,arm32-leaky,{culprit}", "--stream-timeout", "0.5",
+                    "--shrink-budget", "3", *extra, timeout=timeout)
+    return proc
+
+
+def report_of(tmp_path: Path, out: str = "out") -> dict:
+    return json.loads((tmp_path / out / "report.json").read_text())
+
+
+def assert_culprit_and_leak(report: dict, culprit: str, kind: str = "crash") -> dict:
+    by_sig = {e["signature"]: e for e in report["divergences"]}
+    mine = [e for e in report["divergences"] if e["backend"] == culprit]
+    assert mine and all(e["kind"] == kind for e in mine), list(by_sig)
+    assert LEAK in by_sig, list(by_sig)
+    assert by_sig[LEAK]["reproducer_ops"] <= 3, by_sig[LEAK]["reproducer_ops"]
+    # the culprit stops, the others go on: no divergence blamed on the built-ins but the leak
+    assert all(e["backend"] in (culprit, "arm32-leaky") for e in report["divergences"]), list(by_sig)
+    return mine[0]
+
+
+def protect_stream() -> str:
+    ops = (Create(), Enter(1, 0x10000, 0x5000, PROT_RW, 0, False, False), Protect(1, 0x10000, 0x11000, PROT_R),
+           Remove(1, 0x10000, 0x11000))
+    return dumps(Stream(ops, 64, {}))
+
+
+# -- 1. a plugin cannot end the campaign ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("culprit, cls", [("mis-exit", "SystemExit"), ("mis-kbint", "KeyboardInterrupt"),
+                                          ("mis-oom-remove", "OutOfMemory")])
+def test_a_backend_leaving_or_interrupting_is_its_crash_and_the_campaign_goes_on(tmp_path, culprit, cls):
+    proc = campaign(tmp_path, culprit)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["streams"] == 2
+    first = assert_culprit_and_leak(report, culprit)
+    assert first["class"] == cls
+
+
+@pytest.mark.parametrize("culprit, cls", [("mis-exit", "SystemExit"), ("mis-kbint", "KeyboardInterrupt"),
+                                          ("mis-oom-remove", "OutOfMemory")])
+def test_replay_reports_a_backend_leaving_or_interrupting_as_its_crash(tmp_path, culprit, cls):
+    path = tmp_path / "s.json"
+    path.write_text(protect_stream())
+    proc = difftest(tmp_path, "replay", "--json", "--backends", f"alpha-ref,arm32-refcount,{culprit}", str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    (entry,) = report["divergences"]
+    assert (entry["backend"], entry["kind"], entry["class"]) == (culprit, "crash", cls)
+
+
+# -- 2. no hang lasts for ever ---------------------------------------------------------------------------
+
+
+def test_a_backend_sleeping_for_ever_is_its_hang_and_shrinking_is_bounded_too(tmp_path):
+    # SIGALRM is honoured: the stream's limit stops it; the leak's shrink runs must stop too.
+    proc = campaign(tmp_path, "mis-sleep", timeout=90)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert_culprit_and_leak(report_of(tmp_path), "mis-sleep", kind="hang")
+
+
+def test_a_backend_ignoring_sigalrm_is_killed_by_the_watchdog(tmp_path):
+    # One stream: each that meets the backend costs the watchdog's limit and an isolation.
+    proc = campaign(tmp_path, "mis-noalarm", timeout=120, n_streams=1)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["streams"] == 1
+    hung = assert_culprit_and_leak(report, "mis-noalarm", kind="hang")
+    assert hung["class"] == "worker-killed"
+    assert report["worker_deaths"] and report["worker_deaths"][0]["backends"] == ["mis-noalarm"]
+
+
+def test_replay_has_a_stream_timeout(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(protect_stream())
+    proc = difftest(tmp_path, "replay", "--json", "--stream-timeout", "0.5",
+                    "--backends", "alpha-ref,arm32-refcount,mis-sleep", str(path), timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (entry,) = json.loads(proc.stdout)["divergences"]
+    assert (entry["backend"], entry["kind"]) == ("mis-sleep", "hang")
+
+
+# -- 3. the run directory is owned ------------------------------------------------------------------------
+
+
+def builtin_campaign(tmp_path: Path, out: str, *extra: str, timeout: float = 120):
+    return run_difftest("fuzz", "--no-progress", "--out", str(tmp_path / out), "--ops-per-stream", "300",
+                        "--seed", "7", "--workers", "1", "--stream-timeout", "5", "--shrink-budget", "2",
+                        *extra, env=clean_env(), cwd=tmp_path, timeout=timeout)
+
+
+def test_a_second_campaign_or_resume_on_a_directory_in_use_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out), "--streams", "100000",
+         "--workers", "1", "--seed", "1"],
+        env=clean_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "journal.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "journal.jsonl").exists(), "the first campaign never started"
+        resumed = run_difftest("fuzz", "--no-progress", "--resume", str(out), env=clean_env(), cwd=tmp_path)
+        again = run_difftest("fuzz", "--no-progress", "--out", str(out), "--streams", "1", env=clean_env(),
+                             cwd=tmp_path)
+        for proc in (resumed, again):
+            assert proc.returncode == 2, proc.stdout + proc.stderr
+            (error,) = [line for line in proc.stderr.splitlines() if line.startswith("difftest: error")]
+            assert f"in use by another campaign (pid {first.pid})" in error and "Traceback" not in proc.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_duplicated_journal_records_are_counted_once(tmp_path):
+    proc = builtin_campaign(tmp_path, "out", "--streams", "3")
+    assert proc.returncode == 0, proc.stderr
+    journal = tmp_path / "out" / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    records = [line for line in lines if '"k"' in line]
+    journal.write_text("".join(records + records + lines[len(records):]))  # a double resume's journal
+    merged = run_difftest("merge", str(tmp_path / "out"), "--out", str(tmp_path / "m"), env=clean_env(), cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    report, original = report_of(tmp_path, "m"), report_of(tmp_path)
+    assert report["streams"] == 3 and report["ops"] == original["ops"]
+    assert [e["count"] for e in report["divergences"]] == [e["count"] for e in original["divergences"]]
+
+
+# -- 4. --resume keeps the campaign's budget and time ---------------------------------------------------------
+
+
+def test_resume_keeps_the_budget_and_the_killed_sessions_time(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONSOLE_SCRIPT, "fuzz", "--no-progress", "--out", str(out), "--budget", "4s",
+         "--ops-per-stream", "300", "--workers", "1", "--seed", "2", "--shrink-budget", "1"],
+        env=clean_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert len(records) >= 3 and not (out / "report.json").exists()
+    # the journal says how long the campaign had run when each stream was committed
+    killed_at = max(r["at"] for r in records)
+    assert killed_at > 0
+    resumed = run_difftest("fuzz", "--no-progress", "--resume", str(out), env=clean_env(), cwd=tmp_path,
+                           timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    timing = report_of(tmp_path)["timing"]
+    assert timing["budget"] == 4.0  # the campaign's own, not the default
+    assert timing["elapsed"] >= killed_at  # the killed session's time is not lost
+
+
+# -- 5. merge refuses inconsistent shard sets ---------------------------------------------------------------
+
+
+def test_merge_refuses_duplicate_overlapping_and_foreign_shards_and_names_missing_ones(tmp_path):
+    base = ["--streams", "6", "--shrink-budget", "1"]
+    runs = {"s0": [*base, "--shard", "0/3"], "s1": [*base, "--shard", "1/3"],
+            "seed": [*base, "--shard", "2/3", "--seed", "8"],
+            "pages": [*base, "--shard", "2/3", "--phys-pages", "4096"],
+            "half": [*base, "--shard", "1/2"]}
+    for out, args in runs.items():
+        proc = builtin_campaign(tmp_path, out, *args)
+        assert proc.returncode == 0, proc.stderr
+
+    def merge(*dirs: str):
+        return run_difftest("merge", *(str(tmp_path / d) for d in dirs), "--out", str(tmp_path / "m"),
+                            env=clean_env(), cwd=tmp_path)
+
+    for dirs, named, words in [(("s0", "s0"), "s0", "twice"), (("s0", "seed"), "seed", "seed"),
+                               (("s0", "pages"), "pages", "phys_pages"), (("s0", "half"), "half", "shard")]:
+        proc = merge(*dirs)
+        assert proc.returncode == 2, (dirs, proc.stdout + proc.stderr)
+        (error,) = proc.stderr.splitlines()
+        assert str(tmp_path / named) in error and words in error, error
+    partial = merge("s0", "s1")
+    assert partial.returncode == 0, partial.stderr
+    report = report_of(tmp_path, "m")
+    assert report["campaign"]["shards_missing"] == [2] and report["campaign"]["shard"] == "0+1/3"
+    assert "missing shard 2 of 3" in partial.stderr
+    assert report["streams"] == 4  # streams 0, 1, 3, 4: each once
+
+
+# -- 6. a machine too small for a backend's bootstrap is not a divergence --------------------------------------
+
+
+def test_too_few_frames_for_the_bootstrap_is_allowed_not_a_crash(tmp_path):
+    # 13 data pages of 16: arm32's bootstrap (its kernel L1 table, 4 frames) cannot fit.
+    ops = tuple(IsModified(pa * 0x1000) for pa in range(13))
+    path = tmp_path / "small.json"
+    path.write_text(dumps(Stream(ops, 16, {})))
+    proc = run_difftest("replay", "--json", str(path), env=clean_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["divergences"] == []
+
+
+def test_out_of_memory_at_bootstrap_with_free_frames_is_still_a_crash():
+    from difftest.harness import Harness
+    from difftest.machine import OutOfMemory
+    from difftest.plugins import PluginHost
+
+    host = PluginHost()
+    host.load(())
+    real = host.registry.backends["arm32-refcount"]
+
+    def liar(pool):  # frames are free, yet it says there are none
+        raise OutOfMemory("none left, it says")
+
+    spec = dataclasses.replace(real, name="liar", factory=liar)
+    result = Harness([host.registry.backends["alpha-ref"], spec]).run(Stream((IsModified(0),), 64, {}))
+    (d,) = result.divergences
+    assert (d.backend, d.kind, d.op_kind, d.cls) == ("liar", "crash", "bootstrap", "OutOfMemory")
+
+
+# -- 7. bad files, special files --------------------------------------------------------------------------------
+
+
+def test_devices_and_oversized_stream_files_are_refused_unread(tmp_path):
+    for device in ("/dev/zero", "/dev/urandom"):
+        proc = run_difftest("validate", device, env=clean_env(), cwd=tmp_path, timeout=30)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"{device}: not a regular file" in proc.stderr
+    path = tmp_path / "s.json"
+    path.write_text(protect_stream())
+    size = path.stat().st_size
+    env = clean_env(DIFFTEST_MAX_STREAM_BYTES=str(size - 1))
+    for command in (["validate"], ["replay"], ["shrink", "--signature", "x", "-o", str(tmp_path / "o.json")]):
+        proc = run_difftest(*command, str(path), env=env, cwd=tmp_path, timeout=30)
+        assert proc.returncode == 2, (command, proc.stdout + proc.stderr)
+        assert f"larger than the limit of {size - 1} bytes (DIFFTEST_MAX_STREAM_BYTES)" in proc.stderr
+    assert run_difftest("validate", str(path), env=clean_env(DIFFTEST_MAX_STREAM_BYTES=str(size)),
+                        cwd=tmp_path).returncode == 0
+
+
+def test_one_nesting_limit_in_validate_replay_and_shrink(tmp_path):
+    text = protect_stream()
+    assert '"origin": {}' in text
+    path = tmp_path / "deep.json"  # an origin 983 objects deep (json.dumps cannot write it)
+    path.write_text(text.replace('"origin": {}', '"origin": ' + '{"o": ' * 982 + "{}" + "}" * 982))
+    for command in (["validate"], ["replay"], ["shrink", "--signature", "x", "-o", str(tmp_path / "o.json")]):
+        proc = run_difftest(*command, str(path), env=clean_env(), cwd=tmp_path, timeout=30)
+        assert proc.returncode == 2, (command, proc.stdout + proc.stderr)
+        assert "field 'origin' is nested deeper than 64 levels" in proc.stderr, (command, proc.stderr)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: (d / "journal.jsonl").write_text('{"k": 0}\n'), "journal.jsonl:1: record lacks"),
+    (lambda d: (d / "journal.jsonl").write_bytes(b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
+    (lambda d: (d / "corpus" / "junk.record.json").write_text("{garbage"), "junk.record.json: not a corpus record"),
+])
+def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, damage, words):
+    proc = builtin_campaign(tmp_path, "out", "--streams", "1")
+    assert proc.returncode == 0, proc.stderr
+    damage(tmp_path / "out")
+    for command in (["merge", str(tmp_path / "out"), "--out", str(tmp_path / "m")],
+                    ["fuzz", "--no-progress", "--resume", str(tmp_path / "out")]):
+        proc = run_difftest(*command, env=clean_env(), cwd=tmp_path)
+        assert proc.returncode == 2, (command, proc.stdout + proc.stderr)
+        (error,) = [line for line in proc.stderr.splitlines() if line.startswith("difftest: error")]
+        assert words in error, error
+
+
+# -- 8. reports trust no input ------------------------------------------------------------------------------------
+
+
+def _leaves(doc, path=()):
+    """Every (path, value) of a JSON document, objects and lists included."""
+    yield path, doc
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc[:2]):
+            yield from _leaves(value, (*path, i))
+
+
+def _set(doc, path, value):
+    doc = json.loads(json.dumps(doc))
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return doc
+
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    (tmp / "empty.toml").write_text("")
+    proc = builtin_campaign(tmp, "out", "--streams", "2", "--baseline", str(tmp / "empty.toml"))
+    assert proc.returncode == 1, proc.stderr
+    return json.loads((tmp / "out" / "report.json").read_text())
+
+
+def test_report_refuses_a_damaged_document_naming_the_field_never_a_crash(tmp_path, real_report, capsys):
+    from difftest.cli import main
+
+    paths = [p for p, _ in _leaves(real_report) if p and p[0] not in ("tool",)]
+    assert len(paths) > 60
+    run = tmp_path / "run"
+    run.mkdir()
+    refused = 0
+    for path in paths:
+        for n, bad in enumerate((None, "x", -1, 2**70, [], {"x": 1})):
+            doc = _set(real_report, path, bad)
+            (run / "report.json").write_text(json.dumps(doc))
+            for fmt in (("text", "markdown", "junit")[n % 3],):  # each writer sees each field damaged
+                code = main(["report", str(run), "--format", fmt, "-o", str(tmp_path / "r.out")])
+                out, err = capsys.readouterr()
+                assert code in (0, 2), (path, bad, fmt, err)
+                if code == 2:
+                    (line,) = err.splitlines()
+                    assert "report.json: not a difftest.report/1 document" in line, (path, bad, line)
+                    refused += 1
+    assert refused
+
+
+@pytest.mark.parametrize("path, bad, field", [
+    (("campaign", "ops_per_stream"), 2**70, "campaign.ops_per_stream"),
+    (("divergences", 0, "first_stream", "index"), "x", "divergences[0].first_stream.index"),
+    (("divergences", 0, "reproducer", "ops"), 5, "divergences[0].reproducer"),
+    (("timing", "first_hits", 0), 5, "timing.first_hits[0]"),
+])
+def test_html_report_of_a_damaged_document_is_exit_2_naming_the_field(tmp_path, real_report, path, bad, field):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(_set(real_report, path, bad)))
+    proc = run_difftest("report", str(run), "--format", "html", "-o", str(tmp_path / "r.html"), env=clean_env(),
+                        cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert field in proc.stderr
+
+
+# -- 9. smaller ---------------------------------------------------------------------------------------------------
+
+
+def test_plugin_prints_do_not_break_json_output(tmp_path):
+    proc = campaign(tmp_path, "mis-print", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # printing is no divergence; the leak is known
+    report = json.loads(proc.stdout)
+    assert report["streams"] == 2 and {e["backend"] for e in report["divergences"]} == {"arm32-leaky"}
+    assert "mis-print: enter" in proc.stderr  # shown, where it breaks nothing
+    path = tmp_path / "s.json"
+    path.write_text(protect_stream())
+    replayed = difftest(tmp_path, "replay", "--json", "--backends", "alpha-ref,mis-print", str(path))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert json.loads(replayed.stdout)["divergences"] == []
+    assert "mis-print: enter" in replayed.stderr
+
+
+def test_a_backend_killing_its_worker_leaves_the_others_findings_minimised(tmp_path):
+    proc = campaign(tmp_path, "mis-hardexit")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    assert report["streams"] == 2
+    died = assert_culprit_and_leak(report, "mis-hardexit")  # the leak's reproducer: <= 3 ops
+    assert died["class"] == "worker-died"
+    assert {d["stream"] for d in report["worker_deaths"]} == {0, 1}
+    assert all(d["backends"] == ["mis-hardexit"] for d in report["worker_deaths"])
+
+
+def test_ops_count_only_what_some_backend_ran(tmp_path):
+    ops = (Create(), Enter(1, 0x10000, 0x5000, PROT_RW, 0, False, False), Remove(1, 0x10000, 0x11000),
+           Enter(1, 0x10000, 0x5000, PROT_RW, 0, False, False), Enter(1, 0x20000, 0x6000, PROT_RW, 0, False, False))
+    path = tmp_path / "s.json"
+    path.write_text(dumps(Stream(ops, 64, {})))
+    proc = difftest(tmp_path, "replay", "--json", "--backends", "mis-oom-remove", str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ops"] == 3  # the only backend stopped at op 2: ops 3 and 4 ran nowhere
+
+
+class _SlowClock:
+    """``time`` for difftest.shrink as on a loaded machine: 0.1 s passes at every look."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 0.1
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.monotonic()
+
+
+def test_a_campaigns_shrink_is_the_same_on_a_loaded_machine(monkeypatch):
+    from difftest import campaign as C
+    from difftest import shrink as S
+
+    config = C.CampaignConfig(backends=("alpha-ref", "arm32-leaky", "arm32-refcount"), reference="alpha-ref",
+                              seed=11, ops_per_stream=400, shrink_budget=5.0)
+    sig = "resource:arm32-leaky:protect:pt_frames:pt-frames-held>needed"  # about 60 runs to shrink
+    assert sig in C.run_unit(C.UnitTask(config, 0)).hits
+    task = C.ShrinkTask(config, sig, 0, ("alpha-ref", "arm32-leaky"))
+    idle = C.shrink_unit(task)
+    monkeypatch.setattr(S, "time", _SlowClock())
+    loaded = C.shrink_unit(task)
+    assert idle.error is None and idle.stream_json["origin"]["shrink"]["complete"]
+    assert loaded.stream_json == idle.stream_json
+
+
+def test_a_bad_enter_result_is_one_divergence_not_a_cascade(tmp_path):
+    (tmp_path / "empty.toml").write_text("")
+    proc = campaign(tmp_path, "mis-none-enter", "--baseline", str(tmp_path / "empty.toml"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    mine = [e["signature"] for e in report_of(tmp_path)["divergences"] if e["backend"] == "mis-none-enter"]
+    assert mine == ["result:mis-none-enter:enter:result:bad-enter-result"]
+
+
+def test_a_corpus_reproducer_that_hangs_its_worker_is_bounded_too(tmp_path):
+    corpus = str(tmp_path / "corpus")
+    first = campaign(tmp_path, "mis-noalarm", "--corpus", corpus, n_streams=1, out="r1")
+    assert first.returncode == 1, first.stdout + first.stderr
+    # the next night replays the corpus first: the hanging backend's reproducer among it
+    again = campaign(tmp_path, "mis-noalarm", "--corpus", corpus, n_streams=1, out="r2", timeout=90)
+    assert again.returncode == 1, again.stdout + again.stderr
+    report = report_of(tmp_path, "r2")
+    assert report["streams"] == 1 and report["corpus"]["replayed"] >= 2
+    assert_culprit_and_leak(report, "mis-noalarm", kind="hang")
