@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,13 @@ import click
 
 from difftest.cli_base import Context, cli, pass_ctx
 from difftest.errors import EXIT_OK, BadInput, PluginError
+from difftest.jsonstream import finite_float, refuse_constant
 from difftest.lifecycle import compare
 from difftest.report import REPORT_FORMAT
 from difftest.report_shape import nested_problem
 from difftest.streams import atomic_write_text
 
 REPORT_FILE = "report.json"
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is too large for a float")
-    return value
 
 
 def load_report(path: str | Path, what: str = "RUN_DIR") -> tuple[dict[str, Any], Path]:
@@ -61,7 +50,7 @@ def load_report(path: str | Path, what: str = "RUN_DIR") -> tuple[dict[str, Any]
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{file}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
+        doc = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{file}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:
