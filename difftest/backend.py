@@ -33,6 +33,7 @@ Conventions every backend follows:
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Iterator, Literal
 
@@ -272,6 +273,16 @@ class Backend(abc.ABC):
     def walk(self, pmap: int, va: int) -> Translation | None:
         """Read the page tables of ``pmap`` at ``va`` as the MMU would."""
 
+    def walk_fields(self, pmap: int, va: int) -> tuple[int, int, bool] | None:
+        """``walk(pmap, va)`` as a plain tuple ``(pa, prot, wired)``, or None: what the
+        harness reads after every op.  The default calls ``walk``; a backend may return the
+        tuple straight from its tables (no ``Translation`` built: the per-op path is hot).
+        It must agree with ``walk`` field for field.  A subclass that overrides ``walk``
+        but not this method gets the default (``place_reader``), so a changed ``walk`` is
+        never bypassed."""
+        t = self.walk(pmap, va)
+        return None if t is None else (t.pa, t.prot, t.wired)
+
     @abc.abstractmethod
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
         """Every valid translation in [sva, eva), in VA order, skipping absent tables
@@ -281,6 +292,18 @@ class Backend(abc.ABC):
         """A comparable value capturing the backend's whole state (tables, pv lists,
         counts, attributes), for "left no trace" checks.  Optional."""
         raise NotImplementedError
+
+
+def place_reader(backend: Backend) -> Callable[[int, int], tuple[int, int, bool] | None]:
+    """The ``walk_fields`` the harness may use for ``backend``: its own, unless a class
+    below the one that defines it overrides ``walk`` (then the default, built on that
+    ``walk``)."""
+    mro = type(backend).__mro__
+    fields_owner = next((c for c in mro if "walk_fields" in c.__dict__), Backend)
+    walk_owner = next((c for c in mro if "walk" in c.__dict__), Backend)
+    if fields_owner is not Backend and mro.index(walk_owner) < mro.index(fields_owner):
+        return functools.partial(Backend.walk_fields, backend)
+    return getattr(backend, "walk_fields", functools.partial(Backend.walk_fields, backend))
 
 
 @dataclass(frozen=True)

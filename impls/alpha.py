@@ -888,6 +888,11 @@ class AlphaPmap(Backend):
     # == the MMU's view ==========================================================================
 
     def walk(self, pmap: int, va: int) -> Translation | None:
+        fields = self.walk_fields(pmap, va)
+        return None if fields is None else Translation(*fields)
+
+    def walk_fields(self, pmap: int, va: int) -> tuple[int, int, bool] | None:
+        """``walk`` without building a Translation (the harness's per-op read)."""
         pm = self.pmaps.get(pmap)
         if pm is None:
             return None
@@ -904,7 +909,7 @@ class AlphaPmap(Backend):
         pte = ptmem[pte >> PG_SHIFT][(va >> PAGE_SHIFT) & self._m3]
         if not pte & PG_V:
             return None
-        return Translation(
+        return (
             (pte >> PG_SHIFT) << PAGE_SHIFT,
             ((pte >> 8) & 1) | ((pte >> 11) & 2) | ((pte >> 16) & 4),
             bool(pte & PG_WIRED),
@@ -946,13 +951,18 @@ class AlphaPmap(Backend):
             return
         ptmem = self.ptmem
         yield 1, pm.pm_lev1map, 0, -1
-        for i1, l1pte in enumerate(ptmem.get(pm.pm_lev1map, ())):
+        l1tbl = ptmem.get(pm.pm_lev1map, ())
+        # Only the nonzero entries are visited (itertools.compress, at C speed).
+        for i1 in compress(range(len(l1tbl)), l1tbl):
+            l1pte = l1tbl[i1]
             if not l1pte & PG_V:
                 continue
             l2frame = l1pte >> PG_SHIFT
             l2base = i1 << self._s1
             yield 2, l2frame, l2base, i1
-            for i2, l2pte in enumerate(ptmem.get(l2frame, ())):
+            l2tbl = ptmem.get(l2frame, ())
+            for i2 in compress(range(len(l2tbl)), l2tbl):
+                l2pte = l2tbl[i2]
                 if l2pte & PG_V:
                     yield 3, l2pte >> PG_SHIFT, l2base + (i2 << self._s2), i2
 
@@ -997,6 +1007,19 @@ def _leaf(b: AlphaPmap, pmap: int, va: int) -> tuple[int | None, int]:
     return path[2][1], tbl[(va >> PAGE_SHIFT) & b._m3]
 
 
+def _live_ptes(b: AlphaPmap, pmap: int) -> Iterator[tuple[int, int]]:
+    """(va, PTE) of every valid leaf PTE of ``pmap``, in VA order (what ``walk_range`` over
+    the whole space visits, without building translations): full audits."""
+    pm = b.pmaps.get(pmap)
+    if pm is None:
+        return
+    for _frame, tbl, lo, hi, base in b._l3_ranges(pm, 0, _VA_END):
+        for i in compress(range(lo, hi), tbl[lo:hi]):
+            pte = tbl[i]
+            if pte & PG_V:
+                yield base + (i << PAGE_SHIFT), pte
+
+
 def _touched_paths(b: AlphaPmap, touched: Touched) -> dict[tuple[int, int], tuple[int, int]]:
     """(pmap, frame) -> (level, a va) for every table on the paths of the touched vas and
     the L1 of every touched pmap."""
@@ -1033,8 +1056,9 @@ def check_refcounts(b: Backend, touched: Touched | None) -> Iterator[str]:
         if tbl is None:
             continue  # reported by alpha-no-freed-tables
         if touched is None:
-            live = sum(1 for e in tbl if e & PG_V)
-            junk = sum(1 for e in tbl if e and not e & PG_V)
+            # Nonzero entries counted at C speed; only those are looked at.
+            live = sum(1 for e in compress(tbl, tbl) if e & PG_V)
+            junk = len(tbl) - tbl.count(PG_NV) - live
             if junk:
                 yield f"{_where(pmap, level, frame, va)} holds {junk} nonzero invalid entries"
         else:
@@ -1135,9 +1159,18 @@ def check_pv(b: Backend, touched: Touched | None) -> Iterator[str]:
         return
     for pfn in list(b.pvh_list):
         yield from _check_pv_of_page(b, pfn)
+    # pv entries per (page, pmap, va), once: each mapping is then judged in O(1), and the
+    # message is built only where it is wrong.
+    entries: dict[tuple[int, int, int], int] = {}
+    for pfn, pvl in b.pvh_list.items():
+        for pmap, va, _f in pvl:
+            key = (pfn, pmap, va)
+            entries[key] = entries.get(key, 0) + 1
     for pmap in b.pmaps:
-        for va, _t in b.walk_range(pmap, 0, 1 << 32):
-            yield from _check_pv_of_mapping(b, pmap, va, _leaf(b, pmap, va)[1])
+        for va, pte in _live_ptes(b, pmap):
+            n = entries.get((pte >> PG_SHIFT, pmap, va), 0)
+            if n != 1 if pte & PG_PVLIST else (n or pmap != KERNEL_PMAP):
+                yield from _check_pv_of_mapping(b, pmap, va, pte)
     for pmap in {p for pvl in b.pvh_list.values() for p, _v, _f in pvl}:
         if pmap not in b.pmaps:
             yield f"pv entries name pmap {pmap}, which does not exist"
@@ -1174,7 +1207,8 @@ def check_stats(b: Backend, touched: Touched | None) -> Iterator[str]:
                 nlev2 += 1
             elif level == 3:
                 nlev3 += 1
-                for pte in b.ptmem.get(frame, ()):
+                tbl = b.ptmem.get(frame, ())
+                for pte in compress(tbl, tbl):  # nonzero PTEs only
                     if pte & PG_V:
                         resident += 1
                         if pte & PG_WIRED:
@@ -1291,9 +1325,17 @@ def check_refmod(b: Backend, touched: Touched | None) -> Iterator[str]:
             for pmap, va, _f in b.pvh_list.get(pa >> PAGE_SHIFT, ()):
                 yield from _check_refmod_pte(b, pmap, va, _leaf(b, pmap, va)[1])
         return
+    attrs = b.pvh_attrs
     for pmap in b.pmaps:
-        for va, _t in b.walk_range(pmap, 0, 1 << 32):
-            yield from _check_refmod_pte(b, pmap, va, _leaf(b, pmap, va)[1])
+        for va, pte in _live_ptes(b, pmap):
+            if pte & PG_PVLIST:
+                a = attrs[pte >> PG_SHIFT]
+                if ((pte & (PG_FOR | PG_FOE)) == (PG_FOR | PG_FOE) or a & PGA_REFERENCED) and (
+                        pte & PG_FOW or a & PGA_MODIFIED):
+                    continue
+            elif not pte & PG_FAULTON:
+                continue
+            yield from _check_refmod_pte(b, pmap, va, pte)
 
 
 INVARIANTS = (

@@ -586,6 +586,11 @@ class Arm32Core(Backend):
         return self._pmaps[pmap].wired
 
     def walk(self, pmap: int, va: int) -> Translation | None:
+        fields = self.walk_fields(pmap, va)
+        return None if fields is None else Translation(*fields)
+
+    def walk_fields(self, pmap: int, va: int) -> tuple[int, int, bool] | None:
+        """``walk`` without building a Translation (the harness's per-op read)."""
         pm = self._pmaps.get(pmap)
         if pm is None:
             return None
@@ -595,7 +600,7 @@ class Arm32Core(Backend):
         pte = self._ptes[slot[0]][(va >> PGSHIFT) & PTE_INDEX_MASK]
         if not pte:
             return None
-        return Translation(pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED))
+        return pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
 
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
         pm = self._pmaps.get(pmap)
