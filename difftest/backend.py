@@ -166,6 +166,11 @@ class Backend(abc.ABC):
     #: run when the user names no backends (``difftest fuzz``/``replay`` without
     #: ``--backends``); a variant or a test-only backend says False
     run_by_default: ClassVar[bool] = True
+    #: Scratch space while the harness audits this backend in full: a fresh dict from the
+    #: start of the audit to its end, None otherwise.  The audit only reads (walks,
+    #: counters, attributes, invariants with ``touched=None``), so the backend may keep
+    #: views derived from its tables there and share one scan between several reads.
+    audit_memo: dict | None = None
     #: True when page-table pages of the kernel pmap are never freed once allocated (as in
     #: most real pmaps): the harness then lets pmap 0 hold more page-table frames than its
     #: live mappings need, never fewer.  False: the kernel is held to "needed" exactly.

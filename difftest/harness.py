@@ -966,6 +966,18 @@ class StreamRun:
             self._attribute(index, op, found)
 
     def _audit_lane(self, lane: Lane, index: int, op: Any, divs: list[Divergence]) -> None:
+        b = lane.backend
+        # The audit only reads: the backend may share one scan of its tables between
+        # its walks and its invariants (Backend.audit_memo).
+        with contextlib.suppress(AttributeError):
+            b.audit_memo = {}
+        try:
+            self._audit_lane_reads(lane, index, op, divs)
+        finally:
+            with contextlib.suppress(AttributeError):
+                b.audit_memo = None
+
+    def _audit_lane_reads(self, lane: Lane, index: int, op: Any, divs: list[Divergence]) -> None:
         st = lane.state
         b = lane.backend
         for pmap in st.pmaps():

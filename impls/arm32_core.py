@@ -64,7 +64,7 @@
 from __future__ import annotations
 
 from itertools import compress
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from difftest.backend import Backend, Geometry, Level, Translation
 from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
@@ -126,6 +126,21 @@ PT_Wr = 0x10
 PT_W = 0x40
 
 _KIND_BIT = {"r": PROT_R, "w": PROT_W, "x": PROT_X}
+
+
+def _nonzero(pt: list[int]) -> list[tuple[int, int]]:
+    """(index, value) of the nonzero entries of ``pt``, in order, at C speed: ``filter``
+    finds the values, and ``index`` from just past the previous one finds each (only zeros
+    lie between, so the first match is the entry)."""
+    out: list[tuple[int, int]] = []
+    if pt.count(0) == len(pt):
+        return out
+    i = -1
+    index = pt.index
+    for value in filter(None, pt):
+        i = index(value, i + 1)
+        out.append((i, value))
+    return out
 
 
 def pv_key(pmap: int, va: int) -> int:
@@ -608,12 +623,27 @@ class Arm32Core(Backend):
             return
         for region, frame, i0, i1 in self._chunks(pm, sva, eva):
             base = region << PTSHIFT
-            pt = self._ptes[frame]
-            for i in compress(range(i0, i1), pt[i0:i1]):
-                pte = pt[i]
+            if i0 == 0 and i1 == NPTEPG:
+                entries: Iterable[tuple[int, int]] = self.live_entries(frame)
+            else:
+                pt = self._ptes[frame]
+                entries = ((i, pt[i]) for i in compress(range(i0, i1), pt[i0:i1]))
+            for i, pte in entries:
                 yield base | (i << PGSHIFT), Translation(
                     pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
                 )
+
+    def live_entries(self, frame: int) -> list[tuple[int, int]]:
+        """(index, PTE) of every nonzero PTE of PT frame ``frame``, in order (audits and
+        invariants).  During a full audit each frame is scanned once (``audit_memo``)."""
+        memo = self.audit_memo
+        if memo is not None:
+            live = memo.setdefault("arm32-live", {})
+            got = live.get(frame)
+            if got is None:
+                got = live[frame] = _nonzero(self._ptes[frame])
+            return got
+        return _nonzero(self._ptes[frame])
 
     def state_snapshot(self) -> object:
         pmaps = tuple(
