@@ -430,13 +430,20 @@ class StreamRun:
                 self.refs[op.pmap] -= 1
                 self.destroy_frees = self.refs[op.pmap] == 0
         found = self.pending
+        # One handler per op kind: it calls the backend, judges the result and has the
+        # contract model apply the op; _observe then reads what the op touched.
+        handler = _HANDLERS.get(type(op))
+        if handler is None:  # pragma: no cover - the loader refuses unknown ops
+            raise BadInput(f"op {index}: unsupported op {op!r}")
+        observe = self._observe
+        divs: list[Divergence] = []
         for lane in self.lanes:
             if lane.stopped is not None or lane.next_op > index:
                 continue
-            divs: list[Divergence] = []
             self.current_lane = lane
+            lane.result = None
             try:
-                self._step_lane(lane, index, op, divs)
+                observe(lane, index, op, divs, handler(self, lane, index, op, divs))
             except LaneStopped:
                 pass
             except OutOfMemory as exc:  # from an op that cannot fail for want of memory
@@ -447,6 +454,7 @@ class StreamRun:
             lane.next_op = index + 1
             if divs:
                 found.extend((lane, d) for d in divs)
+                divs = []
         self.current_lane = None
         self.pending = []
         if found:
@@ -525,18 +533,9 @@ class StreamRun:
         )
         self._stop(lane, f"out of memory at op {index} with {free_before} frames free")
 
-    def _step_lane(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> None:
-        """Call the backend for ``op``, apply the op to the lane's contract state (the
-        contract model says what it means and what it touched), judge the result, then
-        observe what was touched."""
-        lane.result = None
-        handler = _HANDLERS.get(type(op))
-        if handler is None:  # pragma: no cover - the loader refuses unknown ops
-            raise BadInput(f"op {index}: unsupported op {op!r}")
-        self._observe(lane, index, op, divs, handler(self, lane, index, op, divs))
-
-    # One handler per op kind: the backend call and the judging of its result; the op's
-    # effect on the expected state is the contract model's (ContractState).
+    # One handler per op kind (step calls it for each lane): the backend call and the
+    # judging of its result; the op's effect on the expected state is the contract
+    # model's (ContractState).  It returns what the op touched, for _observe.
 
     def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step:
         st, pool = lane.state, lane.pool
@@ -547,10 +546,12 @@ class StreamRun:
         free_before = pool.free_frames
         held_before = pool.held_pt_l1(pmap) if op.canfail else None
         try:
-            res = normalise_result(self._call(lane, index, op, divs, lane.backend.pmap_enter, pmap, va, op.pa,
-                                              op.prot, op.access, op.wired, op.canfail))
+            res = self._call(lane, index, op, divs, lane.backend.pmap_enter, pmap, va, op.pa,
+                             op.prot, op.access, op.wired, op.canfail)
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
+        if res != OK:
+            res = normalise_result(res)
         lane.result = res
         if res == OK:
             st.enter(pmap, va, op.pa, op.prot, op.access, op.wired)

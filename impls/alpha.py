@@ -1007,17 +1007,31 @@ def _leaf(b: AlphaPmap, pmap: int, va: int) -> tuple[int | None, int]:
     return path[2][1], tbl[(va >> PAGE_SHIFT) & b._m3]
 
 
-def _live_ptes(b: AlphaPmap, pmap: int) -> Iterator[tuple[int, int]]:
+def _live_ptes(b: AlphaPmap, pmap: int) -> list[tuple[int, int]]:
     """(va, PTE) of every valid leaf PTE of ``pmap``, in VA order (what ``walk_range`` over
-    the whole space visits, without building translations): full audits."""
+    the whole space visits, without building translations): full audits, which share one
+    scan per pmap (``audit_memo``)."""
+    memo = b.audit_memo
+    if memo is not None:
+        live = memo.setdefault("alpha-live", {})
+        got = live.get(pmap)
+        if got is None:
+            got = live[pmap] = _scan_live_ptes(b, pmap)
+        return got
+    return _scan_live_ptes(b, pmap)
+
+
+def _scan_live_ptes(b: AlphaPmap, pmap: int) -> list[tuple[int, int]]:
     pm = b.pmaps.get(pmap)
     if pm is None:
-        return
+        return []
+    out = []
     for _frame, tbl, lo, hi, base in b._l3_ranges(pm, 0, _VA_END):
         for i in compress(range(lo, hi), tbl[lo:hi]):
             pte = tbl[i]
             if pte & PG_V:
-                yield base + (i << PAGE_SHIFT), pte
+                out.append((base + (i << PAGE_SHIFT), pte))
+    return out
 
 
 def _touched_paths(b: AlphaPmap, touched: Touched) -> dict[tuple[int, int], tuple[int, int]]:
@@ -1035,6 +1049,18 @@ def _touched_paths(b: AlphaPmap, touched: Touched) -> dict[tuple[int, int], tupl
 
 
 def _all_tables(b: AlphaPmap) -> dict[tuple[int, int], tuple[int, int]]:
+    """(pmap, frame) -> (level, VA of its first entry) of every table (full audits: one
+    walk of the trees per audit, ``audit_memo``; callers only read it)."""
+    memo = b.audit_memo
+    if memo is None:
+        return _scan_tables(b)
+    got = memo.get("alpha-tables")
+    if got is None:
+        got = memo["alpha-tables"] = _scan_tables(b)
+    return got
+
+
+def _scan_tables(b: AlphaPmap) -> dict[tuple[int, int], tuple[int, int]]:
     out: dict[tuple[int, int], tuple[int, int]] = {}
     for pmap in b.pmaps:
         for level, frame, base, _ in b.tables(pmap):
