@@ -47,6 +47,7 @@ class ContractState:
         "_top_frames",
         "_top_lazy",
         "_lower",
+        "need_epoch",
     )
 
     def __init__(self, geometry: Geometry) -> None:
@@ -68,6 +69,10 @@ class ContractState:
         self._regions: dict[int, list[dict[int, int]]] = {KERNEL_PMAP: [{} for _ in self._lower_levels]}
         # pmap -> {tag: frames its lower-level tables need}, kept as regions fill and empty
         self._lower: dict[int, dict[int, int]] = {KERNEL_PMAP: {}}
+        # Moves whenever the frames some pmap needs may have changed (a table needed or no
+        # longer needed, a pmap made empty, non-empty, created or gone): the harness skips
+        # a pmap's frames check while neither this nor the pool's allocs/frees moved.
+        self.need_epoch = 0
 
     # -- pmaps ------------------------------------------------------------------------------
 
@@ -78,6 +83,7 @@ class ContractState:
         self.refs[pmap] = 1
         self._regions[pmap] = [{} for _ in self._lower_levels]
         self._lower[pmap] = {}
+        self.need_epoch += 1
 
     def forget_pmap(self, pmap: int) -> None:
         """The pmap died (its mappings were removed before)."""
@@ -85,6 +91,7 @@ class ContractState:
             self.delete(pmap, va)
         del self.maps[pmap], self.buckets[pmap], self.wired[pmap], self.refs[pmap], self._regions[pmap]
         del self._lower[pmap]
+        self.need_epoch += 1
 
     def alive(self, pmap: int) -> bool:
         return pmap in self.maps
@@ -107,6 +114,8 @@ class ContractState:
             if old[WIRED]:
                 self.wired[pmap] -= 1
         else:
+            if not table:
+                self.need_epoch += 1  # a lazy top-level table is needed now
             self._bucket_add(pmap, va)
             self._regions_add(pmap, va)
         table[va] = mapping
@@ -116,9 +125,12 @@ class ContractState:
             self.wired[pmap] += 1
 
     def delete(self, pmap: int, va: int) -> Mapping | None:
-        old = self.maps[pmap].pop(va, None)
+        table = self.maps[pmap]
+        old = table.pop(va, None)
         if old is None:
             return None
+        if not table:
+            self.need_epoch += 1  # a lazy top-level table is no longer needed
         if old[MANAGED]:
             self._pv_remove(old[PA], pmap, va)
         if old[WIRED]:
@@ -303,6 +315,7 @@ class ContractState:
             counter[key] = n + 1
             if not n:  # a new table of this level
                 lower[tag] = lower.get(tag, 0) + frames
+                self.need_epoch += 1
 
     def _regions_remove(self, pmap: int, va: int) -> None:
         lower = self._lower[pmap]
@@ -314,6 +327,7 @@ class ContractState:
             else:
                 del counter[key]
                 lower[tag] -= frames
+                self.need_epoch += 1
 
     def needed(self, pmap: int) -> dict[Tag, int]:
         """Frames by tag that ``pmap`` needs for its live mappings under the geometry."""

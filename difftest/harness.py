@@ -135,6 +135,9 @@ class Lane:
     count_offsets: dict[tuple[int, str], int] = field(default_factory=dict)
     resource_open: set[tuple[int, int]] = field(default_factory=set)
     invariant_open: set[tuple[str, str]] = field(default_factory=set)
+    # pmap -> (pool allocs + frees, contract need_epoch) when its frames were last judged:
+    # while neither moved, held and needed frames are what they were, and so is the verdict
+    frames_seen: dict[int, tuple[int, int]] = field(default_factory=dict)
     violations_seen: int = 0
     result: Any = None  # the current op's result, for attribution
     next_op: int = 0  # the first op this lane has not done
@@ -729,15 +732,21 @@ class StreamRun:
                         self._judge_referenced(lane, index, op, divs, pa, got, query=False)
             wired = st.wired
             pool = lane.pool
+            frames_seen = lane.frames_seen
+            pool_epoch = pool.allocs + pool.frees
+            need_epoch = st.need_epoch
             for pmap in pmaps:
-                # Both checks in their common case inline: the counters and the frames are
-                # as the contract says and nothing about them is open.
+                # The counters in their common case inline: as the contract says, nothing
+                # about them open.
                 table = maps.get(pmap)
                 if table is not None and (lane.count_offsets or b.pmap_resident_count(pmap) != len(table)
                                           or b.pmap_wired_count(pmap) != wired[pmap]):
                     self._check_counts(lane, index, op, divs, pmap)
-                if lane.resource_open or pool.held_pt_l1(pmap) != st.needed_pt_l1(pmap):
-                    self._check_frames(lane, index, op, divs, pmap)  # (it reads them again)
+                # The frames: judged again only if a frame was allocated or freed, or the
+                # frames needed may have changed, since they were last judged (exact: held
+                # frames move only by alloc and free).
+                if frames_seen.get(pmap) != (pool_epoch, need_epoch):
+                    self._check_frames(lane, index, op, divs, pmap)
             if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
@@ -879,6 +888,7 @@ class StreamRun:
     def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
         pool = lane.pool
         st = lane.state
+        lane.frames_seen[pmap] = (pool.allocs + pool.frees, st.need_epoch)
         # A backend that never frees the kernel's page-table pages may hold more of them
         # than the live kernel mappings need (an allowance), never fewer.
         open_ = lane.resource_open
