@@ -733,8 +733,7 @@ class StreamRun:
             wired = st.wired
             pool = lane.pool
             frames_seen = lane.frames_seen
-            pool_epoch = pool.allocs + pool.frees
-            need_epoch = st.need_epoch
+            seen = (pool.allocs + pool.frees, st.need_epoch)
             for pmap in pmaps:
                 # The counters in their common case inline: as the contract says, nothing
                 # about them open.
@@ -745,8 +744,11 @@ class StreamRun:
                 # The frames: judged again only if a frame was allocated or freed, or the
                 # frames needed may have changed, since they were last judged (exact: held
                 # frames move only by alloc and free).
-                if frames_seen.get(pmap) != (pool_epoch, need_epoch):
-                    self._check_frames(lane, index, op, divs, pmap)
+                if frames_seen.get(pmap) != seen:
+                    if not lane.resource_open and pool.held_pt_l1(pmap) == st.needed_pt_l1(pmap):
+                        frames_seen[pmap] = seen  # _check_frames's common case, inline
+                    else:
+                        self._check_frames(lane, index, op, divs, pmap)
             if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
