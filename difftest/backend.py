@@ -35,7 +35,7 @@ from __future__ import annotations
 import abc
 import functools
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
 
 from difftest.machine import PAGE_SIZE, PhysPool, Tag
 
@@ -283,10 +283,20 @@ class Backend(abc.ABC):
         harness reads after every op.  The default calls ``walk``; a backend may return the
         tuple straight from its tables (no ``Translation`` built: the per-op path is hot).
         It must agree with ``walk`` field for field.  A subclass that overrides ``walk``
-        but not this method gets the default (``place_reader``), so a changed ``walk`` is
+        but not this method gets the default (``fused_reader``), so a changed ``walk`` is
         never bypassed."""
         t = self.walk(pmap, va)
         return None if t is None else (t.pa, t.prot, t.wired)
+
+    def read_counts(self, pmap: int) -> tuple[int, int]:
+        """``(pmap_resident_count(pmap), pmap_wired_count(pmap))`` in one call: the harness
+        reads both after every op that names ``pmap``.  Override as ``walk_fields``."""
+        return self.pmap_resident_count(pmap), self.pmap_wired_count(pmap)
+
+    def read_attributes(self, pa: int) -> tuple[bool, bool]:
+        """``(pmap_is_modified(pa), pmap_is_referenced(pa))`` in one call: the harness reads
+        both for every page an op touched.  Override as ``walk_fields``."""
+        return self.pmap_is_modified(pa), self.pmap_is_referenced(pa)
 
     @abc.abstractmethod
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
@@ -299,16 +309,28 @@ class Backend(abc.ABC):
         raise NotImplementedError
 
 
-def place_reader(backend: Backend) -> Callable[[int, int], tuple[int, int, bool] | None]:
-    """The ``walk_fields`` the harness may use for ``backend``: its own, unless a class
-    below the one that defines it overrides ``walk`` (then the default, built on that
-    ``walk``)."""
+# A fused read -> the plain reads it stands for.
+FUSED_READS = {
+    "walk_fields": ("walk",),
+    "read_counts": ("pmap_resident_count", "pmap_wired_count"),
+    "read_attributes": ("pmap_is_modified", "pmap_is_referenced"),
+}
+
+
+def fused_reader(backend: Backend, name: str) -> Callable[..., Any]:
+    """The fused read ``name`` (``FUSED_READS``) the harness may use for ``backend``: its
+    own, unless a class below the one that defines it overrides one of the plain reads it
+    stands for (then Backend's default, built on those reads): a changed plain read is
+    never bypassed."""
     mro = type(backend).__mro__
-    fields_owner = next((c for c in mro if "walk_fields" in c.__dict__), Backend)
-    walk_owner = next((c for c in mro if "walk" in c.__dict__), Backend)
-    if fields_owner is not Backend and mro.index(walk_owner) < mro.index(fields_owner):
-        return functools.partial(Backend.walk_fields, backend)
-    return getattr(backend, "walk_fields", functools.partial(Backend.walk_fields, backend))
+
+    def owner(attr: str) -> type:
+        return next((c for c in mro if attr in c.__dict__), Backend)
+
+    fused = owner(name)
+    if fused is Backend or any(mro.index(owner(plain)) < mro.index(fused) for plain in FUSED_READS[name]):
+        return functools.partial(getattr(Backend, name), backend)
+    return getattr(backend, name)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched, place_reader
+from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched, fused_reader
 from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState
 from difftest.divergence import Allowed, Divergence, RunResult
 from difftest.errors import BadInput, short
@@ -141,8 +141,11 @@ class Lane:
     violations_seen: int = 0
     result: Any = None  # the current op's result, for attribution
     next_op: int = 0  # the first op this lane has not done
-    # (pa, prot, wired) at (pmap, va), or None: the backend's walk_fields (place_reader)
+    # The per-op reads, each one backend call (fused_reader): (pa, prot, wired) at
+    # (pmap, va) or None; (resident, wired) counts of a pmap; (MOD, REF) of a page.
     read: Callable[[int, int], tuple[int, int, bool] | None] | None = None
+    counts: Callable[[int], tuple[int, int]] | None = None
+    attributes: Callable[[int], tuple[bool, bool]] | None = None
 
     @property
     def name(self) -> str:
@@ -326,7 +329,9 @@ class StreamRun:
         free_before = pool.free_frames
         try:
             lane.backend = spec.factory(pool)
-            lane.read = place_reader(lane.backend)
+            lane.read = fused_reader(lane.backend, "walk_fields")
+            lane.counts = fused_reader(lane.backend, "read_counts")
+            lane.attributes = fused_reader(lane.backend, "read_attributes")
         except OutOfMemory as exc:
             if free_before >= lane.state.create_frames():  # it had the frames: a bug
                 self._bootstrap_crash(lane, exc)
@@ -471,16 +476,22 @@ class StreamRun:
         """Call the backend; exceptions become crash divergences and stop the lane."""
         try:
             return fn(*args)
-        except OutOfMemory:
-            raise
-        except FrameError as exc:
+        except BaseException as exc:
+            self._raised(lane, index, op, divs, exc)
+        raise AssertionError("unreachable")
+
+    def _raised(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
+        """``exc`` came out of the backend (called in an ``except`` block): OutOfMemory goes
+        back up to the handler, which judges it; a FrameError is frame misuse; anything
+        else but the harness's own control flow is a crash.  The lane stops (raises)."""
+        if isinstance(exc, OutOfMemory):
+            raise exc
+        if isinstance(exc, FrameError):
             divs.append(self._div(lane, index, op, "resource", "pool", "frame-misuse", str(exc)))
             self._stop(lane, f"frame misuse at op {index}: {exc}")
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the backend's crash too
-            if not _backend_fault(exc):
-                raise
-            self._crashed(lane, index, op, divs, exc)
-        raise AssertionError("unreachable")
+        if not _backend_fault(exc):  # SystemExit, KeyboardInterrupt...: the backend's crash too
+            raise exc
+        self._crashed(lane, index, op, divs, exc)
 
     def _crashed(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
         """The backend raised ``exc`` running ``op``: a crash, and the lane stops (raises)."""
@@ -548,11 +559,12 @@ class StreamRun:
         # or panic needs are worked out only when one happens.
         free_before = pool.free_frames
         held_before = pool.held_pt_l1(pmap) if op.canfail else None
-        try:
-            res = self._call(lane, index, op, divs, lane.backend.pmap_enter, pmap, va, op.pa,
-                             op.prot, op.access, op.wired, op.canfail)
+        try:  # (the backend called directly: every op of most streams is an enter)
+            res = lane.backend.pmap_enter(pmap, va, op.pa, op.prot, op.access, op.wired, op.canfail)
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
+        except BaseException as exc:
+            self._raised(lane, index, op, divs, exc)
         if res != OK:
             res = normalise_result(res)
         lane.result = res
@@ -696,7 +708,6 @@ class StreamRun:
         where a value differs."""
         keys, pas, pmaps, optional = step
         try:
-            b = lane.backend
             st = lane.state
             maps = st.maps
             tainted = None
@@ -721,25 +732,24 @@ class StreamRun:
                 self._resync_attributes(lane, tainted)
             if pas:
                 mod, ref = st.mod, st.ref
-                is_modified, is_referenced = b.pmap_is_modified, b.pmap_is_referenced
+                attributes = lane.attributes
                 for pa in sorted(pas - tainted if tainted else pas) if len(pas) > 1 else pas:
-                    got = is_modified(pa)
+                    got, got_ref = attributes(pa)  # type: ignore[misc]
                     want = pa in mod
                     if got is not want and got != want:
                         self._judge_modified(lane, index, op, divs, pa, got, query=False)
-                    got = is_referenced(pa)
-                    if got and pa not in ref:
-                        self._judge_referenced(lane, index, op, divs, pa, got, query=False)
+                    if got_ref and pa not in ref:
+                        self._judge_referenced(lane, index, op, divs, pa, got_ref, query=False)
             wired = st.wired
             pool = lane.pool
+            counts = lane.counts
             frames_seen = lane.frames_seen
             seen = (pool.allocs + pool.frees, st.need_epoch)
             for pmap in pmaps:
                 # The counters in their common case inline: as the contract says, nothing
                 # about them open.
                 table = maps.get(pmap)
-                if table is not None and (lane.count_offsets or b.pmap_resident_count(pmap) != len(table)
-                                          or b.pmap_wired_count(pmap) != wired[pmap]):
+                if table is not None and (lane.count_offsets or counts(pmap) != (len(table), wired[pmap])):  # type: ignore[misc]
                     self._check_counts(lane, index, op, divs, pmap)
                 # The frames: judged again only if a frame was allocated or freed, or the
                 # frames needed may have changed, since they were last judged (exact: held

@@ -842,6 +842,11 @@ class AlphaPmap(Backend):
     def pmap_is_referenced(self, pa: int) -> bool:
         return bool(self.pvh_attrs[pa >> PAGE_SHIFT] & PGA_REFERENCED)
 
+    def read_attributes(self, pa: int) -> tuple[bool, bool]:
+        """(is_modified, is_referenced) in one read (the harness's per-op read)."""
+        attrs = self.pvh_attrs[pa >> PAGE_SHIFT]
+        return bool(attrs & PGA_MODIFIED), bool(attrs & PGA_REFERENCED)
+
     def pmap_collect(self, pmap: int) -> None:
         if pmap == KERNEL_PMAP:
             return
@@ -884,6 +889,11 @@ class AlphaPmap(Backend):
     def pmap_wired_count(self, pmap: int) -> int:
         pm = self.pmaps.get(pmap)
         return pm.wired_count if pm is not None else 0
+
+    def read_counts(self, pmap: int) -> tuple[int, int]:
+        """(resident_count, wired_count) in one read (the harness's per-op read)."""
+        pm = self.pmaps.get(pmap)
+        return (pm.resident_count, pm.wired_count) if pm is not None else (0, 0)
 
     # == the MMU's view ==========================================================================
 

@@ -544,6 +544,11 @@ class Arm32Core(Backend):
     def pmap_is_referenced(self, pa: int) -> bool:
         return bool(self._attrs[pa >> PGSHIFT] & PT_H)
 
+    def read_attributes(self, pa: int) -> tuple[bool, bool]:
+        """(is_modified, is_referenced) in one read (the harness's per-op read)."""
+        attrs = self._attrs[pa >> PGSHIFT]
+        return bool(attrs & PT_M), bool(attrs & PT_H)
+
     def pmap_collect(self, pmap: int) -> None:
         """Empty in v1.40 and v1.57."""
 
@@ -599,6 +604,11 @@ class Arm32Core(Backend):
 
     def pmap_wired_count(self, pmap: int) -> int:
         return self._pmaps[pmap].wired
+
+    def read_counts(self, pmap: int) -> tuple[int, int]:
+        """(resident_count, wired_count) in one read (the harness's per-op read)."""
+        pm = self._pmaps[pmap]
+        return pm.resident, pm.wired
 
     def walk(self, pmap: int, va: int) -> Translation | None:
         fields = self.walk_fields(pmap, va)

@@ -183,10 +183,11 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
 
 
 def test_a_subclass_that_changes_walk_is_read_through_its_walk():
-    """A backend that overrides ``walk`` below a class with its own ``walk_fields`` is
-    read through that ``walk`` (the default walk_fields), so a changed walk is never
-    bypassed: its wrong protection is reported at the op, on both paths."""
-    from difftest.backend import BackendSpec, Translation, place_reader
+    """A backend that overrides ``walk`` (or a counter) below a class with its own fused
+    read (``walk_fields``, ``read_counts``) is read through the plain read it changed,
+    so a changed read is never bypassed: its wrong protection is reported at the op, on
+    both paths."""
+    from difftest.backend import BackendSpec, Translation, fused_reader
     from difftest.ops import PROT_X
     from impls.arm32 import Arm32Refcount
 
@@ -205,8 +206,17 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     from difftest.backend import Backend
     from impls.arm32_core import Arm32Core
 
-    assert place_reader(Plain(PhysPool(64))).__func__ is Arm32Core.walk_fields  # its own: fast
-    assert place_reader(WalkShowsExec(PhysPool(64))).func is Backend.walk_fields  # through walk
+    plain, changed = Plain(PhysPool(64)), WalkShowsExec(PhysPool(64))
+    for name in ("walk_fields", "read_counts", "read_attributes"):  # its own: fast
+        assert fused_reader(plain, name).__func__ is getattr(Arm32Core, name)
+    assert fused_reader(changed, "walk_fields").func is Backend.walk_fields  # through its walk
+    assert fused_reader(changed, "read_counts").__func__ is Arm32Core.read_counts  # walk only
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from shrink_bugs import RevokeOfOnceWired  # overrides pmap_resident_count
+    finally:
+        sys.path.remove(str(PLUGINS))
+    assert fused_reader(RevokeOfOnceWired(PhysPool(64)), "read_counts").func is Backend.read_counts
     va, pa = 0x00400000, 0x00200000
     stream = make_stream([Create(), Enter(1, va, pa, PROT_R | PROT_W, 0, False, False), Extract(1, va)])
     specs = [BackendSpec.from_class(Arm32Refcount), BackendSpec.from_class(WalkShowsExec)]
