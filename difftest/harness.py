@@ -135,9 +135,12 @@ class Lane:
     count_offsets: dict[tuple[int, str], int] = field(default_factory=dict)
     resource_open: set[tuple[int, int]] = field(default_factory=set)
     invariant_open: set[tuple[str, str]] = field(default_factory=set)
-    # pmap -> (pool allocs + frees, contract need_epoch) when its frames were last judged:
-    # while neither moved, held and needed frames are what they were, and so is the verdict
+    # pmap -> (pool allocs + frees, contract need_epoch) when its frames were last read:
+    # while neither moved, held and needed frames are what they were.
     frames_seen: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # pmap -> ((held PT, L1), (needed PT, L1)) when _check_frames last judged it: the same
+    # numbers again get the same verdict (only _check_frames changes what is open for it).
+    frames_judged: dict[int, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
     violations_seen: int = 0
     result: Any = None  # the current op's result, for attribution
     next_op: int = 0  # the first op this lane has not done
@@ -755,9 +758,12 @@ class StreamRun:
                 # frames needed may have changed, since they were last judged (exact: held
                 # frames move only by alloc and free).
                 if frames_seen.get(pmap) != seen:
-                    if not lane.resource_open and pool.held_pt_l1(pmap) == st.needed_pt_l1(pmap):
-                        frames_seen[pmap] = seen  # _check_frames's common case, inline
-                    else:
+                    frames_seen[pmap] = seen
+                    # _check_frames would find nothing when the frames are as needed and
+                    # nothing is open, or when they are what it last judged.
+                    held_want = (pool.held_pt_l1(pmap), st.needed_pt_l1(pmap))
+                    if ((lane.resource_open or held_want[0] != held_want[1])
+                            and lane.frames_judged.get(pmap) != held_want):
                         self._check_frames(lane, index, op, divs, pmap)
             if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
@@ -900,12 +906,13 @@ class StreamRun:
     def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
         pool = lane.pool
         st = lane.state
-        lane.frames_seen[pmap] = (pool.allocs + pool.frees, st.need_epoch)
         # A backend that never frees the kernel's page-table pages may hold more of them
         # than the live kernel mappings need (an allowance), never fewer.
         open_ = lane.resource_open
         helds = pool.held_pt_l1(pmap)
         wants = st.needed_pt_l1(pmap)
+        lane.frames_seen[pmap] = (pool.allocs + pool.frees, st.need_epoch)
+        lane.frames_judged[pmap] = (helds, wants)
         if helds == wants and not open_:
             return  # the common case: exactly what the geometry needs, nothing open
         keeps = pmap == KERNEL_PMAP and lane.backend.keeps_kernel_page_tables
