@@ -170,6 +170,8 @@ class Backend(abc.ABC):
     #: start of the audit to its end, None otherwise.  The audit only reads (walks,
     #: counters, attributes, invariants with ``touched=None``), so the backend may keep
     #: views derived from its tables there and share one scan between several reads.
+    #: The harness puts the pool's ``check_conservation()`` of that audit there under
+    #: ``"pool-conservation"`` (``pool_conservation``).
     audit_memo: dict | None = None
     #: True when page-table pages of the kernel pmap are never freed once allocated (as in
     #: most real pmaps): the harness then lets pmap 0 hold more page-table frames than its
@@ -307,6 +309,15 @@ class Backend(abc.ABC):
         """A comparable value capturing the backend's whole state (tables, pv lists,
         counts, attributes), for "left no trace" checks.  Optional."""
         raise NotImplementedError
+
+
+def pool_conservation(backend: Backend) -> list[str]:
+    """``backend.pool.check_conservation()``, computed once per full audit (the harness's
+    own, from ``audit_memo``) for invariants that check it too."""
+    memo = getattr(backend, "audit_memo", None)
+    if memo is not None and "pool-conservation" in memo:
+        return memo["pool-conservation"]
+    return backend.pool.check_conservation()
 
 
 # A fused read -> the plain reads it stands for.

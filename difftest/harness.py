@@ -1021,7 +1021,11 @@ class StreamRun:
         for owner in sorted(lane.pool.owners()):
             if owner not in st.maps and owner >= 1:
                 self._check_frames(lane, index, op, divs, owner)
-        for msg in lane.pool.check_conservation():
+        conservation = lane.pool.check_conservation()
+        memo = getattr(b, "audit_memo", None)
+        if memo is not None:
+            memo["pool-conservation"] = conservation  # for the invariants that check it too
+        for msg in conservation:
             divs.append(self._div(lane, index, op, "resource", "pool", "not-conserved", msg))
         self._check_pool(lane, index, op, divs)
         for frame in self.named_frames:

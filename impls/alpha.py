@@ -122,6 +122,7 @@
 from __future__ import annotations
 
 import functools
+from bisect import bisect_left
 from itertools import compress
 from typing import Iterator
 
@@ -134,6 +135,7 @@ from difftest.backend import (
     Level,
     Touched,
     Translation,
+    pool_conservation,
 )
 from difftest.machine import (
     KERNEL_PMAP,
@@ -169,6 +171,11 @@ PG_SHIFT = 32  # the PFN lives above bit 32
 _VA_END = 1 << 32  # the simulated machine's VAs are 32 bits
 
 PG_FAULTON = PG_FOR | PG_FOW | PG_FOE
+
+
+def _pte_fields(pte: int) -> tuple[int, int, bool]:
+    """(pa, logical prot, wired) of a valid PTE: what the MMU view reports."""
+    return (pte >> PG_SHIFT) << PAGE_SHIFT, ((pte >> 8) & 1) | ((pte >> 11) & 2) | ((pte >> 16) & 4), bool(pte & PG_WIRED)
 PG_PROT = PG_ASM | PG_KRE | PG_URE | PG_KWE | PG_UWE | PG_EXEC
 
 # pv_head attributes (alpha/include/pmap.h)
@@ -919,13 +926,16 @@ class AlphaPmap(Backend):
         pte = ptmem[pte >> PG_SHIFT][(va >> PAGE_SHIFT) & self._m3]
         if not pte & PG_V:
             return None
-        return (
-            (pte >> PG_SHIFT) << PAGE_SHIFT,
-            ((pte >> 8) & 1) | ((pte >> 11) & 2) | ((pte >> 16) & 4),
-            bool(pte & PG_WIRED),
-        )
+        return _pte_fields(pte)
 
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
+        if self.audit_memo is not None:  # a full audit: the one scan of the leaves it shares
+            leaves = self.live_leaves(pmap)
+            for va, pte in leaves[bisect_left(leaves, (sva,)):]:
+                if va >= eva:
+                    return
+                yield va, Translation(*_pte_fields(pte))
+            return
         pm = self.pmaps.get(pmap)
         if pm is None:
             return
@@ -933,11 +943,32 @@ class AlphaPmap(Backend):
             for i in compress(range(lo, hi), tbl[lo:hi]):  # nonzero PTEs only
                 pte = tbl[i]
                 if pte & PG_V:
-                    yield base + (i << PAGE_SHIFT), Translation(
-                        (pte >> PG_SHIFT) << PAGE_SHIFT,
-                        ((pte >> 8) & 1) | ((pte >> 11) & 2) | ((pte >> 16) & 4),
-                        bool(pte & PG_WIRED),
-                    )
+                    yield base + (i << PAGE_SHIFT), Translation(*_pte_fields(pte))
+
+    def live_leaves(self, pmap: int) -> list[tuple[int, int]]:
+        """(va, PTE) of every valid leaf PTE of ``pmap``, in VA order (what ``walk_range``
+        over the whole space visits, without building translations): full audits, which
+        share one scan per pmap (``audit_memo``)."""
+        memo = self.audit_memo
+        if memo is None:
+            return self._scan_leaves(pmap)
+        live = memo.setdefault("alpha-live", {})
+        got = live.get(pmap)
+        if got is None:
+            got = live[pmap] = self._scan_leaves(pmap)
+        return got
+
+    def _scan_leaves(self, pmap: int) -> list[tuple[int, int]]:
+        pm = self.pmaps.get(pmap)
+        if pm is None:
+            return []
+        out = []
+        for _frame, tbl, lo, hi, base in self._l3_ranges(pm, 0, _VA_END):
+            for i in compress(range(lo, hi), tbl[lo:hi]):
+                pte = tbl[i]
+                if pte & PG_V:
+                    out.append((base + (i << PAGE_SHIFT), pte))
+        return out
 
     def state_snapshot(self) -> object:
         """Everything: pmaps and their counters, every PT page's PTEs, reference counts and
@@ -1015,33 +1046,6 @@ def _leaf(b: AlphaPmap, pmap: int, va: int) -> tuple[int | None, int]:
     if tbl is None:
         return path[2][1], PG_NV
     return path[2][1], tbl[(va >> PAGE_SHIFT) & b._m3]
-
-
-def _live_ptes(b: AlphaPmap, pmap: int) -> list[tuple[int, int]]:
-    """(va, PTE) of every valid leaf PTE of ``pmap``, in VA order (what ``walk_range`` over
-    the whole space visits, without building translations): full audits, which share one
-    scan per pmap (``audit_memo``)."""
-    memo = b.audit_memo
-    if memo is not None:
-        live = memo.setdefault("alpha-live", {})
-        got = live.get(pmap)
-        if got is None:
-            got = live[pmap] = _scan_live_ptes(b, pmap)
-        return got
-    return _scan_live_ptes(b, pmap)
-
-
-def _scan_live_ptes(b: AlphaPmap, pmap: int) -> list[tuple[int, int]]:
-    pm = b.pmaps.get(pmap)
-    if pm is None:
-        return []
-    out = []
-    for _frame, tbl, lo, hi, base in b._l3_ranges(pm, 0, _VA_END):
-        for i in compress(range(lo, hi), tbl[lo:hi]):
-            pte = tbl[i]
-            if pte & PG_V:
-                out.append((base + (i << PAGE_SHIFT), pte))
-    return out
 
 
 def _touched_paths(b: AlphaPmap, touched: Touched) -> dict[tuple[int, int], tuple[int, int]]:
@@ -1203,7 +1207,7 @@ def check_pv(b: Backend, touched: Touched | None) -> Iterator[str]:
             key = (pfn, pmap, va)
             entries[key] = entries.get(key, 0) + 1
     for pmap in b.pmaps:
-        for va, pte in _live_ptes(b, pmap):
+        for va, pte in b.live_leaves(pmap):
             n = entries.get((pte >> PG_SHIFT, pmap, va), 0)
             if n != 1 if pte & PG_PVLIST else (n or pmap != KERNEL_PMAP):
                 yield from _check_pv_of_mapping(b, pmap, va, pte)
@@ -1282,7 +1286,7 @@ def check_frames(b: Backend, touched: Touched | None) -> Iterator[str]:
             if l1 != (pm.pm_lev1map is not None):
                 yield f"pmap {pmap} holds {l1} L1 frames with {'no' if pm.pm_lev1map is None else 'an'} L1 table"
         return
-    yield from pool.check_conservation()
+    yield from pool_conservation(b)
     in_trees: dict[int, tuple[int, int]] = {}
     for pmap in b.pmaps:
         for level, frame, _base, _i in b.tables(pmap):
@@ -1363,7 +1367,7 @@ def check_refmod(b: Backend, touched: Touched | None) -> Iterator[str]:
         return
     attrs = b.pvh_attrs
     for pmap in b.pmaps:
-        for va, pte in _live_ptes(b, pmap):
+        for va, pte in b.live_leaves(pmap):
             if pte & PG_PVLIST:
                 a = attrs[pte >> PG_SHIFT]
                 if ((pte & (PG_FOR | PG_FOE)) == (PG_FOR | PG_FOE) or a & PGA_REFERENCED) and (

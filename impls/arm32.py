@@ -59,7 +59,7 @@ from itertools import compress
 from typing import Iterator
 
 from difftest import hookimpl
-from difftest.backend import Invariant, Touched
+from difftest.backend import Invariant, Touched, pool_conservation
 from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, Tag
 from impls.arm32_core import (
     L1_ENTRIES,
@@ -415,7 +415,7 @@ def check_frames(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
             if l1 != L1_FRAMES:
                 yield f"pmap {pmap} holds {l1} L1 frames in the pool, not {L1_FRAMES}"
         return
-    yield from pool.check_conservation()
+    yield from pool_conservation(b)
     by_owner: dict[tuple[int, Tag], set[int]] = {}
     for tag in (Tag.PT, Tag.L1):
         for frame in pool.frames_with(tag):
