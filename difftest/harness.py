@@ -21,7 +21,18 @@ it touched.  The *fast* path (``fast=True``, ``difftest fuzz``'s default) runs t
 in the audits; a break found there, or a lane that crashes, sends the stream back to the
 precise path from the start (streams are deterministic), which reports it at the op that
 broke it.  Everything else is the same code on both paths, so both report the same
-divergences; ``tests/test_fast_path.py`` holds them to it.
+divergences; ``tests/test_fast_path.py`` holds them to it.  One gap, by design: a backend
+invariant that an op breaks and a later op restores before the next audit, with no other
+symptom in between (every result, translation, counter, frame count, page attribute and
+the pool as the contract says, no crash), is seen only on the precise path (``--invariants
+per-op``; the test ``test_the_fast_paths_one_gap_a_break_that_heals_before_the_audit``).
+Closing it needs the invariants after every op, which is what the fast path saves.
+
+The per-op reads go through one backend call per place, pmap and page (``walk_fields``,
+``read_counts``, ``read_attributes``: ``fused_reader``); a pmap's frames are read again only
+when the pool allocated or freed a frame or the frames its mappings need may have changed
+since they were last read.  A full audit gives the backend ``audit_memo``, so that its
+walks and invariants share one scan of its tables.
 
 Differences are classified (MODEL.md §5) and then attributed across lanes: whether the
 reference and the majority agree with the contract where this backend does not.  After a
