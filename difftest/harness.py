@@ -572,6 +572,7 @@ class StreamRun:
         # The state is unchanged until st.enter below, so the frames a legitimate ENOMEM
         # or panic needs are worked out only when one happens.
         free_before = pool.free_frames
+        allocs_before, frees_before = pool.allocs, pool.frees
         held_before = pool.held_pt_l1(pmap) if op.canfail else None
         try:  # (the backend called directly: every op of most streams is an enter)
             res = lane.backend.pmap_enter(pmap, va, op.pa, op.prot, op.access, op.wired, op.canfail)
@@ -593,7 +594,9 @@ class StreamRun:
             else:
                 self._allow(lane, index, "enomem",
                             lambda: f"{describe(op)}: {extra} frames needed, {free_before} free")
-            if pool.free_frames != free_before or pool.held_pt_l1(pmap) != held_before:
+            # (no frame allocated or freed: nothing can have changed, the common case)
+            if (pool.allocs != allocs_before or pool.frees != frees_before) and (
+                    pool.free_frames != free_before or pool.held_pt_l1(pmap) != held_before):
                 divs.append(self._div(lane, index, op, "resource", "pool", "enomem-left-trace",
                                       f"ENOMEM but the pool changed: {free_before} -> {pool.free_frames} free",
                                       location=_loc(pmap)))
@@ -729,9 +732,10 @@ class StreamRun:
                 # One place (enter, access, extract, unwire, kenter): compared inline, and
                 # judged by _check_keys only when it differs.
                 key = keys[0]
-                table = maps.get(key[0])
-                exp = table.get(key[1]) if table is not None else None
-                got = lane.read(*key)  # type: ignore[misc]
+                pmap, va = key
+                table = maps.get(pmap)
+                exp = table.get(va) if table is not None else None
+                got = lane.read(pmap, va)  # type: ignore[misc]
                 if got is None:
                     same = exp is None
                 else:
@@ -1039,10 +1043,12 @@ class StreamRun:
         for msg in conservation:
             divs.append(self._div(lane, index, op, "resource", "pool", "not-conserved", msg))
         self._check_pool(lane, index, op, divs)
+        attributes = lane.attributes
         for frame in self.named_frames:
             pa = frame * PAGE_SIZE
-            self._judge_modified(lane, index, op, divs, pa, b.pmap_is_modified(pa), query=False)
-            self._judge_referenced(lane, index, op, divs, pa, b.pmap_is_referenced(pa), query=False)
+            modified, referenced = attributes(pa)  # type: ignore[misc]
+            self._judge_modified(lane, index, op, divs, pa, modified, query=False)
+            self._judge_referenced(lane, index, op, divs, pa, referenced, query=False)
         if lane.invariants:
             self._check_invariants(lane, index, op, divs, None)
 
