@@ -35,7 +35,7 @@ from __future__ import annotations
 import abc
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Sequence
 
 from difftest.machine import PAGE_SIZE, PhysPool, Tag
 
@@ -290,6 +290,15 @@ class Backend(abc.ABC):
         t = self.walk(pmap, va)
         return None if t is None else (t.pa, t.prot, t.wired)
 
+    def walk_fields_many(self, pmap: int, vas: Sequence[int]) -> list[tuple[int, int, bool] | None]:
+        """``[walk_fields(pmap, va) for va in vas]`` in one call: the harness reads every
+        place a range op touched (remove, protect, collect...) this way.  The default reads
+        through ``walk_fields`` (or, when a subclass changed ``walk`` below it, through
+        ``walk``); a backend may walk its tables once for all of them.  Override as
+        ``walk_fields``."""
+        read = fused_reader(self, "walk_fields")
+        return [read(pmap, va) for va in vas]
+
     def read_counts(self, pmap: int) -> tuple[int, int]:
         """``(pmap_resident_count(pmap), pmap_wired_count(pmap))`` in one call: the harness
         reads both after every op that names ``pmap``.  Override as ``walk_fields``."""
@@ -323,6 +332,7 @@ def pool_conservation(backend: Backend) -> list[str]:
 # A fused read -> the plain reads it stands for.
 FUSED_READS = {
     "walk_fields": ("walk",),
+    "walk_fields_many": ("walk", "walk_fields"),
     "read_counts": ("pmap_resident_count", "pmap_wired_count"),
     "read_attributes": ("pmap_is_modified", "pmap_is_referenced"),
 }

@@ -156,8 +156,10 @@ class Lane:
     result: Any = None  # the current op's result, for attribution
     next_op: int = 0  # the first op this lane has not done
     # The per-op reads, each one backend call (fused_reader): (pa, prot, wired) at
-    # (pmap, va) or None; (resident, wired) counts of a pmap; (MOD, REF) of a page.
+    # (pmap, va) or None; the same at many VAs of one pmap; (resident, wired) counts of a
+    # pmap; (MOD, REF) of a page.
     read: Callable[[int, int], tuple[int, int, bool] | None] | None = None
+    read_many: Callable[[int, Sequence[int]], list[tuple[int, int, bool] | None]] | None = None
     counts: Callable[[int], tuple[int, int]] | None = None
     attributes: Callable[[int], tuple[bool, bool]] | None = None
 
@@ -171,6 +173,7 @@ class Lane:
 # one is built per op and backend.
 _Step = tuple[Sequence[tuple[int, int]], "set[int] | frozenset[int]", tuple[int, ...], frozenset[tuple[int, int]]]
 _NO_KEYS: frozenset[tuple[int, int]] = frozenset()
+_NO_KEYS_GET = {}.get  # the reads of a pmap with no table: nothing anywhere
 
 
 class Harness:
@@ -344,6 +347,7 @@ class StreamRun:
         try:
             lane.backend = spec.factory(pool)
             lane.read = fused_reader(lane.backend, "walk_fields")
+            lane.read_many = fused_reader(lane.backend, "walk_fields_many")
             lane.counts = fused_reader(lane.backend, "read_counts")
             lane.attributes = fused_reader(lane.backend, "read_attributes")
         except OutOfMemory as exc:
@@ -743,7 +747,19 @@ class StreamRun:
                 if not same:
                     tainted = self._check_keys(lane, index, op, divs, keys, got_map={key: got})
             elif keys:
-                tainted = self._check_keys(lane, index, op, divs, keys, optional)
+                pmap = keys[0][0]
+                vas = [va for p, va in keys if p == pmap]
+                if len(vas) == len(keys):
+                    # The places of one pmap (every range op): read in one backend call
+                    # and compared in one go; judged by _check_keys only if one differs.
+                    gots = lane.read_many(pmap, vas)  # type: ignore[misc]
+                    table = maps.get(pmap)
+                    get = table.get if table is not None else _NO_KEYS_GET
+                    if gots != [(m := get(va)) and m[:3] for va in vas]:
+                        tainted = self._check_keys(lane, index, op, divs, keys, optional,
+                                                   got_map=dict(zip(keys, gots)))
+                else:
+                    tainted = self._check_keys(lane, index, op, divs, keys, optional)
             if tainted:
                 # A mapping that pointed at the wrong page moved this op's REF/MOD effects
                 # with it: follow the backend on those pages instead of reporting them.

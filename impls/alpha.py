@@ -124,7 +124,7 @@ from __future__ import annotations
 import functools
 from bisect import bisect_left
 from itertools import compress
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from difftest import hookimpl
 from difftest.backend import (
@@ -927,6 +927,27 @@ class AlphaPmap(Backend):
         if not pte & PG_V:
             return None
         return _pte_fields(pte)
+
+    def walk_fields_many(self, pmap: int, vas: Sequence[int]) -> list[tuple[int, int, bool] | None]:
+        """``walk_fields`` at each of ``vas`` in one call (the harness's read after a range op)."""
+        pm = self.pmaps.get(pmap)
+        l1 = pm.pm_lev1map if pm is not None else None
+        if l1 is None:
+            return [None] * len(vas)
+        ptmem, s1, s2, m2, m3 = self.ptmem, self._s1, self._s2, self._m2, self._m3
+        top = ptmem[l1]
+        out: list[tuple[int, int, bool] | None] = []
+        for va in vas:
+            pte = top[va >> s1]
+            if pte & PG_V:
+                pte = ptmem[pte >> PG_SHIFT][(va >> s2) & m2]
+                if pte & PG_V:
+                    pte = ptmem[pte >> PG_SHIFT][(va >> PAGE_SHIFT) & m3]
+                    if pte & PG_V:
+                        out.append(_pte_fields(pte))
+                        continue
+            out.append(None)
+        return out
 
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
         if self.audit_memo is not None:  # a full audit: the one scan of the leaves it shares

@@ -64,7 +64,7 @@
 from __future__ import annotations
 
 from itertools import compress
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from difftest.backend import Backend, Geometry, Level, Translation
 from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
@@ -626,6 +626,19 @@ class Arm32Core(Backend):
         if not pte:
             return None
         return pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
+
+    def walk_fields_many(self, pmap: int, vas: Sequence[int]) -> list[tuple[int, int, bool] | None]:
+        """``walk_fields`` at each of ``vas`` in one call (the harness's read after a range op)."""
+        pm = self._pmaps.get(pmap)
+        if pm is None:
+            return [None] * len(vas)
+        l1, ptes = pm.l1, self._ptes
+        out: list[tuple[int, int, bool] | None] = []
+        for va in vas:
+            slot = l1[va >> PDSHIFT]
+            pte = ptes[slot[0]][(va >> PGSHIFT) & PTE_INDEX_MASK] if slot is not None else 0
+            out.append((pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)) if pte else None)
+        return out
 
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
         pm = self._pmaps.get(pmap)

@@ -138,6 +138,7 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
     """What the per-op path reads (walk_fields) is walk's translation field for field, and
     an audit's shared scans (audit_memo) give the walks and invariant messages a backend
     gives without them: on real streams, with backends whose invariants break too."""
+    from difftest.backend import Backend
     from difftest.machine import KERNEL_MAX, KERNEL_MIN, USER_MAX, USER_MIN
 
     harness = Harness.from_registry(registry, BUILTINS + ["bug-ptfree", "bug-kpt-free"], "alpha-ref")
@@ -162,9 +163,19 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
                         assert b.walk_fields(pmap, va) == (t.pa, t.prot, t.wired)
                         assert lane.read(pmap, va) == (t.pa, t.prot, t.wired)
                         compared += 1
-                    for va in (lo, (lo + hi) // 2 & -PAGE_SIZE, hi - PAGE_SIZE):
+                    probes = (lo, (lo + hi) // 2 & -PAGE_SIZE, hi - PAGE_SIZE)
+                    for va in probes:
                         t = b.walk(pmap, va)
                         assert b.walk_fields(pmap, va) == (None if t is None else (t.pa, t.prot, t.wired))
+                    # the many-places read (range ops): the same, its own and the default
+                    vas = [va for va, _ in plain[pmap]] + [va + PAGE_SIZE for va, _ in plain[pmap][:8]]
+                    vas += probes
+                    one_by_one = [b.walk_fields(pmap, va) for va in vas]
+                    assert b.walk_fields_many(pmap, vas) == one_by_one
+                    assert lane.read_many(pmap, vas) == one_by_one
+                    assert Backend.walk_fields_many(b, pmap, vas) == one_by_one
+                    assert None in one_by_one or not probes
+                assert b.walk_fields_many(10_000, [USER_MIN, 0x00400000]) == [None, None]  # no such pmap
                 plain_msgs = [list(inv.check(b, None)) for inv in lane.invariants]
                 b.audit_memo = {}
                 try:
@@ -207,9 +218,10 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     from impls.arm32_core import Arm32Core
 
     plain, changed = Plain(PhysPool(64)), WalkShowsExec(PhysPool(64))
-    for name in ("walk_fields", "read_counts", "read_attributes"):  # its own: fast
+    for name in ("walk_fields", "walk_fields_many", "read_counts", "read_attributes"):  # its own: fast
         assert fused_reader(plain, name).__func__ is getattr(Arm32Core, name)
     assert fused_reader(changed, "walk_fields").func is Backend.walk_fields  # through its walk
+    assert fused_reader(changed, "walk_fields_many").func is Backend.walk_fields_many
     assert fused_reader(changed, "read_counts").__func__ is Arm32Core.read_counts  # walk only
     sys.path.insert(0, str(PLUGINS))
     try:
@@ -228,6 +240,13 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
             1, "walk-shows-exec", "prot", "prot-mismatch")
         reports.append(everything(result))
     assert reports[0] == reports[1]
+    # The many-places read of a range op goes through the changed walk too.
+    run = Harness(specs, "arm32-refcount", fast=True).start(stream)
+    for index, op in enumerate(stream.ops):
+        run.step(index, op)
+    lanes = {lane.name: lane for lane in run.lanes}
+    assert lanes["walk-shows-exec"].read_many(1, [va, va + PAGE_SIZE]) == [(pa, PROT_R | PROT_W | PROT_X, False), None]
+    assert lanes["arm32-refcount"].read_many(1, [va, va + PAGE_SIZE]) == [(pa, PROT_R | PROT_W, False), None]
 
 
 def test_the_fast_paths_one_gap_a_break_that_heals_before_the_audit():
