@@ -42,7 +42,7 @@ class Tag(IntEnum):
         return self.name.lower()
 
 
-_PT, _L1 = int(Tag.PT), int(Tag.L1)
+_FREE, _PT, _L1 = int(Tag.FREE), int(Tag.PT), int(Tag.L1)
 _TAG_BY_CODE = tuple(Tag)  # Tag(code) without the Enum call: audits read thousands
 assert all(tag == code for code, tag in enumerate(_TAG_BY_CODE))
 # For each tag, a bytes.translate table mapping that tag to 1 and every other byte to 0.
@@ -185,7 +185,7 @@ class PhysPool:
 
     @property
     def free_frames(self) -> int:
-        return self._counts[Tag.FREE]
+        return self._counts[_FREE]  # (a plain int index: read on every enter)
 
     def held(self, owner: int, tag: Tag) -> int:
         """Frames tagged ``tag`` allocated on behalf of pmap ``owner``."""
