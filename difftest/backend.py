@@ -314,6 +314,12 @@ class Backend(abc.ABC):
         """Every valid translation in [sva, eva), in VA order, skipping absent tables
         without visiting their pages (so the cost follows the tables, not the range)."""
 
+    def walk_range_fields(self, pmap: int, sva: int, eva: int) -> dict[int, tuple[int, int, bool]]:
+        """``walk_range(pmap, sva, eva)`` as ``{va: (pa, prot, wired)}``: what a full audit
+        reads of each pmap.  The default calls ``walk_range``; a backend may build the
+        tuples straight from its tables.  Override as ``walk_fields``."""
+        return {va: (t.pa, t.prot, t.wired) for va, t in self.walk_range(pmap, sva, eva)}
+
     def state_snapshot(self) -> object:
         """A comparable value capturing the backend's whole state (tables, pv lists,
         counts, attributes), for "left no trace" checks.  Optional."""
@@ -333,6 +339,7 @@ def pool_conservation(backend: Backend) -> list[str]:
 FUSED_READS = {
     "walk_fields": ("walk",),
     "walk_fields_many": ("walk", "walk_fields"),
+    "walk_range_fields": ("walk_range",),
     "read_counts": ("pmap_resident_count", "pmap_wired_count"),
     "read_attributes": ("pmap_is_modified", "pmap_is_referenced"),
 }

@@ -160,6 +160,7 @@ class Lane:
     # pmap; (MOD, REF) of a page.
     read: Callable[[int, int], tuple[int, int, bool] | None] | None = None
     read_many: Callable[[int, Sequence[int]], list[tuple[int, int, bool] | None]] | None = None
+    read_range: Callable[[int, int, int], dict[int, tuple[int, int, bool]]] | None = None  # audits
     counts: Callable[[int], tuple[int, int]] | None = None
     attributes: Callable[[int], tuple[bool, bool]] | None = None
 
@@ -348,6 +349,7 @@ class StreamRun:
             lane.backend = spec.factory(pool)
             lane.read = fused_reader(lane.backend, "walk_fields")
             lane.read_many = fused_reader(lane.backend, "walk_fields_many")
+            lane.read_range = fused_reader(lane.backend, "walk_range_fields")
             lane.counts = fused_reader(lane.backend, "read_counts")
             lane.attributes = fused_reader(lane.backend, "read_attributes")
         except OutOfMemory as exc:
@@ -1043,7 +1045,7 @@ class StreamRun:
         b = lane.backend
         for pmap in st.pmaps():
             lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == KERNEL_PMAP else (USER_MIN, USER_MAX)
-            walked = {va: (t.pa, t.prot, t.wired) for va, t in b.walk_range(pmap, lo, hi)}
+            walked = lane.read_range(pmap, lo, hi)  # type: ignore[misc]
             table = st.maps[pmap]
             if walked != {va: m[:3] for va, m in table.items()}:  # else _check_keys finds nothing
                 got = {(pmap, va): fields for va, fields in walked.items()}

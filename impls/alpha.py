@@ -950,12 +950,21 @@ class AlphaPmap(Backend):
         return out
 
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
+        for va, pte in self._range_leaves(pmap, sva, eva):
+            yield va, Translation(*_pte_fields(pte))
+
+    def walk_range_fields(self, pmap: int, sva: int, eva: int) -> dict[int, tuple[int, int, bool]]:
+        """``walk_range`` as ``{va: (pa, prot, wired)}`` (the harness's full audit)."""
+        return {va: _pte_fields(pte) for va, pte in self._range_leaves(pmap, sva, eva)}
+
+    def _range_leaves(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, int]]:
+        """(va, PTE) of every valid leaf in [sva, eva), in VA order."""
         if self.audit_memo is not None:  # a full audit: the one scan of the leaves it shares
             leaves = self.live_leaves(pmap)
             for va, pte in leaves[bisect_left(leaves, (sva,)):]:
                 if va >= eva:
                     return
-                yield va, Translation(*_pte_fields(pte))
+                yield va, pte
             return
         pm = self.pmaps.get(pmap)
         if pm is None:
@@ -964,7 +973,7 @@ class AlphaPmap(Backend):
             for i in compress(range(lo, hi), tbl[lo:hi]):  # nonzero PTEs only
                 pte = tbl[i]
                 if pte & PG_V:
-                    yield base + (i << PAGE_SHIFT), Translation(*_pte_fields(pte))
+                    yield base + (i << PAGE_SHIFT), pte
 
     def live_leaves(self, pmap: int) -> list[tuple[int, int]]:
         """(va, PTE) of every valid leaf PTE of ``pmap``, in VA order (what ``walk_range``

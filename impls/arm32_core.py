@@ -641,6 +641,14 @@ class Arm32Core(Backend):
         return out
 
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
+        for va, fields in self._range_fields(pmap, sva, eva):
+            yield va, Translation(*fields)
+
+    def walk_range_fields(self, pmap: int, sva: int, eva: int) -> dict[int, tuple[int, int, bool]]:
+        """``walk_range`` as ``{va: (pa, prot, wired)}`` (the harness's full audit)."""
+        return dict(self._range_fields(pmap, sva, eva))
+
+    def _range_fields(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, tuple[int, int, bool]]]:
         pm = self._pmaps.get(pmap)
         if pm is None:
             return
@@ -652,9 +660,7 @@ class Arm32Core(Backend):
                 pt = self._ptes[frame]
                 entries = ((i, pt[i]) for i in compress(range(i0, i1), pt[i0:i1]))
             for i, pte in entries:
-                yield base | (i << PGSHIFT), Translation(
-                    pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
-                )
+                yield base | (i << PGSHIFT), (pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED))
 
     def live_entries(self, frame: int) -> list[tuple[int, int]]:
         """(index, PTE) of every nonzero PTE of PT frame ``frame``, in order (audits and

@@ -159,6 +159,10 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
                 for pmap in lane.state.pmaps():
                     lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == 0 else (USER_MIN, USER_MAX)
                     plain[pmap] = list(b.walk_range(pmap, lo, hi))
+                    as_fields = {va: (t.pa, t.prot, t.wired) for va, t in plain[pmap]}
+                    assert b.walk_range_fields(pmap, lo, hi) == as_fields == lane.read_range(pmap, lo, hi)
+                    mid = (lo + hi) // 2 & -PAGE_SIZE
+                    assert b.walk_range_fields(pmap, lo, mid) == {va: f for va, f in as_fields.items() if va < mid}
                     for va, t in plain[pmap]:
                         assert b.walk_fields(pmap, va) == (t.pa, t.prot, t.wired)
                         assert lane.read(pmap, va) == (t.pa, t.prot, t.wired)
@@ -183,6 +187,7 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
                         lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == 0 else (USER_MIN, USER_MAX)
                         assert list(b.walk_range(pmap, lo, hi)) == walked
                         assert list(b.walk_range(pmap, lo, hi)) == walked  # from the memo
+                        assert b.walk_range_fields(pmap, lo, hi) == Backend.walk_range_fields(b, pmap, lo, hi)
                     shared_msgs = [list(inv.check(b, None)) for inv in lane.invariants]
                 finally:
                     b.audit_memo = None
@@ -222,6 +227,15 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
         assert fused_reader(plain, name).__func__ is getattr(Arm32Core, name)
     assert fused_reader(changed, "walk_fields").func is Backend.walk_fields  # through its walk
     assert fused_reader(changed, "walk_fields_many").func is Backend.walk_fields_many
+    assert fused_reader(changed, "walk_range_fields").__func__ is Arm32Core.walk_range_fields  # walk only
+
+    class RangeShowsNothing(Arm32Refcount):
+        name = "range-shows-nothing"
+
+        def walk_range(self, pmap, sva, eva):
+            return iter(())
+
+    assert fused_reader(RangeShowsNothing(PhysPool(64)), "walk_range_fields").func is Backend.walk_range_fields
     assert fused_reader(changed, "read_counts").__func__ is Arm32Core.read_counts  # walk only
     sys.path.insert(0, str(PLUGINS))
     try:
@@ -247,6 +261,11 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     lanes = {lane.name: lane for lane in run.lanes}
     assert lanes["walk-shows-exec"].read_many(1, [va, va + PAGE_SIZE]) == [(pa, PROT_R | PROT_W | PROT_X, False), None]
     assert lanes["arm32-refcount"].read_many(1, [va, va + PAGE_SIZE]) == [(pa, PROT_R | PROT_W, False), None]
+    # A changed walk_range is what the audit reads: the mapping it hides is reported there.
+    specs = [BackendSpec.from_class(Arm32Refcount), BackendSpec.from_class(RangeShowsNothing)]
+    result = Harness(specs, "arm32-refcount", fast=True).run(stream)
+    assert [(d.op_index, d.backend, d.kind, d.cls, d.location) for d in result.divergences][0] == (
+        2, "range-shows-nothing", "translation", "mapping-missing", f"pmap 1 va {va:#010x}")
 
 
 def test_the_fast_paths_one_gap_a_break_that_heals_before_the_audit():
