@@ -146,8 +146,12 @@ class ContractState:
             return None
         if not table:
             self.need_epoch += 1  # a lazy top-level table is no longer needed
-        if old[MANAGED]:
-            self._pv_remove(old[PA], pmap, va)
+        if old[MANAGED]:  # out of its page's pv list (inline: every remove comes here)
+            entries = self.pv.get(old[PA])
+            if entries is not None:
+                entries.discard((pmap, va))
+                if not entries:
+                    del self.pv[old[PA]]
         if old[WIRED]:
             self.wired[pmap] -= 1
         # Out of its bucket and its regions (inline: every remove comes here).

@@ -794,9 +794,8 @@ class StreamRun:
                     frames_seen[pmap] = seen
                     # _check_frames would find nothing when the frames are as needed and
                     # nothing is open, or when they are what it last judged.
-                    held_want = (pool.held_pt_l1(pmap), st.needed_pt_l1(pmap))
-                    if ((lane.resource_open or held_want[0] != held_want[1])
-                            and lane.frames_judged.get(pmap) != held_want):
+                    held, want = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
+                    if (lane.resource_open or held != want) and lane.frames_judged.get(pmap) != (held, want):
                         self._check_frames(lane, index, op, divs, pmap)
             if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
