@@ -757,9 +757,10 @@ class StreamRun:
                     gots = lane.read_many(pmap, vas)  # type: ignore[misc]
                     table = maps.get(pmap)
                     get = table.get if table is not None else _NO_KEYS_GET
-                    if gots != [(m := get(va)) and m[:3] for va in vas]:
-                        tainted = self._check_keys(lane, index, op, divs, keys, optional,
-                                                   got_map=dict(zip(keys, gots)))
+                    exps = [(m := get(va)) and m[:3] for va in vas]
+                    if gots != exps:  # judged where they differ (elsewhere _check_keys finds nothing)
+                        differ = {key: got for key, got, exp in zip(keys, gots, exps) if got != exp}
+                        tainted = self._check_keys(lane, index, op, divs, list(differ), optional, got_map=differ)
                 else:
                     tainted = self._check_keys(lane, index, op, divs, keys, optional)
             if tainted:
