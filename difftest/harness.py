@@ -586,7 +586,7 @@ class StreamRun:
             self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
         except BaseException as exc:
             self._raised(lane, index, op, divs, exc)
-        if res != OK:
+        if res != OK and res != ENOMEM:
             res = normalise_result(res)
         lane.result = res
         if res == OK:
