@@ -309,6 +309,15 @@ class Backend(abc.ABC):
         both for every page an op touched.  Override as ``walk_fields``."""
         return self.pmap_is_modified(pa), self.pmap_is_referenced(pa)
 
+    def read_place(self, pmap: int, va: int, pa: int) -> tuple[Any, int, int, bool, bool] | None:
+        """``(walk_fields(pmap, va), *read_counts(pmap), *read_attributes(pa))`` in one
+        call, or None to have the harness make those reads one by one: what it reads after
+        an op that touched one place (enter, access, unwire, kenter).  The default makes
+        the three reads (the harness does not call it: it reads one by one then); a backend
+        may read its tables once.  Override as ``walk_fields``."""
+        return (fused_reader(self, "walk_fields")(pmap, va), *fused_reader(self, "read_counts")(pmap),
+                *fused_reader(self, "read_attributes")(pa))
+
     @abc.abstractmethod
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
         """Every valid translation in [sva, eva), in VA order, skipping absent tables
@@ -340,6 +349,8 @@ FUSED_READS = {
     "walk_fields": ("walk",),
     "walk_fields_many": ("walk", "walk_fields"),
     "walk_range_fields": ("walk_range",),
+    "read_place": ("walk", "walk_fields", "pmap_resident_count", "pmap_wired_count", "read_counts",
+                   "pmap_is_modified", "pmap_is_referenced", "read_attributes"),
     "read_counts": ("pmap_resident_count", "pmap_wired_count"),
     "read_attributes": ("pmap_is_modified", "pmap_is_referenced"),
 }
@@ -359,6 +370,13 @@ def fused_reader(backend: Backend, name: str) -> Callable[..., Any]:
     if fused is Backend or any(mro.index(owner(plain)) < mro.index(fused) for plain in FUSED_READS[name]):
         return functools.partial(getattr(Backend, name), backend)
     return getattr(backend, name)
+
+
+def own_fused_reader(backend: Backend, name: str) -> Callable[..., Any] | None:
+    """``fused_reader(backend, name)`` where that is the backend's own, else None (for a
+    fused read the harness uses only when a backend has its own)."""
+    read = fused_reader(backend, name)
+    return None if isinstance(read, functools.partial) else read
 
 
 @dataclass(frozen=True)

@@ -928,6 +928,16 @@ class AlphaPmap(Backend):
             return None
         return _pte_fields(pte)
 
+    def read_place(self, pmap: int, va: int, pa: int) -> tuple[object, int, int, bool, bool] | None:
+        """walk_fields, read_counts and read_attributes in one call (the harness's read
+        after an op on one place); None for a pmap it does not have."""
+        pm = self.pmaps.get(pmap)
+        if pm is None:
+            return None
+        attrs = self.pvh_attrs[pa >> PAGE_SHIFT]
+        return (self.walk_fields(pmap, va), pm.resident_count, pm.wired_count,
+                bool(attrs & PGA_MODIFIED), bool(attrs & PGA_REFERENCED))
+
     def walk_fields_many(self, pmap: int, vas: Sequence[int]) -> list[tuple[int, int, bool] | None]:
         """``walk_fields`` at each of ``vas`` in one call (the harness's read after a range op)."""
         pm = self.pmaps.get(pmap)

@@ -627,6 +627,20 @@ class Arm32Core(Backend):
             return None
         return pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
 
+    def read_place(self, pmap: int, va: int, pa: int) -> tuple[object, int, int, bool, bool] | None:
+        """walk_fields, read_counts and read_attributes in one read (the harness's read
+        after an op on one place); None for a pmap it does not have."""
+        pm = self._pmaps.get(pmap)
+        if pm is None:
+            return None
+        slot = pm.l1[va >> PDSHIFT]
+        pte = self._ptes[slot[0]][(va >> PGSHIFT) & PTE_INDEX_MASK] if slot is not None else 0
+        attrs = self._attrs[pa >> PGSHIFT]
+        return (
+            (pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)) if pte else None,
+            pm.resident, pm.wired, bool(attrs & PT_M), bool(attrs & PT_H),
+        )
+
     def walk_fields_many(self, pmap: int, vas: Sequence[int]) -> list[tuple[int, int, bool] | None]:
         """``walk_fields`` at each of ``vas`` in one call (the harness's read after a range op)."""
         pm = self._pmaps.get(pmap)
