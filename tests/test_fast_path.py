@@ -165,6 +165,11 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
                     assert b.walk_range_fields(pmap, lo, mid) == {va: f for va, f in as_fields.items() if va < mid}
                     for va, t in plain[pmap]:
                         assert b.walk_fields(pmap, va) == (t.pa, t.prot, t.wired)
+                        # the one-place read: the three reads it fuses, its own and the default
+                        for where, page in ((va, t.pa), (va + PAGE_SIZE, t.pa)):
+                            one_by_one = (b.walk_fields(pmap, where), *b.read_counts(pmap), *b.read_attributes(page))
+                            assert b.read_place(pmap, where, page) == one_by_one
+                            assert Backend.read_place(b, pmap, where, page) == one_by_one
                         assert lane.read(pmap, va) == (t.pa, t.prot, t.wired)
                         compared += 1
                     probes = (lo, (lo + hi) // 2 & -PAGE_SIZE, hi - PAGE_SIZE)
@@ -180,6 +185,7 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
                     assert Backend.walk_fields_many(b, pmap, vas) == one_by_one
                     assert None in one_by_one or not probes
                 assert b.walk_fields_many(10_000, [USER_MIN, 0x00400000]) == [None, None]  # no such pmap
+                assert b.read_place(10_000, USER_MIN, 0) is None  # no such pmap: read one by one
                 plain_msgs = [list(inv.check(b, None)) for inv in lane.invariants]
                 b.audit_memo = {}
                 try:
@@ -203,7 +209,7 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     read (``walk_fields``, ``read_counts``) is read through the plain read it changed,
     so a changed read is never bypassed: its wrong protection is reported at the op, on
     both paths."""
-    from difftest.backend import BackendSpec, Translation, fused_reader
+    from difftest.backend import BackendSpec, Translation, fused_reader, own_fused_reader
     from difftest.ops import PROT_X
     from impls.arm32 import Arm32Refcount
 
@@ -228,6 +234,9 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     assert fused_reader(changed, "walk_fields").func is Backend.walk_fields  # through its walk
     assert fused_reader(changed, "walk_fields_many").func is Backend.walk_fields_many
     assert fused_reader(changed, "walk_range_fields").__func__ is Arm32Core.walk_range_fields  # walk only
+    # the one-place read only where the backend has its own, never past a changed plain read
+    assert own_fused_reader(plain, "read_place").__func__ is Arm32Core.read_place
+    assert own_fused_reader(changed, "read_place") is None
 
     class RangeShowsNothing(Arm32Refcount):
         name = "range-shows-nothing"
@@ -243,6 +252,7 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     finally:
         sys.path.remove(str(PLUGINS))
     assert fused_reader(RevokeOfOnceWired(PhysPool(64)), "read_counts").func is Backend.read_counts
+    assert own_fused_reader(RevokeOfOnceWired(PhysPool(64)), "read_place") is None
     va, pa = 0x00400000, 0x00200000
     stream = make_stream([Create(), Enter(1, va, pa, PROT_R | PROT_W, 0, False, False), Extract(1, va)])
     specs = [BackendSpec.from_class(Arm32Refcount), BackendSpec.from_class(WalkShowsExec)]
