@@ -312,7 +312,7 @@ class Backend(abc.ABC):
     def read_place(self, pmap: int, va: int, pa: int) -> tuple[Any, int, int, bool, bool] | None:
         """``(walk_fields(pmap, va), *read_counts(pmap), *read_attributes(pa))`` in one
         call, or None to have the harness make those reads one by one: what it reads after
-        an op that touched one place (enter, access, unwire, kenter).  The default makes
+        an op that touched one place and one page (enter, access, kenter).  The default makes
         the three reads (the harness does not call it: it reads one by one then); a backend
         may read its tables once.  Override as ``walk_fields``."""
         return (fused_reader(self, "walk_fields")(pmap, va), *fused_reader(self, "read_counts")(pmap),

@@ -740,7 +740,7 @@ class StreamRun:
             st = lane.state
             maps = st.maps
             tainted = None
-            # One place, its page and its pmap's counters (enter, access, unwire, kenter),
+            # One place, its page and its pmap's counters (enter, access, kenter: one page),
             # read in one backend call where the backend has one: when all are as the
             # contract says nothing is left to judge of them; else they are read again one
             # by one below and judged as always (the reads do not change anything).
