@@ -102,6 +102,52 @@ DEATH: dict[str, Check] = {"stream": _int(), "seed": SEED, "backends": _list_of(
 GONE: dict[str, Check] = {"signature": _str, "reason": _or_none(_str)}
 
 
+def _series(v: Any) -> bool:
+    from difftest.plotdata import SERIES_POINTS
+
+    return isinstance(v, list) and len(v) <= SERIES_POINTS and all(ANY_INT(x) for x in v)
+
+
+PLOTS: dict[str, Check] = {"long_stream": _or_none(_dict), "coverage": _or_none(_dict), "notes": _list_of(_str)}
+LONG_STREAM: dict[str, Check] = {"stream": _int(), "seed": SEED, "ops": _int(), "ops_total": _int(), "step": _int(1),
+                                 "reference": _str, "divergences": _int(), "lanes": lambda v: isinstance(v, list)}
+LANE: dict[str, Check] = {
+    "backend": _str, "held": _series, "needed": _series, "over": _series, "freed": _series, "ops": _int(),
+    "peak_held": ANY_INT, "peak_needed": ANY_INT, "end_held": _or_none(ANY_INT), "end_needed": _or_none(ANY_INT),
+    "excess": ANY_INT, "freed_total": ANY_INT, "out_of_memory": _or_none(_int()), "stopped": _or_none(_str),
+}
+PLOT_COVERAGE: dict[str, Check] = {"streams": _int(), "ops": _int(), "op_kinds": _map_of(_int()),
+                                   "depth": _map_of(ANY_INT)}
+
+
+def plots_problem(plots: Any, where: str) -> str | None:
+    """What is wrong in a ``plots`` object (the report's, or a campaign's ``plots.json``).
+    Every field is required: the recorder writes them all."""
+    problem = _required(plots, PLOTS, where)
+    if problem:
+        return problem
+    long = plots["long_stream"]
+    if long is not None:
+        problem = _required(long, LONG_STREAM, f"{where}.long_stream")
+        if problem:
+            return problem
+        for i, lane in enumerate(long["lanes"]):
+            problem = _required(lane, LANE, f"{where}.long_stream.lanes[{i}]")
+            if problem:
+                return problem
+    if plots["coverage"] is not None:
+        return _required(plots["coverage"], PLOT_COVERAGE, f"{where}.coverage")
+    return None
+
+
+def _required(doc: Any, checks: dict[str, Check], where: str) -> str | None:
+    if isinstance(doc, dict):
+        for key in checks:
+            if key not in doc:
+                return f"{where} has no {key!r}"
+    return _fields(doc, checks, where)
+
+
 def _fields(doc: Any, checks: dict[str, Check], where: str) -> str | None:
     if not isinstance(doc, dict):
         return f"{where} is not an object"
@@ -181,7 +227,7 @@ def _stream_problem(value: Any, where: str) -> str | None:
 
 
 def _campaign_extras(doc: dict[str, Any]):
-    """Problems (or None) in bugs, survival, coverage, corpus, lifecycle, allowed and stopped."""
+    """Problems (or None) in bugs, survival, coverage, plots, corpus, lifecycle, allowed and stopped."""
     if "bugs" in doc:
         yield _objects(doc["bugs"], BUG, "bugs")
         for i, bug in enumerate(doc["bugs"]):
@@ -199,6 +245,8 @@ def _campaign_extras(doc: dict[str, Any]):
         yield _fields(doc["coverage"], COVERAGE, "coverage")
         if isinstance(doc["coverage"], dict) and "health" in doc["coverage"]:
             yield _objects(doc["coverage"]["health"], HEALTH, "coverage.health")
+    if "plots" in doc:
+        yield plots_problem(doc["plots"], "plots")
     if "corpus" in doc:
         yield _fields(doc["corpus"], CORPUS, "corpus")
         if isinstance(doc["corpus"], dict) and "not_run" in doc["corpus"]:

@@ -1,30 +1,28 @@
-"""What the HTML report computes beyond the report document: it runs things again.
+"""The traces the HTML report plots.
 
-* each reproducer, on the report's backends with the harness's trace on (PT + L1 frames
-  held by user pmaps, the frames their live mappings need, frames freed, after every op);
-* a representative long stream of the campaign, regenerated from its seed
-  (``unit_seed(seed, k)`` and the campaign's generator): stream k where the first
-  ``resource`` divergence was first seen (else the first divergence's, else 0);
-* the generator's coverage over the campaign's first streams (op kinds, depth counters:
-  ``difftest.coverage`` when it is there, op kinds counted here otherwise).
+* each reproducer (a minimised stream the report holds, cut to its first
+  ``LONG_STREAM_MAX_OPS`` ops) is run on the report's backends with the harness's trace on
+  (PT + L1 frames held by user pmaps, the frames their live mappings need, frames freed,
+  after every op): ``run_reproducer``;
+* the campaign's long stream is what the campaign recorded (``report["plots"]``,
+  ``difftest/plotdata.py``): ``recorded`` reads it.  No stream of the campaign is ever
+  generated or run again here, whatever its length.
 
-All of it needs the plugin registry (backends, generators).  ``difftest report`` passes
-its own; ``write(report, out)`` alone loads a plugin host once per process (the entry
-points, plus any plugins the report names) and caches it.  Nothing here may stop a
-report from being written: every failure becomes a note shown in its place.
+Running reproducers needs the plugin registry (backends).  ``difftest report`` passes its
+own; ``write(report, out)`` alone loads a plugin host once per process (the entry points,
+plus any plugins the report names) and caches it.  Nothing here may stop a report from
+being written: every failure becomes a note shown in its place.
 
 Backends named in ``worker_deaths`` are never run again here: they end the process.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-LONG_STREAM_MAX_OPS = 20_000  # the long stream is cut to its first ops beyond this
-COVERAGE_MAX_STREAMS = 32
-COVERAGE_MAX_OPS = 250_000
+from difftest.plotdata import LONG_STREAM_MAX_OPS
+
 RUN_TIME_LIMIT = 30.0  # seconds, per re-run (a hang reproducer must not hang the report)
 
 _REGISTRIES: dict[tuple[str, ...], Any] = {}
@@ -62,6 +60,13 @@ class Traced:
     ops_total: int  # the stream's length before any cut
     notes: list[str] = field(default_factory=list)
     died: dict[str, int] = field(default_factory=dict)  # backend -> op at which it ran out of memory
+    step = 1  # one point per op
+
+    def over(self, backend: str) -> list[int]:
+        return [h - n for h, n in zip(self.held[backend], self.needed[backend])]
+
+    def last_held(self, backend: str) -> int:
+        return self.held[backend][-1]
 
     @property
     def length(self) -> int:
@@ -146,85 +151,44 @@ def run_reproducer(report: dict[str, Any], registry: Any, entry: dict[str, Any])
     return run_traced(report, registry, stream, cut=LONG_STREAM_MAX_OPS)
 
 
-def representative_index(report: dict[str, Any]) -> int:
-    entries = report.get("divergences") or []
-    # A stream where a backend ran out of memory first (the story of PR 5666), then a leak.
-    for pick in (lambda e: e.get("class") == "out-of-memory", lambda e: e.get("kind") == "resource", lambda e: True):
-        found = [e["first_stream"]["index"] for e in entries
-                 if pick(e) and isinstance(e.get("first_stream"), dict)
-                 and isinstance(e["first_stream"].get("index"), int)]
-        if found:
-            return min(found)
-    return 0
+@dataclass
+class Recorded:
+    """The long stream as the campaign recorded it (``plots.long_stream``): per backend,
+    one point per bucket of ``step`` ops (held, needed, over: the bucket's maximum; freed:
+    its sum).  Plots take it where they take a ``Traced``."""
+
+    stream: int
+    seed: int
+    backends: list[str]
+    reference: str
+    held: dict[str, list[int]]
+    needed: dict[str, list[int]]
+    over_: dict[str, list[int]]
+    freed: dict[str, list[int]]
+    died: dict[str, int]
+    step: int
+    length: int  # ops traced
+    ops_total: int
+    divergences: int
+    lanes: list[dict[str, Any]]
+
+    def over(self, backend: str) -> list[int]:
+        return self.over_[backend]
+
+    def last_held(self, backend: str) -> int:
+        lane = next(lane for lane in self.lanes if lane["backend"] == backend)
+        return lane["end_held"] if lane["end_held"] is not None else 0
 
 
-def campaign_stream(report: dict[str, Any], registry: Any, k: int) -> Any:
-    """Stream k of the campaign, regenerated (raises on a missing generator or campaign)."""
-    from difftest.campaign import unit_seed
-
-    camp = report["campaign"]
-    gen = registry.generators.get(camp["generator"])
-    if gen is None:
-        raise LookupError(f"generator {camp['generator']!r} is not registered here")
-    return gen.generate(unit_seed(camp["seed"], k), camp["ops_per_stream"], camp["phys_pages"])
-
-
-def long_stream(report: dict[str, Any], registry: Any) -> tuple[int, Traced | str]:
-    camp = report.get("campaign")
-    if not isinstance(camp, dict) or "seed" not in camp:
-        return -1, "the report is not a campaign's: no stream to regenerate"
-    k = representative_index(report)
-    try:
-        stream = campaign_stream(report, registry, k)
-    except Exception as exc:
-        return k, f"stream {k} could not be regenerated: {type(exc).__name__}: {exc}"
-    return k, run_traced(report, registry, stream, cut=LONG_STREAM_MAX_OPS)
-
-
-def coverage(report: dict[str, Any], registry: Any) -> dict[str, Any] | str:
-    """Op kinds and depth counters over the campaign's first streams."""
-    camp = report.get("campaign")
-    if not isinstance(camp, dict) or "seed" not in camp:
-        return "the report is not a campaign's: no streams to regenerate"
-    per = max(1, int(camp.get("ops_per_stream") or 1))
-    n = min(int(report.get("streams") or 0), COVERAGE_MAX_STREAMS, max(1, COVERAGE_MAX_OPS // per))
-    if n < 1:
-        return "no stream was run"
-    try:
-        from difftest import coverage as cov  # written by another issue: optional here
-        stats_of = cov.stream_stats
-        fields = dict(getattr(cov, "DEPTH_FIELDS", {}))
-    except Exception:
-        stats_of, fields = None, {}
-    started = time.perf_counter()
-    kinds: dict[str, int] = {}
-    depth: dict[str, int] = {}
-    try:
-        for k in range(n):
-            stream = campaign_stream(report, registry, k)
-            if stats_of is not None:
-                try:
-                    stats = stats_of(stream)
-                except Exception:
-                    stats_of, fields, depth = None, {}, {}
-                else:
-                    for name, value in stats.get("op_kinds", {}).items():
-                        kinds[name] = kinds.get(name, 0) + int(value)
-                    for name, value in stats.get("depth", {}).items():
-                        if isinstance(value, bool) or not isinstance(value, int):
-                            continue
-                        depth[name] = max(depth.get(name, 0), value) if name.startswith("max_") \
-                            else depth.get(name, 0) + value
-                    continue
-            for op in stream.ops:
-                kinds[op.name] = kinds.get(op.name, 0) + 1
-    except Exception as exc:
-        return f"the streams could not be regenerated: {type(exc).__name__}: {exc}"
-    return {
-        "streams": n,
-        "ops": sum(kinds.values()),
-        "op_kinds": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "depth": depth,
-        "depth_fields": fields,
-        "seconds": time.perf_counter() - started,
-    }
+def recorded(long: dict[str, Any]) -> Recorded:
+    """``plots.long_stream`` (checked by ``difftest.report_shape``) as plottable series."""
+    lanes = long["lanes"]
+    return Recorded(
+        stream=long["stream"], seed=long["seed"], backends=[lane["backend"] for lane in lanes],
+        reference=long["reference"], held={lane["backend"]: lane["held"] for lane in lanes},
+        needed={lane["backend"]: lane["needed"] for lane in lanes},
+        over_={lane["backend"]: lane["over"] for lane in lanes},
+        freed={lane["backend"]: lane["freed"] for lane in lanes},
+        died={lane["backend"]: lane["out_of_memory"] for lane in lanes if lane["out_of_memory"] is not None},
+        step=long["step"], length=long["ops"], ops_total=long["ops_total"], divergences=long["divergences"],
+        lanes=lanes)

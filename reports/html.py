@@ -7,8 +7,11 @@ a table of ops with every backend's page-table frames side by side; and plots: f
 and needed along each reproducer and along a long stream of the campaign, frames freed per
 op, signatures found over campaign time, and the generator's coverage.
 
-Running things again needs the plugin registry (``reports.analysis``): ``difftest report``
-passes it (``write(report, out, registry=...)``); without it one is loaded once per process.
+The long stream and the coverage are drawn from what the campaign recorded
+(``report["plots"]``, ``difftest/plotdata.py``); a report without it (an older one) shows a
+note in their place: no stream of the campaign is generated or run again here.  Running the
+reproducers needs the plugin registry (``reports.analysis``): ``difftest report`` passes it
+(``write(report, out, registry=...)``); without it one is loaded once per process.
 Every string from a plugin or a stream goes through autoescape; the only markup inserted
 unescaped is matplotlib's SVG, checked by ``reports.plots.to_svg``.
 """
@@ -127,38 +130,49 @@ def _divergence(report: dict[str, Any], entry: dict[str, Any], i: int, registry:
     return item
 
 
-def _long_stream(report: dict[str, Any], registry: Any) -> dict[str, Any]:
-    k, traced = analysis.long_stream(report, registry)
-    out: dict[str, Any] = {"k": k, "note": None}
-    if isinstance(traced, str):
-        out["note"] = traced
-        return out
-    camp = report.get("campaign") or {}
-    from difftest.campaign import unit_seed
+NO_PLOT_DATA = ("the report holds no plot data recorded by its campaign (written by an older pmap-difftest): "
+                "omitted, since a report never runs the campaign again")
 
-    out["seed"] = unit_seed(camp["seed"], k)
-    out["ops"] = traced.length
-    out["notes"] = traced.notes
+
+def _plots(report: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """(the campaign's recorded plot data or None, why a piece is missing)."""
+    plots = report.get("plots")
+    if not isinstance(plots, dict):
+        return None, NO_PLOT_DATA if isinstance(report.get("campaign"), dict) else "the report is not a campaign's"
+    return plots, "; ".join(plots.get("notes") or ()) or "the campaign recorded none"
+
+
+def _long_stream(report: dict[str, Any]) -> dict[str, Any]:
+    recorded, why = _plots(report)
+    if recorded is None or not recorded.get("long_stream"):
+        return {"note": why}
+    traced = analysis.recorded(recorded["long_stream"])
+    k = traced.stream
+    out: dict[str, Any] = {"k": k, "note": None, "seed": traced.seed, "ops": traced.length, "notes": []}
+    if traced.ops_total > traced.length:
+        out["notes"].append(f"traced over its first {traced.length:,} of {traced.ops_total:,} ops")
+    if traced.step > 1:
+        out["notes"].append(f"one point per {traced.step} ops (each bucket's maximum; frames freed: its sum)")
     out["frames"], out["frames_note"] = _safe_plot(
         plots.frames_plot, traced, "long",
         f"stream {k} of the campaign: PT + L1 frames held (solid) and needed (dashed)")
     out["freed"], out["freed_note"] = _safe_plot(plots.freed_plot, traced, "freed",
                                                  f"stream {k}: frames freed per op, per backend")
     rows = []
-    for b in traced.backends:
-        held, needed = traced.held[b], traced.needed[b]
+    for lane in traced.lanes:
+        end = "-" if lane["end_held"] is None else f"{lane['end_held']} / {lane['end_needed']}"
         rows.append({
-            "backend": b,
-            "reference": b == traced.reference,
-            "peak_held": max(held, default=0),
-            "peak_needed": max(needed, default=0),
-            "end": f"{held[-1]} / {needed[-1]}" if held else "-",
-            "excess": traced.excess(b),
-            "freed": sum(traced.freed[b]),
-            "stopped": traced.stopped.get(b, ""),
+            "backend": lane["backend"],
+            "reference": lane["backend"] == traced.reference,
+            "peak_held": lane["peak_held"],
+            "peak_needed": lane["peak_needed"],
+            "end": end,
+            "excess": lane["excess"],
+            "freed": lane["freed_total"],
+            "stopped": lane["stopped"] or "",
         })
     out["rows"] = rows
-    out["divergences"] = len(traced.divergences)
+    out["divergences"] = traced.divergences
     return out
 
 
@@ -174,19 +188,21 @@ def _timeline(report: dict[str, Any]) -> dict[str, Any] | None:
     return {"plot": svg, "note": note, "rows": rows}
 
 
-def _coverage(report: dict[str, Any], registry: Any) -> dict[str, Any]:
-    cov = analysis.coverage(report, registry)
-    if isinstance(cov, str):
-        return {"note": cov}
+def _coverage(report: dict[str, Any]) -> dict[str, Any]:
+    from difftest.coverage import DEPTH_FIELDS
+
+    recorded, why = _plots(report)
+    cov = recorded.get("coverage") if recorded is not None else None
+    if not cov:
+        return {"note": why}
     svg, note = _safe_plot(plots.coverage_plot, cov["op_kinds"], cov["depth"], "coverage")
-    fields = cov.get("depth_fields") or {}
     return {
         "note": note,
         "plot": svg,
         "streams": cov["streams"],
         "ops": cov["ops"],
         "op_kinds": list(cov["op_kinds"].items()),
-        "depth": [(name, value, fields.get(name, "")) for name, value in cov["depth"].items()],
+        "depth": [(name, value, DEPTH_FIELDS.get(name, "")) for name, value in cov["depth"].items()],
     }
 
 
@@ -230,9 +246,9 @@ def context(report: dict[str, Any], registry: Any = None, run_dir: Any = None) -
         "allowed": [(b, k, n) for b, kinds in sorted((report.get("allowed") or {}).items())
                     for k, n in sorted(kinds.items())],
         "registry_note": registry_note,
-        "long": _long_stream(report, registry) if registry is not None else {"note": registry_note},
+        "long": _long_stream(report),
         "timeline": _timeline(report),
-        "coverage": _coverage(report, registry) if registry is not None else {"note": registry_note},
+        "coverage": _coverage(report),
         "features": coverage_context(report),
         "tool": report.get("tool") or {},
         "status_class": STATUS_CLASS,

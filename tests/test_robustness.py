@@ -339,12 +339,17 @@ def _set(doc, path, value):
 
 
 @pytest.fixture(scope="module")
-def real_report(tmp_path_factory):
+def real_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     (tmp / "empty.toml").write_text("")
     proc = builtin_campaign(tmp, "out", "--streams", "2", "--baseline", str(tmp / "empty.toml"))
     assert proc.returncode == 1, proc.stderr
-    return json.loads((tmp / "out" / "report.json").read_text())
+    return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def real_report(real_run):
+    return json.loads((real_run / "report.json").read_text())
 
 
 def test_report_refuses_a_damaged_document_naming_the_field_never_a_crash(tmp_path, real_report, capsys):
@@ -384,6 +389,140 @@ def test_html_report_of_a_damaged_document_is_exit_2_naming_the_field(tmp_path, 
                         cwd=tmp_path, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert field in proc.stderr
+
+
+@pytest.fixture
+def runs_seen(monkeypatch):
+    """The lengths of the streams the harness runs; calling a generator, generating a
+    campaign's stream or recording plot data (what only a campaign does) fails the test."""
+    from difftest import campaign, plotdata
+    from difftest.harness import Harness
+    from difftest.plugins import PluginHost
+
+    seen: list[int] = []
+    run = Harness.run
+
+    def counting(self, stream, *args, **kwargs):
+        seen.append(len(stream.ops))
+        return run(self, stream, *args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a report regenerated a stream of the campaign")
+
+    def load(self, *args, **kwargs):
+        registry = load_plugins(self, *args, **kwargs)
+        for name, spec in registry.generators.items():
+            registry.generators[name] = dataclasses.replace(spec, generate=forbidden)
+        return registry
+
+    load_plugins = PluginHost.load
+    monkeypatch.setattr(PluginHost, "load", load)
+    monkeypatch.setattr(Harness, "run", counting)
+    for module, name in ((campaign, "make_stream"), (campaign, "run_unit"), (plotdata, "record")):
+        monkeypatch.setattr(module, name, forbidden)
+    return seen
+
+
+def _render_html(tmp_path, report, capsys) -> str:
+    from difftest.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(report))
+    code = main(["report", str(run), "--format", "html", "-o", str(tmp_path / "r.html")])
+    assert code == 0, capsys.readouterr().err
+    return (tmp_path / "r.html").read_text()
+
+
+def _section(page: str, anchor: str) -> str:
+    start = page.index(f'<section id="{anchor}">')
+    return page[start:page.index("</section>", start)]
+
+
+def test_html_draws_the_recorded_plots_and_never_regenerates_a_stream(tmp_path, real_report, runs_seen, capsys):
+    doc = _set(real_report, ("campaign", "ops_per_stream"), 2**30)
+    page = _render_html(tmp_path, doc, capsys)
+    long = doc["plots"]["long_stream"]
+    shown = _section(page, "long")
+    assert f"Stream {long['stream']} of the campaign (seed {long['seed']}, 300 ops)" in shown
+    assert shown.count("<svg") == 2  # frames held/needed, frames freed: from the recorded series
+    leaky = next(lane for lane in long["lanes"] if lane["backend"] == "arm32-leaky")
+    assert f'<td class="num" style="color: var(--bad); font-weight: 600">{leaky["excess"]}</td>' in shown
+    assert "<svg" in _section(page, "coverage") and "op kinds generated" in _section(page, "coverage")
+    # only the reproducers the report holds ran again, never a stream of 2**30 ops
+    repro = max(e["reproducer_ops"] for e in doc["divergences"])
+    assert runs_seen and max(runs_seen) <= repro
+
+
+def test_html_of_a_report_without_plot_data_omits_those_plots_with_a_note(tmp_path, real_report, runs_seen,
+                                                                           capsys):
+    from reports.html import NO_PLOT_DATA
+
+    doc = dict(real_report)
+    del doc["plots"]  # as written before campaigns recorded it
+    page = _render_html(tmp_path, doc, capsys)
+    for anchor in ("long", "coverage"):
+        shown = _section(page, anchor)
+        assert "<svg" not in shown and f"Not shown: {NO_PLOT_DATA}".replace("'", "&#39;") in shown, shown
+    assert max(runs_seen) <= max(e["reproducer_ops"] for e in doc["divergences"])
+
+
+def test_the_recorded_plot_data_is_the_campaigns_trace(real_run, real_report):
+    """The long stream's series equal a trace of that stream taken here, by hand; the
+    coverage counts the ops of the streams run."""
+    from collections import Counter
+
+    from difftest.campaign import read_campaign_meta, unit_seed
+    from difftest.harness import Harness
+    from difftest.plugins import PluginHost
+
+    config, _ = read_campaign_meta(real_run)
+    journal = [json.loads(line) for line in (real_run / "journal.jsonl").read_text().splitlines()]
+    fresh = {e["k"] for e in journal if "k" in e and e.get("parent") is None}  # not feedback mutants
+    assert fresh == {0, 1}
+    host = PluginHost()
+    host.load(())
+    streams = {k: config.generate(host.registry.generators[config.generator], unit_seed(config.seed, k))
+               for k in fresh}
+    plots = json.loads((real_run / "plots.json").read_text())
+    assert real_report["plots"] == plots and plots["notes"] == []
+    long = plots["long_stream"]
+    # the representative stream: where the leak (the first resource divergence) was first seen
+    assert long["stream"] == min(e["first_stream"]["index"] for e in real_report["divergences"]
+                                 if e["kind"] == "resource")
+    assert long["step"] == 1 and long["ops"] == long["ops_total"] == 300  # 300 ops: one point per op
+    result = Harness.from_registry(host.registry, config.backends, config.reference, trace=True).run(
+        streams[long["stream"]])
+    assert [lane["backend"] for lane in long["lanes"]] == list(config.backends)
+    for lane in long["lanes"]:
+        rows = result.trace[lane["backend"]]
+        assert lane["held"] == [r[0] for r in rows] and lane["needed"] == [r[1] for r in rows]
+        assert lane["over"] == [r[0] - r[1] for r in rows]
+        assert sum(lane["freed"]) == lane["freed_total"] == rows[-1][2]
+        assert lane["end_held"] == rows[-1][0] and lane["out_of_memory"] is None
+    excess = {lane["backend"]: lane["excess"] for lane in long["lanes"]}
+    assert excess["arm32-leaky"] > 0 and excess["alpha-ref"] == excess["arm32-refcount"] == 0
+    cov = plots["coverage"]
+    kinds = Counter(op.name for s in streams.values() for op in s.ops)
+    assert (cov["streams"], cov["ops"], cov["op_kinds"]) == (2, 600, dict(kinds))
+    assert cov["depth"]["pmaps_created"] == kinds["create"]
+
+
+@pytest.mark.parametrize("path, bad, field", [
+    (("long_stream", "lanes", 0, "held"), list(range(10_000)), "plots.long_stream.lanes[0].held"),
+    (("long_stream", "step"), 0, "plots.long_stream.step"),
+    (("coverage",), [], "plots.coverage"),
+])
+def test_merge_refuses_a_damaged_plots_file_naming_it(tmp_path, real_run, path, bad, field):
+    import shutil
+
+    shutil.copytree(real_run, tmp_path / "s0")
+    plots = json.loads((tmp_path / "s0" / "plots.json").read_text())
+    (tmp_path / "s0" / "plots.json").write_text(json.dumps(_set(plots, path, bad)))
+    proc = run_difftest("merge", str(tmp_path / "s0"), "--out", str(tmp_path / "m"), env=clean_env(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("difftest: error")]
+    assert "plots.json" in line and field in line, line
 
 
 # -- 9. smaller ---------------------------------------------------------------------------------------------------
