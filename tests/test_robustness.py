@@ -525,6 +525,45 @@ def test_merge_refuses_a_damaged_plots_file_naming_it(tmp_path, real_run, path, 
     assert "plots.json" in line and field in line, line
 
 
+# -- check-backend: every call into the backend in a worker, bounded -------------------------------------------
+
+
+def check_backend(tmp_path: Path, culprit: str, budget: str):
+    proc = difftest(tmp_path, "check-backend", culprit, "--json", "--out", str(tmp_path / "o"), "--budget", budget,
+                    "--check-timeout", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # does not conform: one line of output, no traceback
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+
+
+@pytest.mark.parametrize("culprit, reason", [
+    ("mis-create-exit", "mis-create-exit crashed at bootstrap: SystemExit: 3"),
+    ("mis-create-kbint", "mis-create-kbint crashed at bootstrap: KeyboardInterrupt"),
+    ("mis-create-hardexit", "mis-create-hardexit ended its process (os._exit, a signal or the OOM killer) at bootstrap"),
+    ("mis-create-noalarm", "mis-create-noalarm hung: its process outlived its limit and was killed at bootstrap"),
+], ids=["exit", "kbint", "hardexit", "noalarm"])
+def test_check_backend_names_a_backend_that_crashes_ends_or_hangs_its_bootstrap(tmp_path, culprit, reason):
+    checks = check_backend(tmp_path, culprit, "5s")
+    assert list(checks) == ["bootstrap"]
+    assert (checks["bootstrap"]["outcome"], checks["bootstrap"]["reason"]) == ("FAIL", reason)
+
+
+@pytest.mark.parametrize("culprit, reason", [
+    ("mis-hardexit", "the process running this check died (os._exit, a signal or the OOM killer)"),
+    ("mis-noalarm", "the process running this check outlived its limit and was killed (a hang)"),
+], ids=["hardexit", "noalarm"])
+def test_check_backend_fails_the_checks_whose_worker_the_backend_ends_or_hangs(tmp_path, culprit, reason):
+    checks = check_backend(tmp_path, culprit, "6s")
+    failed = {name: c["reason"] for name, c in checks.items() if c["outcome"] == "FAIL"}
+    # the protect checks, each named; every other check of the battery ran and passed
+    assert {n: r for n, r in failed.items() if not n.startswith("campaign")} == {
+        "protect": reason, "page-protect-shared": reason}
+    assert sum(c["outcome"] == "PASS" for c in checks.values()) == 12
+    if culprit == "mis-hardexit":  # the campaign ran: the culprit's worker death is its row
+        assert [n for n in failed if n.startswith("campaign")] == [
+            "campaign:crash:mis-hardexit:stream:worker:worker-died"]
+
+
 # -- 9. smaller ---------------------------------------------------------------------------------------------------
 
 
