@@ -381,11 +381,16 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
         # Every run is bounded, as the campaign's are: a hanging lane cannot hang the shrink.
         # A budget of work (runs), not of seconds: equal seeds give equal reproducers on a
         # loaded machine too.  The time budget is only a ceiling far above it.
-        outcome = shrink(stream, harness, task.signature,
-                         time_budget=SHRINK_TIME_CEILING * task.config.shrink_budget,
-                         time_limit=task.config.stream_timeout, max_runs=shrink_runs(task.config))
+        ceiling, max_runs = SHRINK_TIME_CEILING * task.config.shrink_budget, shrink_runs(task.config)
+        outcome = shrink(stream, harness, task.signature, time_budget=ceiling,
+                         time_limit=task.config.stream_timeout, max_runs=max_runs)
         small = outcome.stream
         error = None
+        if not outcome.complete and outcome.runs < max_runs:
+            # Stopped by the clock, not by its budget of runs: say so, since the same seed on
+            # a less loaded machine may give a smaller reproducer.
+            error = (f"stopped at its time ceiling ({ceiling:g} s) after {outcome.runs} of {max_runs} runs "
+                     f"(a loaded machine): the same seed may shrink further elsewhere")
         if task.backend:
             head = head_of(harness.run(small, time_limit=task.config.stream_timeout).divergences, task.backend)
         # The reproducer is data: keep timings out of it, so reports compare equal.

@@ -625,12 +625,36 @@ def test_a_campaigns_shrink_is_the_same_on_a_loaded_machine(monkeypatch):
                               seed=11, ops_per_stream=400, shrink_budget=5.0)
     sig = "resource:arm32-leaky:protect:pt_frames:pt-frames-held>needed"  # about 60 runs to shrink
     assert sig in C.run_unit(C.UnitTask(config, 0)).hits
-    task = C.ShrinkTask(config, sig, 0, ("alpha-ref", "arm32-leaky"))
+    task = C.ShrinkTask(config, sig, 0, backend="arm32-leaky", backends=("alpha-ref", "arm32-leaky"))
     idle = C.shrink_unit(task)
     monkeypatch.setattr(S, "time", _SlowClock())
     loaded = C.shrink_unit(task)
     assert idle.error is None and idle.stream_json["origin"]["shrink"]["complete"]
     assert loaded.stream_json == idle.stream_json
+
+
+class _StalledClock(_SlowClock):
+    """A machine so loaded that 1 s passes at every look."""
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_shrink_stopped_by_its_time_ceiling_says_so(monkeypatch):
+    from difftest import campaign as C
+    from difftest import shrink as S
+
+    config = C.CampaignConfig(backends=("alpha-ref", "arm32-leaky"), reference="alpha-ref", seed=11,
+                              ops_per_stream=400, shrink_budget=5.0)
+    task = C.ShrinkTask(config, "resource:arm32-leaky:protect:pt_frames:pt-frames-held>needed", 0,
+                        backend="arm32-leaky", backends=("alpha-ref", "arm32-leaky"))
+    monkeypatch.setattr(S, "time", _StalledClock())
+    stalled = C.shrink_unit(task)
+    runs = stalled.stream_json["origin"]["shrink"]["runs"]
+    assert not stalled.stream_json["origin"]["shrink"]["complete"] and runs < C.shrink_runs(config) == 100
+    assert stalled.error == (f"stopped at its time ceiling (20 s) after {runs} of 100 runs (a loaded machine): "
+                             "the same seed may shrink further elsewhere")
 
 
 def test_a_bad_enter_result_is_one_divergence_not_a_cascade(tmp_path):
