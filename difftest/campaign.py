@@ -1003,19 +1003,30 @@ class Campaign:
                                   self._recipe)
         if task is None:
             return
-        fut = executor.submit(plotdata.record, task)
         limit = 2 * self._limits[0]
         try:
-            while not fut.done():
-                cf.wait([fut], timeout=0.5)
-                if self._watchdog.overdue({fut: limit}):
-                    self._watchdog.forget()
-                    if not kill_workers(executor):
-                        raise cf.TimeoutError  # a cluster's worker: abandoned
-            self.plots = fut.result()
-        except (BrokenProcessPool, cf.TimeoutError):
-            self.plots = plotdata.not_recorded("plot data not recorded: the worker recording it died or hung")
+            fut = executor.submit(plotdata.record, task)
+        except BrokenProcessPool:  # the pool broke after the last shrink: a fresh worker
+            found, fate = run_alone(self.executor_factory, task, plotdata.record, limit)
+        else:
+            found, fate = self._watched(executor, fut, limit)
+        self.plots = found if fate == "ok" else plotdata.not_recorded(
+            f"plot data not recorded: the worker recording it {'hung' if fate == 'hung' else 'died'}")
         atomic_write_text(self.out / plotdata.PLOTS_FILE, json.dumps(self.plots, allow_nan=False))
+
+    def _watched(self, executor: cf.Executor, fut: cf.Future, limit: float) -> tuple[Any, str]:
+        """Wait for one task under the watchdog: (result, "ok"), (None, "died") or (None,
+        "hung") (its worker killed, or on a cluster abandoned)."""
+        while not fut.done():
+            cf.wait([fut], timeout=0.5)
+            if self._watchdog.overdue({fut: limit}):
+                self._watchdog.forget()
+                kill_workers(executor)
+                return None, "hung"
+        try:
+            return fut.result(), "ok"
+        except BrokenProcessPool:
+            return None, "died"
 
     def _record_corpus_run(self, name: str, outcome: dict[str, Any]) -> None:
         self.corpus_runs[name] = outcome

@@ -508,6 +508,21 @@ def test_the_recorded_plot_data_is_the_campaigns_trace(real_run, real_report):
     assert cov["depth"]["pmaps_created"] == kinds["create"]
 
 
+def test_the_plot_data_step_is_watched_like_any_task(tmp_path):
+    """A worker recording plot data that hangs is killed at its limit, one that dies is
+    seen dying: either way a note, never a campaign waiting for ever."""
+    from difftest import campaign as C
+
+    config = C.CampaignConfig(backends=("alpha-ref",), reference="alpha-ref", seed=1, streams=1)
+    camp = C.Campaign(config, tmp_path / "out")
+    for task, args, fate in ((time.sleep, (3600,), "hung"), (os._exit, (0,), "died")):
+        executor = C.local_process_pool(1)
+        try:
+            assert camp._watched(executor, executor.submit(task, *args), 0.5) == (None, fate)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)  # returns: the hung worker was killed
+
+
 @pytest.mark.parametrize("path, bad, field", [
     (("long_stream", "lanes", 0, "held"), list(range(10_000)), "plots.long_stream.lanes[0].held"),
     (("long_stream", "step"), 0, "plots.long_stream.step"),
