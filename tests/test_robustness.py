@@ -508,6 +508,26 @@ def test_the_recorded_plot_data_is_the_campaigns_trace(real_run, real_report):
     assert cov["depth"]["pmaps_created"] == kinds["create"]
 
 
+def test_merged_plot_data_is_the_shard_that_ran_the_stream_and_the_coverage_added_up(real_run):
+    from difftest.plotdata import merge
+
+    mine = json.loads((real_run / "plots.json").read_text())
+    k = mine["long_stream"]["stream"]
+    other = {"long_stream": {**mine["long_stream"], "stream": k + 1}, "coverage": mine["coverage"], "notes": []}
+    both = merge([other, mine], k)
+    assert both["long_stream"] == mine["long_stream"] and both["notes"] == []
+    cov = mine["coverage"]
+    assert both["coverage"]["streams"] == 2 * cov["streams"] and both["coverage"]["ops"] == 2 * cov["ops"]
+    assert both["coverage"]["op_kinds"] == {name: 2 * n for name, n in cov["op_kinds"].items()}
+    assert both["coverage"]["depth"]["max_live_pmaps"] == cov["depth"]["max_live_pmaps"]  # a maximum
+    assert both["coverage"]["depth"]["pmaps_created"] == 2 * cov["depth"]["pmaps_created"]  # a count
+    # the shard that ran stream k recorded nothing (an older version): said, not made up
+    lacking = merge([other, None], k)
+    assert lacking["long_stream"] is None
+    assert lacking["notes"] == ["1 shard(s) recorded no plot data", f"the long stream (stream {k}) was not "
+                                "recorded by its shard"]
+
+
 def test_the_plot_data_step_is_watched_like_any_task(tmp_path):
     """A worker recording plot data that hangs is killed at its limit, one that dies is
     seen dying: either way a note, never a campaign waiting for ever."""
