@@ -136,8 +136,6 @@ IN_CREATE = (
     _in_create("mis-create-exit", "calls sys.exit(3)", lambda: sys.exit(3)),
     _in_create("mis-create-kbint", "raises KeyboardInterrupt", lambda: _raise(KeyboardInterrupt)),
     _in_create("mis-create-hardexit", "calls os._exit(0)", lambda: os._exit(0)),
-    _in_create("mis-create-noalarm", "ignores SIGALRM, then sleeps for ever",
-               lambda: IgnoresAlarmInProtect.misbehave(None)),
 )
 
 
