@@ -137,8 +137,8 @@ def _campaign(conf: Conformance, out_dir: Path, seed: int, workers: int, budget:
 
 
 def _print_table(conf: Conformance, rows: list[CheckResult], ok: bool, out_dir: Path) -> None:
-    caps = ", ".join(f"{k} = {v}" for k, v in sorted(conf.capabilities.items()))
-    click.echo(f"check-backend {conf.backend} (reference {conf.reference}; {caps})")
+    caps = "".join(f"; {k} = {v}" for k, v in sorted(conf.capabilities.items()))  # none: it did not boot
+    click.echo(f"check-backend {conf.backend} (reference {conf.reference}{caps})")
     table = []
     for r in rows:
         first = f"op {r.first.op_index}: {r.first.op}" if r.first is not None else ""
