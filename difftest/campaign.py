@@ -995,15 +995,16 @@ class Campaign:
 
     def _record_plots(self, executor: cf.Executor) -> None:
         """Record the data the reports' plots draw (``difftest.plotdata``) in one worker,
-        under the watchdog (twice a stream's limit: one traced stream, the coverage's
-        streams generated again); a worker that dies or hangs leaves a note instead."""
+        under the watchdog; a worker that dies or hangs leaves a note instead."""
         from difftest import plotdata
 
         task = plotdata.make_task(self.config, self.records.values(), self.committed, self._culprits(),
                                   self._recipe)
         if task is None:
             return
-        limit = 2 * self._limits[0]
+        # Twice a stream's limit (the long stream, the coverage's streams generated again),
+        # and a stream's allowance per reproducer traced.
+        limit = 2 * self._limits[0] + len(task.reproducers) * unit_allowance(self.config)
         try:
             fut = executor.submit(plotdata.record, task)
         except BrokenProcessPool:  # the pool broke after the last shrink: a fresh worker
@@ -1381,7 +1382,8 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     survival: dict[str, Survival] = {}
     tally = CoverageTally()
     shard_plots: list[dict[str, Any] | None] = []
-    for d in dirs:
+    owners: dict[str, int] = {}  # signature -> the shard whose first sighting (and reproducer) is kept
+    for position, d in enumerate(dirs):
         camp = load_run_dir(Path(d))
         config, records, committed, n_ops = camp.config, camp.records, camp.committed, camp.ops
         hit_sets.update(camp.hit_sets)
@@ -1401,6 +1403,8 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         ops += n_ops
         for sig, rec in records.items():
             have = merged.get(sig)
+            if have is None or rec.first_k < have.first_k:
+                owners[sig] = position
             if have is None:
                 merged[sig] = rec
                 continue
@@ -1423,7 +1427,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     # The merged report is the unsharded campaign's: config says shard 0/1.
     from difftest import plotdata
 
-    plots = plotdata.merge(shard_plots, plotdata.representative_stream(merged.values(), seen))
+    plots = plotdata.merge(shard_plots, plotdata.representative_stream(merged.values(), seen), owners)
     report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival,
                                    coverage=tally.to_report(streams_run), plots=plots)
     if missing:  # not the unsharded campaign's report: say what it lacks

@@ -103,8 +103,7 @@ def frames_plot(traced: Any, name: str, title: str, marks: Sequence[int] = ()) -
     each op; below, the frames held beyond what is needed (the leak).  Lines of backends
     that agree overlap: the earlier backends are drawn wider underneath.
 
-    ``traced``: a ``reports.analysis.Traced`` (a point per op) or ``Recorded`` (a point per
-    bucket of ``traced.step`` ops)."""
+    ``traced``: a ``reports.analysis.Recorded`` (a point per bucket of ``traced.step`` ops)."""
     fig = _figure(4.6)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.2])
     colors = _colors()

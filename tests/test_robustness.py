@@ -392,35 +392,29 @@ def test_html_report_of_a_damaged_document_is_exit_2_naming_the_field(tmp_path, 
 
 
 @pytest.fixture
-def runs_seen(monkeypatch):
-    """The lengths of the streams the harness runs; calling a generator, generating a
-    campaign's stream or recording plot data (what only a campaign does) fails the test."""
-    from difftest import campaign, plotdata
+def nothing_runs(monkeypatch):
+    """Running a backend (the harness, a backend's factory), calling a generator, generating
+    a campaign's stream or recording plot data (what only a campaign does) fails the test."""
+    from difftest import backend, campaign, plotdata
     from difftest.harness import Harness
     from difftest.plugins import PluginHost
 
-    seen: list[int] = []
-    run = Harness.run
-
-    def counting(self, stream, *args, **kwargs):
-        seen.append(len(stream.ops))
-        return run(self, stream, *args, **kwargs)
-
     def forbidden(*args, **kwargs):
-        raise AssertionError("a report regenerated a stream of the campaign")
+        raise AssertionError("a report ran a backend or generated a stream")
 
     def load(self, *args, **kwargs):
         registry = load_plugins(self, *args, **kwargs)
-        for name, spec in registry.generators.items():
-            registry.generators[name] = dataclasses.replace(spec, generate=forbidden)
+        for kind in (registry.generators, registry.backends):
+            for name, spec in kind.items():
+                field = "generate" if isinstance(spec, backend.GeneratorSpec) else "factory"
+                kind[name] = dataclasses.replace(spec, **{field: forbidden})
         return registry
 
     load_plugins = PluginHost.load
     monkeypatch.setattr(PluginHost, "load", load)
-    monkeypatch.setattr(Harness, "run", counting)
-    for module, name in ((campaign, "make_stream"), (campaign, "run_unit"), (plotdata, "record")):
+    for module, name in ((Harness, "run"), (campaign, "make_stream"), (campaign, "run_unit"),
+                         (plotdata, "record")):
         monkeypatch.setattr(module, name, forbidden)
-    return seen
 
 
 def _render_html(tmp_path, report, capsys) -> str:
@@ -439,7 +433,7 @@ def _section(page: str, anchor: str) -> str:
     return page[start:page.index("</section>", start)]
 
 
-def test_html_draws_the_recorded_plots_and_never_regenerates_a_stream(tmp_path, real_report, runs_seen, capsys):
+def test_html_draws_the_recorded_plots_and_runs_nothing(tmp_path, real_report, nothing_runs, capsys):
     doc = _set(real_report, ("campaign", "ops_per_stream"), 2**30)
     page = _render_html(tmp_path, doc, capsys)
     long = doc["plots"]["long_stream"]
@@ -449,12 +443,40 @@ def test_html_draws_the_recorded_plots_and_never_regenerates_a_stream(tmp_path, 
     leaky = next(lane for lane in long["lanes"] if lane["backend"] == "arm32-leaky")
     assert f'<td class="num" style="color: var(--bad); font-weight: 600">{leaky["excess"]}</td>' in shown
     assert "<svg" in _section(page, "coverage") and "op kinds generated" in _section(page, "coverage")
-    # only the reproducers the report holds ran again, never a stream of 2**30 ops
-    repro = max(e["reproducer_ops"] for e in doc["divergences"])
-    assert runs_seen and max(runs_seen) <= repro
+    # each reproducer as the campaign traced it: its op table, the divergence at its op, its plot
+    for i, e in enumerate(doc["divergences"], 1):
+        card = page[page.index(f'id="d{i}"'):]
+        card = card[:card.index("</div>\n")]
+        traced = doc["plots"]["reproducers"][e["signature"]]
+        assert card.count('<tr class="marked">') == len(traced["marks"]) >= 1 and "<svg" in card
+        assert f"<strong>{e['kind']}: {e['class']}</strong>".replace(">needed", "&gt;needed") in card
 
 
-def test_html_of_a_report_without_plot_data_omits_those_plots_with_a_note(tmp_path, real_report, runs_seen,
+def test_the_recorded_reproducer_rows_are_its_trace(real_run, real_report):
+    from difftest.harness import Harness
+    from difftest.ops import describe
+    from difftest.plugins import PluginHost
+    from difftest.streams import stream_from_json
+
+    host = PluginHost()
+    host.load(())
+    leak = next(e for e in real_report["divergences"] if e["signature"] == LEAK)
+    traced = real_report["plots"]["reproducers"][LEAK]
+    stream = stream_from_json(leak["reproducer"])
+    result = Harness.from_registry(host.registry, real_report["backends"], real_report["reference"],
+                                   trace=True).run(stream)
+    assert [r["index"] for r in traced["rows"]] == list(range(len(stream.ops))) == list(range(traced["ops"]))
+    assert [r["op"] for r in traced["rows"]] == [describe(op) for op in stream.ops]
+    assert traced["marks"] == [result.first(LEAK).op_index] and traced["reproduced"]
+    for row in traced["rows"]:
+        for backend, cell in zip(real_report["backends"], row["cells"]):
+            held, needed, _ = result.trace[backend][row["index"]]
+            assert (cell["held"], cell["needed"]) == (held, needed)
+            assert [d["signature"] for d in cell["divergences"]] == [
+                d.signature for d in result.divergences if d.backend == backend and d.op_index == row["index"]]
+
+
+def test_html_of_a_report_without_plot_data_omits_those_plots_with_a_note(tmp_path, real_report, nothing_runs,
                                                                            capsys):
     from reports.html import NO_PLOT_DATA
 
@@ -464,7 +486,8 @@ def test_html_of_a_report_without_plot_data_omits_those_plots_with_a_note(tmp_pa
     for anchor in ("long", "coverage"):
         shown = _section(page, anchor)
         assert "<svg" not in shown and f"Not shown: {NO_PLOT_DATA}".replace("'", "&#39;") in shown, shown
-    assert max(runs_seen) <= max(e["reproducer_ops"] for e in doc["divergences"])
+    # the reproducers: their ops listed as the report holds them, with the same note
+    assert page.count(f"reproducer not traced: {NO_PLOT_DATA}".replace("'", "&#39;")) == len(doc["divergences"])
 
 
 def test_the_recorded_plot_data_is_the_campaigns_trace(real_run, real_report):
@@ -513,9 +536,11 @@ def test_merged_plot_data_is_the_shard_that_ran_the_stream_and_the_coverage_adde
 
     mine = json.loads((real_run / "plots.json").read_text())
     k = mine["long_stream"]["stream"]
-    other = {"long_stream": {**mine["long_stream"], "stream": k + 1}, "coverage": mine["coverage"], "notes": []}
-    both = merge([other, mine], k)
+    other = {"long_stream": {**mine["long_stream"], "stream": k + 1}, "coverage": mine["coverage"],
+             "reproducers": {LEAK: {**mine["reproducers"][LEAK], "rows": []}}, "notes": []}
+    both = merge([other, mine], k, {LEAK: 1})  # the leak's reproducer kept is the second shard's
     assert both["long_stream"] == mine["long_stream"] and both["notes"] == []
+    assert both["reproducers"] == {LEAK: mine["reproducers"][LEAK]}
     cov = mine["coverage"]
     assert both["coverage"]["streams"] == 2 * cov["streams"] and both["coverage"]["ops"] == 2 * cov["ops"]
     assert both["coverage"]["op_kinds"] == {name: 2 * n for name, n in cov["op_kinds"].items()}
