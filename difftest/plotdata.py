@@ -38,6 +38,7 @@ COVERAGE_MAX_STREAMS = 32
 COVERAGE_MAX_OPS = 250_000
 TABLE_ROWS = 60  # a longer reproducer's op table keeps the ops around where it diverges
 MARKS_KEPT = 5  # ... around its first ops showing the signature
+WORKER_DEATHS = ("worker-died", "worker-killed")  # classes of the divergence of a worker's death
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,12 @@ def make_task(config: Any, records: Iterable[Any], committed: Sequence[int], cul
     if k is None:
         return None
     backends = tuple(b for b in config.backends if b not in culprits)
-    # A backend that kills its worker is not run: nor is its signatures' (whole-stream) reproducer.
+    # A backend that kills its worker is not run, nor is a stream that killed or hung a worker
+    # (the reproducer of a worker's death, whoever caused it).
     reproducers = tuple((rec.signature, rec.first.get("backend", ""), rec.first.get("class") == "out-of-memory",
                          rec.reproducer) for rec in sorted(records, key=lambda r: r.signature)
-                        if rec.reproducer is not None and rec.first.get("backend") not in culprits)
+                        if rec.reproducer is not None and rec.first.get("backend") not in culprits
+                        and rec.first.get("class") not in WORKER_DEATHS)
     return PlotTask(config, k, recipe(k), backends,
                     tuple((j, recipe(j)) for j in coverage_units(committed, config.ops_per_stream)), reproducers)
 

@@ -654,6 +654,10 @@ def test_a_backend_killing_its_worker_leaves_the_others_findings_minimised(tmp_p
     assert died["class"] == "worker-died"
     assert {d["stream"] for d in report["worker_deaths"]} == {0, 1}
     assert all(d["backends"] == ["mis-hardexit"] for d in report["worker_deaths"])
+    # the plot data recorded without it: its worker death untraced, the leak traced
+    plots = report["plots"]
+    assert plots["notes"] == [] and "mis-hardexit" not in [lane["backend"] for lane in plots["long_stream"]["lanes"]]
+    assert LEAK in plots["reproducers"] and died["signature"] not in plots["reproducers"]
 
 
 def test_ops_count_only_what_some_backend_ran(tmp_path):
