@@ -10,7 +10,10 @@ line by line, and ``OUT/divergences/*.json``, ``OUT/corpus/*.record.json`` and t
 reproducers ``OUT/corpus/*.stream.json``, written then renamed); ``--resume OUT`` reads them back and goes on at the first uncommitted stream.
 
 Workers run through a ``concurrent.futures.Executor`` made by an *executor factory*
-(a local process pool by default; a cluster's executor plugs in the same way).  Each task
+(a local process pool by default; ``difftest.cluster.DaskCluster`` for a Dask cluster).
+A worker's death shows as ``concurrent.futures.BrokenExecutor``: a local pool's
+``BrokenProcessPool`` fails every task in flight (``breaks_whole_pool``), a cluster's
+``WorkerLost`` only the task whose worker died.  Each task
 carries the environment it needs (plugins, backends), so workers need no initializer.
 """
 
@@ -28,7 +31,6 @@ import sys
 import time
 import tomllib
 from collections import Counter
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -52,6 +54,17 @@ JOURNAL = "journal.jsonl"
 LOCK = "lock"  # held (flock) by the one process running the campaign; holds its pid
 
 ExecutorFactory = Callable[[int], cf.Executor]
+
+
+class WorkerLost(cf.BrokenExecutor):
+    """A task's worker died (more often than the cluster retries it) or hung and was
+    ended: raised by a cluster's futures, for that task alone."""
+
+
+def breaks_whole_pool(executor: cf.Executor) -> bool:
+    """A dead worker breaks every task of this executor (a local process pool), not only
+    its own (a cluster's executor says ``breaks_whole_pool = False``)."""
+    return getattr(executor, "breaks_whole_pool", True)
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -457,10 +470,15 @@ def watchdog_limits(config: CampaignConfig) -> tuple[float, float, float]:
             allowance + grace)
 
 
-def kill_workers(executor: cf.Executor) -> bool:
-    """Kill the worker processes of a local process pool (the pool is then broken, and its
-    tasks fail with ``BrokenProcessPool``).  False for an executor without processes
-    of its own to kill (a cluster's): its hung task is abandoned instead."""
+def kill_workers(executor: cf.Executor, futures: Sequence[cf.Future] = ()) -> bool:
+    """End hung tasks: a local process pool has its worker processes killed (the pool is
+    then broken, and its tasks fail with ``BrokenProcessPool``); an executor with an
+    ``abandon`` method (a cluster's) ends those ``futures`` alone (they fail with
+    ``WorkerLost``).  False for an executor that can do neither."""
+    abandon = getattr(executor, "abandon", None)
+    if abandon is not None:
+        abandon(list(futures))
+        return True
     processes = getattr(executor, "_processes", None)
     if not processes:
         return False
@@ -470,6 +488,14 @@ def kill_workers(executor: cf.Executor) -> bool:
         except (OSError, ValueError, AttributeError):
             pass
     return True
+
+
+def mark_running(executor: cf.Executor) -> None:
+    """A cluster's futures say "running" only once it is asked which tasks its workers are
+    processing: ask (a local pool's know by themselves)."""
+    mark = getattr(executor, "mark_running", None)
+    if mark is not None:
+        mark()
 
 
 class Watchdog:
@@ -497,17 +523,25 @@ class Watchdog:
 def run_alone(executor_factory: ExecutorFactory, task: Any, fn: Callable[[Any], Any],
               limit: float) -> tuple[Any, str]:
     """Run one task in a fresh one-worker executor: (result, "ok"), (None, "died") when the
-    worker died, (None, "hung") when it ran past ``limit`` seconds and was killed."""
+    worker died, (None, "hung") when it ran past ``limit`` seconds from its start and was
+    killed.  On a cluster the task may wait behind one other on its worker (as in a
+    pool's call queue): twice the limit there."""
     single = executor_factory(1)
+    if not breaks_whole_pool(single):
+        limit *= 2
     hung = False
+    future = single.submit(fn, task)
+    watchdog = Watchdog()
     try:
-        return single.submit(fn, task).result(timeout=limit), "ok"
-    except BrokenProcessPool:
+        while not cf.wait([future], timeout=0.5).done:
+            mark_running(single)
+            if watchdog.overdue({future: limit}):
+                hung = True
+                kill_workers(single, [future])
+                return None, "hung"
+        return future.result(), "ok"
+    except cf.BrokenExecutor:
         return None, "died"
-    except cf.TimeoutError:
-        hung = True
-        kill_workers(single)
-        return None, "hung"
     finally:
         single.shutdown(wait=not hung, cancel_futures=True)
 
@@ -893,9 +927,12 @@ class Campaign:
                     k = pending.pop(fut)
                     try:
                         buffer[k] = fut.result()
-                    except BrokenProcessPool:
+                    except cf.BrokenExecutor:  # a local pool's BrokenProcessPool, or WorkerLost
                         broken.append(k)
-                if broken:
+                if broken and not breaks_whole_pool(executor):
+                    for k in sorted(broken):  # only these tasks' workers died
+                        buffer[k] = self._isolate(k)
+                elif broken:
                     broken.extend(pending.values())
                     pending.clear()
                     executor.shutdown(wait=False, cancel_futures=True)
@@ -962,7 +999,7 @@ class Campaign:
                 entry = pending.pop(fut)
                 try:
                     self._record_corpus_run(entry.name, fut.result())
-                except BrokenProcessPool:
+                except cf.BrokenExecutor:
                     broken.append(entry)
         if not broken:
             return executor
@@ -1027,8 +1064,10 @@ class Campaign:
         unit_limit, shrink_limit, _ = self._limits
         watched = {fut: unit_limit for fut in pending}
         watched.update({fut: shrink_limit for fut in self._shrinks})
-        if self._watchdog.overdue(watched):
-            kill_workers(executor)
+        mark_running(executor)
+        late = self._watchdog.overdue(watched)
+        if late:
+            kill_workers(executor, late)
             self._watchdog.forget()
 
     def _finish_shrinks(self, executor: cf.Executor) -> cf.Executor:
@@ -1063,7 +1102,7 @@ class Campaign:
             rec = self.records[sig]
             try:
                 outcome = fut.result()
-            except BrokenProcessPool:
+            except cf.BrokenExecutor:
                 continue
             except Exception as exc:
                 self._finish_without_shrink(rec, f"{type(exc).__name__}: {exc}")
@@ -1131,6 +1170,7 @@ class Campaign:
         return build_campaign_report(
             self.config, self.records, self.known, streams_run=len(self.committed), ops=self.ops,
             timing={"elapsed": round(self.elapsed(), 3), "workers": self.workers,
+                    "executor": getattr(self.executor_factory, "label", "local"),
                     "stream_seconds": round(self.stream_seconds, 3),
                     "ops_per_second": round(self.ops / self.elapsed(), 1) if self.elapsed() > 0 else None,
                     "budget": self.budget,

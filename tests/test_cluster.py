@@ -1,0 +1,108 @@
+"""Campaigns on a Dask cluster: a real ``distributed.LocalCluster`` (worker processes with
+nannies, on loopback), real streams, real backends; the report must be the local one's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cliutil import clean_env, run_difftest
+from difftest.campaign import Campaign, CampaignConfig
+
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.slow
+
+BACKENDS = ("alpha-ref", "arm32-leaky", "arm32-refcount")
+
+
+def comparable(report: dict) -> dict:
+    doc = dict(report)
+    doc.pop("timing", None)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two single-threaded worker processes (the campaign's tasks are not thread-safe)."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as lc:
+        with distributed.Client(lc, set_as_default=False) as client:
+            yield lc, client
+
+
+@pytest.fixture(scope="module")
+def local_report(tmp_path_factory):
+    """The campaign run by the default executor (local worker processes)."""
+    config = _config()
+    return Campaign(config, tmp_path_factory.mktemp("local") / "out", workers=2).run()
+
+
+def _config() -> CampaignConfig:
+    # feedback on (the CLI's default): stream k's recipe depends on what was committed
+    return CampaignConfig(backends=BACKENDS, reference="alpha-ref", seed=31, ops_per_stream=500, streams=8,
+                          shrink_budget=2, feedback=True)
+
+
+def test_a_dask_campaign_reports_what_the_local_one_does(tmp_path, cluster, local_report):
+    from difftest.cluster import DaskCluster
+
+    _, client = cluster
+    client.wait_for_workers(2)
+    report = Campaign(_config(), tmp_path / "dask", workers=2, executor_factory=DaskCluster(client)).run()
+    assert local_report["divergences"], "nothing found: the comparison would be empty"
+    assert all(d["reproducer_ops"] < 500 for d in local_report["divergences"]), "not shrunk"
+    assert comparable(report) == comparable(local_report)
+    assert report["timing"]["executor"] == "dask" and local_report["timing"]["executor"] == "local"
+    # the client wrote OUT/ (the workers have no access to it): resumable as a local one
+    assert (tmp_path / "dask" / "journal.jsonl").exists()
+    assert sorted(p.name for p in (tmp_path / "dask" / "corpus").glob("*.stream.json"))
+
+
+def test_a_worker_killed_mid_campaign_loses_and_doubles_nothing(tmp_path, cluster, local_report):
+    from difftest.cluster import DaskCluster
+
+    _, client = cluster
+    client.wait_for_workers(2)
+    killed: list[tuple[str, int, list]] = []
+
+    def kill_one_busy_worker(state: dict) -> None:
+        if killed or state["streams"] < 2:
+            return
+        busy = {w: keys for w, keys in client.processing().items() if keys}
+        if not busy:
+            return
+        worker = sorted(busy)[0]
+        pid = client.run(os.getpid, workers=[worker])[worker]
+        os.kill(pid, signal.SIGKILL)  # mid-stream: it was processing these tasks
+        killed.append((worker, pid, list(busy[worker])))
+
+    report = Campaign(_config(), tmp_path / "dask", workers=2, executor_factory=DaskCluster(client),
+                      progress=kill_one_busy_worker).run()
+    assert killed, "no worker was busy when streams were committed: nothing was killed"
+    assert comparable(report) == comparable(local_report)
+    assert report["worker_deaths"] == []  # the scheduler ran its stream again elsewhere: not the stream's doing
+
+
+def test_fuzz_on_a_scheduler_from_the_command_line(tmp_path, cluster):
+    """The CLI connects to a scheduler named by DIFFTEST_DASK_SCHEDULER; a bad address or
+    a missing one is one line, exit 2."""
+    lc, client = cluster
+    client.wait_for_workers(2)
+    env = clean_env(DIFFTEST_DASK_SCHEDULER=lc.scheduler_address)
+    args = ["fuzz", "--no-progress", "--streams", "3", "--ops-per-stream", "200", "--seed", "5",
+            "--shrink-budget", "0.5", "--executor", "dask"]
+    proc = run_difftest(*args, "--out", str(tmp_path / "out"), env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["streams"] == 3 and report["timing"]["workers"] == 2 and report["timing"]["executor"] == "dask"
+    bad = run_difftest(*args, "--out", str(tmp_path / "bad"), "--scheduler", "tcp://127.0.0.1:9",
+                       env=clean_env(), cwd=tmp_path)
+    assert bad.returncode == 2 and "cannot reach a Dask scheduler" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    none = run_difftest(*args, "--out", str(tmp_path / "none"), env=clean_env(), cwd=tmp_path)
+    assert none.returncode == 2 and "needs --scheduler" in none.stderr
