@@ -166,6 +166,8 @@ def test_duplicated_journal_records_are_counted_once(tmp_path):
     lines = journal.read_text().splitlines(keepends=True)
     records = [line for line in lines if '"k"' in line]
     journal.write_text("".join(records + records + lines[len(records):]))  # a double resume's journal
+    # ... in a directory of before summaries (two sessions could write it only before the lock)
+    (tmp_path / "out" / "summary.json").unlink()
     merged = run_difftest("merge", str(tmp_path / "out"), "--out", str(tmp_path / "m"), env=clean_env(), cwd=tmp_path)
     assert merged.returncode == 0, merged.stderr
     report, original = report_of(tmp_path, "m"), report_of(tmp_path)
@@ -298,9 +300,25 @@ def test_one_nesting_limit_in_validate_replay_and_shrink(tmp_path):
         assert "field 'origin' is nested deeper than 64 levels" in proc.stderr, (command, proc.stderr)
 
 
+def _unsummarised(d: Path, journal: bytes) -> None:
+    """A journal of a campaign with no summary (read whole)."""
+    (d / "summary.json").unlink()
+    (d / "journal.jsonl").write_bytes(journal)
+
+
+def _appended(d: Path, line: str) -> None:
+    with open(d / "journal.jsonl", "a") as f:
+        f.write(line)
+
+
 @pytest.mark.parametrize("damage, words", [
-    (lambda d: (d / "journal.jsonl").write_text('{"k": 0}\n'), "journal.jsonl:1: record lacks"),
-    (lambda d: (d / "journal.jsonl").write_bytes(b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
+    (lambda d: _unsummarised(d, b'{"k": 0}\n'), "journal.jsonl:1: record lacks"),
+    (lambda d: _unsummarised(d, b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
+    (lambda d: _unsummarised(d, b'{"k": 0, "ops": 5, "hits": [[0, 1]]}\n{"k": 1}\n'),
+     "journal.jsonl:1: record's hit 0 names no signature declared before"),
+    (lambda d: _appended(d, '{"k": 7}\n{"k": 8}\n'), "journal.jsonl:3: record lacks"),  # past the summary
+    (lambda d: (d / "journal.jsonl").write_text('{"k": 0}\n'), "journal.jsonl does not continue"),
+    (lambda d: (d / "summary.json").write_text("{garbage"), "summary.json: not a campaign summary"),
     (lambda d: (d / "corpus" / "junk.record.json").write_text("{garbage"), "junk.record.json: not a corpus record"),
 ])
 def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, damage, words):
