@@ -1415,7 +1415,7 @@ def build_campaign_report(
         "divergences": entries,
         "survival": {name: s.to_json() for name, s in (survival or {}).items()},
         "no_longer_seen": no_longer,
-        "worker_deaths": list(worker_deaths),
+        "worker_deaths": sorted(worker_deaths, key=lambda d: d["stream"]),  # not in the order they were met
     }
     if corpus is not None:
         doc["corpus"] = corpus.summary()

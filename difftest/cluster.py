@@ -38,7 +38,6 @@ from difftest.campaign import EXIT_ORPHANED as EXIT_ABANDONED, WorkerLost
 from difftest.errors import BadInput, short
 
 ENV_SCHEDULER = "DIFFTEST_DASK_SCHEDULER"
-CONNECT_TIMEOUT = 15.0  # seconds to reach the scheduler
 RUNNING_POLL = 0.5  # seconds between asking the scheduler which tasks are processing
 
 
@@ -195,11 +194,13 @@ class DaskCluster:
         self.client.close()
 
 
-def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> DaskCluster:
-    """A client of the scheduler at ``address`` (BadInput when it cannot be reached)."""
+def connect(address: str) -> DaskCluster:
+    """A client of the scheduler at ``address`` (BadInput when it cannot be reached within
+    Dask's ``distributed.comm.timeouts.connect``, 30 s unless configured: for example
+    ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``)."""
     distributed = _dask()
     try:
-        client = distributed.Client(address, timeout=timeout, set_as_default=False)
+        client = distributed.Client(address, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise BadInput(f"--scheduler {short(address)}: cannot reach a Dask scheduler there "
                        f"({short(str(exc), 80)})") from None

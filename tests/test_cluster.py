@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
 from cliutil import clean_env, run_difftest
-from difftest.campaign import Campaign, CampaignConfig
+from difftest.campaign import Campaign, CampaignConfig, unit_seed
 
 distributed = pytest.importorskip("distributed")
 
@@ -100,8 +101,31 @@ def test_fuzz_on_a_scheduler_from_the_command_line(tmp_path, cluster):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["streams"] == 3 and report["timing"]["workers"] == 2 and report["timing"]["executor"] == "dask"
     bad = run_difftest(*args, "--out", str(tmp_path / "bad"), "--scheduler", "tcp://127.0.0.1:9",
-                       env=clean_env(), cwd=tmp_path)
+                       env=clean_env(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s"), cwd=tmp_path)
     assert bad.returncode == 2 and "cannot reach a Dask scheduler" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
     none = run_difftest(*args, "--out", str(tmp_path / "none"), env=clean_env(), cwd=tmp_path)
     assert none.returncode == 2 and "needs --scheduler" in none.stderr
+
+
+def test_a_stream_that_kills_every_worker_is_attributed_as_locally(tmp_path, cluster):
+    """The scheduler gives up on a stream after it killed 4 workers; the campaign then
+    names the backend as it does for a local worker's death: the same report."""
+    lc, client = cluster
+    client.wait_for_workers(2)
+    plugins = Path(__file__).parent / "plugins"  # broken_backends.py: uploaded to the workers
+    args = ["-p", "broken_backends", "fuzz", "--no-progress", "--backends", "alpha-ref,bug-exit,bug-protect-raises",
+            "--streams", "1", "--ops-per-stream", "200", "--seed", "3", "--shrink-budget", "0", "--workers", "2"]
+    local = run_difftest(*args, "--out", str(tmp_path / "local"), env=clean_env([plugins]), cwd=tmp_path)
+    dask = run_difftest(*args, "--out", str(tmp_path / "dask"), "--executor", "dask", "--scheduler",
+                        lc.scheduler_address, env=clean_env([plugins]), cwd=tmp_path)
+    assert local.returncode == dask.returncode == 1, local.stderr + dask.stderr
+    reports = [json.loads((tmp_path / out / "report.json").read_text()) for out in ("local", "dask")]
+    for report in reports:
+        assert report["worker_deaths"] == [{"stream": 0, "seed": unit_seed(3, 0), "backends": ["bug-exit"],
+                                            "killed_by_watchdog": []}]
+        for d in report["divergences"]:
+            d["first"].pop("traceback", None)  # names the plugin's file where each process has it
+    assert comparable(reports[1]) == comparable(reports[0])
+    assert {d["signature"] for d in reports[0]["divergences"]} == {
+        "crash:bug-exit:stream:worker:worker-died", "crash:bug-protect-raises:protect:exception:RuntimeError"}

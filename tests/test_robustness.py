@@ -115,6 +115,33 @@ def test_a_backend_ignoring_sigalrm_is_killed_by_the_watchdog(tmp_path):
     assert report["worker_deaths"] and report["worker_deaths"][0]["backends"] == ["mis-noalarm"]
 
 
+def test_a_stream_run_off_the_main_thread_has_its_time_limit_too():
+    """A Dask worker runs streams in a thread of its own, where there is no SIGALRM: a
+    timer's exception stops the looping backend at its op, as the alarm does."""
+    import threading
+
+    from difftest.harness import Harness
+    from difftest.plugins import PluginHost
+    from difftest.streams import loads
+
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        host = PluginHost()
+        host.load(["broken_backends"])
+    finally:
+        sys.path.remove(str(PLUGINS))
+    harness = Harness.from_registry(host.registry, ["alpha-ref", "bug-hang"], "alpha-ref")
+    results = []
+    worker = threading.Thread(target=lambda: results.append(harness.run(loads(protect_stream()), time_limit=0.5)),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and results
+    (hang,) = [d for d in results[0].divergences if d.backend == "bug-hang"]
+    assert (hang.kind, hang.op_kind) == ("hang", "protect") and "time limit of 0.5 s" in hang.message
+    assert not [d for d in results[0].divergences if d.backend == "alpha-ref"]
+
+
 def test_replay_has_a_stream_timeout(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(protect_stream())
