@@ -129,3 +129,24 @@ def test_a_stream_that_kills_every_worker_is_attributed_as_locally(tmp_path, clu
     assert comparable(reports[1]) == comparable(reports[0])
     assert {d["signature"] for d in reports[0]["divergences"]} == {
         "crash:bug-exit:stream:worker:worker-died", "crash:bug-protect-raises:protect:exception:RuntimeError"}
+
+
+def test_a_task_stuck_in_c_code_is_ended_by_the_watchdog_and_attributed(tmp_path, cluster):
+    """``time.sleep`` for ever: neither the alarm nor its thread stand-in reaches it.  The
+    watchdog cancels the task and ends its worker process; the stream is then isolated
+    and the backend named, a hang of class worker-killed; the others' findings are kept."""
+    lc, client = cluster
+    client.wait_for_workers(2)
+    plugins = Path(__file__).parent / "plugins"
+    proc = run_difftest("-p", "misbehaving_backends", "fuzz", "--no-progress", "--out", str(tmp_path / "out"),
+                        "--backends", "alpha-ref,arm32-leaky,mis-sleep", "--streams", "1", "--ops-per-stream", "300",
+                        "--seed", "4", "--shrink-budget", "0", "--stream-timeout", "0.3", "--executor", "dask",
+                        "--scheduler", lc.scheduler_address, env=clean_env([plugins]), cwd=tmp_path, timeout=180)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["worker_deaths"] == [{"stream": 0, "seed": unit_seed(4, 0), "backends": ["mis-sleep"],
+                                        "killed_by_watchdog": ["mis-sleep"]}]
+    by_backend = {d["backend"]: d for d in report["divergences"]}
+    assert (by_backend["mis-sleep"]["kind"], by_backend["mis-sleep"]["class"]) == ("hang", "worker-killed")
+    assert by_backend["arm32-leaky"]["kind"] == "resource"  # the leak in the same stream is kept
+    assert report["streams"] == 1 and report["ops"] == 300
