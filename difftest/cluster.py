@@ -92,23 +92,28 @@ class DaskExecutor(cf.Executor):
         return ours
 
     def _settle(self, ours: cf.Future, task: Any) -> None:
-        """The dask future ``task`` is done: pass its outcome on (once)."""
+        """The dask future ``task`` is done: pass its outcome on (once).  Runs in the
+        client's callback thread; the result is fetched before taking the lock."""
+        result, error = None, None
+        if task.status == "finished":
+            try:
+                result = task.result()
+            except BaseException as exc:  # the result could not be fetched
+                error = exc
+        elif task.status == "cancelled":
+            error = WorkerLost(f"task {task.key} was cancelled by the cluster")
+        else:
+            error = task.exception()
+            if type(error).__name__ == "KilledWorker":
+                error = WorkerLost(f"the workers running it died: {short(str(error), 200)}")
         with self._lock:
             self._tasks.pop(ours, None)
             if ours.done():
                 return  # abandoned by the watchdog
-            if task.status == "finished":
-                try:
-                    ours.set_result(task.result())
-                except BaseException as exc:  # the result could not be fetched
-                    ours.set_exception(exc)
-            elif task.status == "cancelled":
-                ours.set_exception(WorkerLost(f"task {task.key} was cancelled by the cluster"))
+            if error is not None:
+                ours.set_exception(error)
             else:
-                exc = task.exception()
-                if type(exc).__name__ == "KilledWorker":
-                    exc = WorkerLost(f"the workers running it died: {short(str(exc), 200)}")
-                ours.set_exception(exc)
+                ours.set_result(result)
 
     def mark_running(self) -> None:
         """Mark running the futures whose task a worker is processing (polled at most every
