@@ -11,9 +11,14 @@ so their start-up is in the figure) and through ``--executor dask`` on a
 run, as an existing cluster is).  Repeats are interleaved (for each repeat: every w,
 local then dask); figures are medians of wall-clock time (``time.perf_counter``).
 
-ops/s is the campaign's ops over its wall time (client CPU: the campaign process's own
-``time.process_time``, what committing costs next to the workers); efficiency at w workers is
-ops/s(w) / (w * ops/s(1)) for the same executor.  Every run's report (timings aside) must
+ops/s is the campaign's ops over its wall time; efficiency at w workers is
+ops/s(w) / (w * ops/s(1)) for the same executor.  CPU s is the CPU time of the campaign and
+its workers (``resource.getrusage``: locally this process and its ended children, the
+workers' start-up included; with Dask this process, which runs the scheduler too, and each
+worker's own, asked before and after), and CPU ratio is CPU s(1) / CPU s(w):
+near 1 when w workers do no more work than one, so that a wall-clock efficiency well
+below 1 then says the machine had no w free cores (other jobs: the load average is
+printed), not that the campaign cannot use them.  Every run's report (timings aside) must
 equal the first one's, whatever the executor and w: the benchmark says so.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -35,10 +41,18 @@ def config(args: argparse.Namespace) -> CampaignConfig:
                           shrink_budget=0, feedback=args.feedback)
 
 
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_local(args: argparse.Namespace, workers: int, out: Path) -> tuple[float, float, dict]:
-    started, cpu = time.perf_counter(), time.process_time()
+    def cpu() -> float:  # the campaign's process and its workers (children, counted once ended)
+        return cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN)
+
+    started, before = time.perf_counter(), cpu()
     report = Campaign(config(args), out, workers=workers).run()
-    return time.perf_counter() - started, time.process_time() - cpu, report
+    return time.perf_counter() - started, cpu() - before, report
 
 
 def run_dask(args: argparse.Namespace, workers: int, out: Path) -> tuple[float, float, dict]:
@@ -50,10 +64,14 @@ def run_dask(args: argparse.Namespace, workers: int, out: Path) -> tuple[float, 
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
         client.wait_for_workers(workers)
-        started, cpu = time.perf_counter(), time.process_time()
+
+        def cpu() -> float:  # this process (the client and the in-process scheduler) and every worker
+            return cpu_seconds() + sum(client.run(cpu_seconds).values())
+
+        started, before = time.perf_counter(), cpu()
         report = Campaign(config(args), out, workers=workers, executor_factory=DaskCluster(client)).run()
-        # the client's CPU includes the in-process scheduler's (a LocalCluster's runs here)
-        return time.perf_counter() - started, time.process_time() - cpu, report
+        wall = time.perf_counter() - started
+        return wall, cpu() - before, report
 
 
 def main() -> None:
@@ -88,14 +106,15 @@ def main() -> None:
     print(f"{args.streams} streams x {args.ops_per_stream} ops ({ops:,} ops), seed {args.seed}, "
           f"feedback {'on' if args.feedback else 'off'}, {os.cpu_count()} cores, "
           f"{args.repeats} interleaved repeats, medians of wall time")
-    print(f"{'executor':8} {'workers':>7} {'wall s':>8} {'ops/s':>9} {'efficiency':>10} {'client CPU s':>12}")
+    print(f"{'executor':8} {'workers':>7} {'wall s':>8} {'ops/s':>9} {'efficiency':>10} {'CPU s':>7} {'CPU ratio':>9}")
     for name in runners:
         base = ops / statistics.median(walls[name, sizes[0]]) / sizes[0]
+        base_cpu = statistics.median(cpus[name, sizes[0]])
         for w in sizes:
             wall = statistics.median(walls[name, w])
             rate = ops / wall
-            print(f"{name:8} {w:7d} {wall:8.2f} {rate:9,.0f} {rate / (w * base):10.2f} "
-                  f"{statistics.median(cpus[name, w]):12.2f}")
+            cpu = statistics.median(cpus[name, w])
+            print(f"{name:8} {w:7d} {wall:8.2f} {rate:9,.0f} {rate / (w * base):10.2f} {cpu:7.2f} {base_cpu / cpu:9.2f}")
     print(f"every report equal (timings aside): {equal}")
     print(f"load average (1 min) before and after: {load[0]:.2f}, {os.getloadavg()[0]:.2f}")
 
