@@ -42,7 +42,7 @@ from difftest.bugs import Member, group, head_of, representative, streams_hit
 from difftest.corpus import Corpus
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun, short
-from difftest.features import CoverageTally, decode_bits, encode_bits, recorder_for
+from difftest.features import CoverageTally, recorder_for
 from difftest.journal import (
     JOURNAL,
     SEGMENT_BYTES,
@@ -852,14 +852,11 @@ class Campaign:
                               "streams": r.streams, "events": r.events} for sig, r in self.records.items()},
             "hit_sets": sorted([sorted(ids[s] for s in sigs), n] for sigs, n in self.hit_sets.items()),
             "survival": {name: s.to_json() for name, s in self.survival.items()},
-            "coverage": {"names": tally.names, "streams": [tally.streams.get(n, 0) for n in tally.names],
-                         "mutants": tally.mutants},
+            "coverage": tally.to_json(),
             "corpus_runs": self.corpus_runs,
         }
         if self.feedback is not None:
-            state["feedback"] = self.feedback.to_json(
-                {r.first_k for r in self.records.values()},
-                lambda names: encode_bits(tally.index[n] for n in names))
+            state["feedback"] = self.feedback.to_json({r.first_k for r in self.records.values()}, tally.encode)
         return state
 
     def _restore_summary(self, doc: dict[str, Any]) -> None:
@@ -876,13 +873,9 @@ class Campaign:
             self.hit_sets = Counter({frozenset(names[i] for i in ids): n for ids, n in doc["hit_sets"]})
             for name, surv in doc["survival"].items():
                 self.survival[name] = Survival(**surv)
-            tally = self.coverage
-            tally.names = list(doc["coverage"]["names"])
-            tally.index = {n: i for i, n in enumerate(tally.names)}
-            tally.streams = {n: c for n, c in zip(tally.names, doc["coverage"]["streams"]) if c}
-            tally.mutants = doc["coverage"]["mutants"]
+            self.coverage.restore(doc["coverage"])
             if self.feedback is not None:
-                self.feedback.restore(doc["feedback"], lambda bits: frozenset(tally.names[i] for i in decode_bits(bits)))
+                self.feedback.restore(doc["feedback"], self.coverage.decode)
             self.corpus_runs = dict(doc["corpus_runs"])
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise BadInput(f"{self.out / 'summary.json'}: not a campaign summary "

@@ -304,6 +304,23 @@ class CoverageTally:
             self.streams[name] = self.streams.get(name, 0) + n
         self.mutants += other.mutants
 
+    def encode(self, names: Iterable[str]) -> str:
+        """Features met before as a bit set over their numbers (a campaign summary's)."""
+        return encode_bits(self.index[n] for n in names)
+
+    def decode(self, bits: str) -> frozenset[str]:
+        return frozenset(self.names[i] for i in decode_bits(bits))
+
+    def to_json(self) -> dict[str, Any]:
+        """The tally's state (a campaign summary's): names in their numbering, counts."""
+        return {"names": self.names, "streams": [self.streams.get(n, 0) for n in self.names], "mutants": self.mutants}
+
+    def restore(self, doc: dict[str, Any]) -> None:
+        self.names = list(doc["names"])
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.streams = {n: c for n, c in zip(self.names, doc["streams"], strict=True) if c}
+        self.mutants = doc["mutants"]
+
     def to_report(self, streams: int) -> dict[str, Any]:
         """The report's ``coverage`` object (docs/REPORT.md)."""
         return {

@@ -15,7 +15,12 @@ from difftest.campaign import Campaign, CampaignConfig, unit_seed
 
 distributed = pytest.importorskip("distributed")
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),  # a cluster that lost its workers fails, never hangs
+    # two clusters at once (the module's and a test's own): the second's HTTP server takes another port
+    pytest.mark.filterwarnings("ignore:Port .* is already in use"),
+]
 
 BACKENDS = ("alpha-ref", "arm32-leaky", "arm32-refcount")
 
@@ -26,13 +31,25 @@ def comparable(report: dict) -> dict:
     return doc
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def _local_cluster():
     """Two single-threaded worker processes (the campaign's tasks are not thread-safe)."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as lc:
         with distributed.Client(lc, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=120)
             yield lc, client
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    yield from _local_cluster()
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of its own for a test that kills many workers (their nannies restart
+    them, but a loaded machine may leave one down for longer than the next test waits)."""
+    yield from _local_cluster()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +69,7 @@ def test_a_dask_campaign_reports_what_the_local_one_does(tmp_path, cluster, loca
     from difftest.cluster import DaskCluster
 
     _, client = cluster
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=120)
     report = Campaign(_config(), tmp_path / "dask", workers=2, executor_factory=DaskCluster(client)).run()
     assert local_report["divergences"], "nothing found: the comparison would be empty"
     assert all(d["reproducer_ops"] < 500 for d in local_report["divergences"]), "not shrunk"
@@ -67,7 +84,7 @@ def test_a_worker_killed_mid_campaign_loses_and_doubles_nothing(tmp_path, cluste
     from difftest.cluster import DaskCluster
 
     _, client = cluster
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=120)
     killed: list[tuple[str, int, list]] = []
 
     def kill_one_busy_worker(state: dict) -> None:
@@ -92,7 +109,7 @@ def test_fuzz_on_a_scheduler_from_the_command_line(tmp_path, cluster):
     """The CLI connects to a scheduler named by DIFFTEST_DASK_SCHEDULER; a bad address or
     a missing one is one line, exit 2."""
     lc, client = cluster
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=120)
     env = clean_env(DIFFTEST_DASK_SCHEDULER=lc.scheduler_address)
     args = ["fuzz", "--no-progress", "--streams", "3", "--ops-per-stream", "200", "--seed", "5",
             "--shrink-budget", "0.5", "--executor", "dask"]
@@ -108,11 +125,10 @@ def test_fuzz_on_a_scheduler_from_the_command_line(tmp_path, cluster):
     assert none.returncode == 2 and "needs --scheduler" in none.stderr
 
 
-def test_a_stream_that_kills_every_worker_is_attributed_as_locally(tmp_path, cluster):
+def test_a_stream_that_kills_every_worker_is_attributed_as_locally(tmp_path, own_cluster):
     """The scheduler gives up on a stream after it killed 4 workers; the campaign then
     names the backend as it does for a local worker's death: the same report."""
-    lc, client = cluster
-    client.wait_for_workers(2)
+    lc, _ = own_cluster
     plugins = Path(__file__).parent / "plugins"  # broken_backends.py: uploaded to the workers
     args = ["-p", "broken_backends", "fuzz", "--no-progress", "--backends", "alpha-ref,bug-exit,bug-protect-raises",
             "--streams", "1", "--ops-per-stream", "200", "--seed", "3", "--shrink-budget", "0", "--workers", "2"]
@@ -131,12 +147,11 @@ def test_a_stream_that_kills_every_worker_is_attributed_as_locally(tmp_path, clu
         "crash:bug-exit:stream:worker:worker-died", "crash:bug-protect-raises:protect:exception:RuntimeError"}
 
 
-def test_a_task_stuck_in_c_code_is_ended_by_the_watchdog_and_attributed(tmp_path, cluster):
+def test_a_task_stuck_in_c_code_is_ended_by_the_watchdog_and_attributed(tmp_path, own_cluster):
     """``time.sleep`` for ever: neither the alarm nor its thread stand-in reaches it.  The
     watchdog cancels the task and ends its worker process; the stream is then isolated
     and the backend named, a hang of class worker-killed; the others' findings are kept."""
-    lc, client = cluster
-    client.wait_for_workers(2)
+    lc, _ = own_cluster
     plugins = Path(__file__).parent / "plugins"
     proc = run_difftest("-p", "misbehaving_backends", "fuzz", "--no-progress", "--out", str(tmp_path / "out"),
                         "--backends", "alpha-ref,arm32-leaky,mis-sleep", "--streams", "1", "--ops-per-stream", "300",
