@@ -33,8 +33,9 @@ Conventions every backend follows:
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
 
 from difftest.machine import PAGE_SIZE, PhysPool, Tag
 
@@ -165,6 +166,13 @@ class Backend(abc.ABC):
     #: run when the user names no backends (``difftest fuzz``/``replay`` without
     #: ``--backends``); a variant or a test-only backend says False
     run_by_default: ClassVar[bool] = True
+    #: Scratch space while the harness audits this backend in full: a fresh dict from the
+    #: start of the audit to its end, None otherwise.  The audit only reads (walks,
+    #: counters, attributes, invariants with ``touched=None``), so the backend may keep
+    #: views derived from its tables there and share one scan between several reads.
+    #: The harness puts the pool's ``check_conservation()`` of that audit there under
+    #: ``"pool-conservation"`` (``pool_conservation``).
+    audit_memo: dict | None = None
     #: True when page-table pages of the kernel pmap are never freed once allocated (as in
     #: most real pmaps): the harness then lets pmap 0 hold more page-table frames than its
     #: live mappings need, never fewer.  False: the kernel is held to "needed" exactly.
@@ -272,6 +280,26 @@ class Backend(abc.ABC):
     def walk(self, pmap: int, va: int) -> Translation | None:
         """Read the page tables of ``pmap`` at ``va`` as the MMU would."""
 
+    def walk_fields(self, pmap: int, va: int) -> tuple[int, int, bool] | None:
+        """``walk(pmap, va)`` as a plain tuple ``(pa, prot, wired)``, or None: what the
+        harness reads after every op.  The default calls ``walk``; a backend may return the
+        tuple straight from its tables (no ``Translation`` built: the per-op path is hot).
+        It must agree with ``walk`` field for field.  A subclass that overrides ``walk``
+        but not this method gets the default (``fused_reader``), so a changed ``walk`` is
+        never bypassed."""
+        t = self.walk(pmap, va)
+        return None if t is None else (t.pa, t.prot, t.wired)
+
+    def read_counts(self, pmap: int) -> tuple[int, int]:
+        """``(pmap_resident_count(pmap), pmap_wired_count(pmap))`` in one call: the harness
+        reads both after every op that names ``pmap``.  Override as ``walk_fields``."""
+        return self.pmap_resident_count(pmap), self.pmap_wired_count(pmap)
+
+    def read_attributes(self, pa: int) -> tuple[bool, bool]:
+        """``(pmap_is_modified(pa), pmap_is_referenced(pa))`` in one call: the harness reads
+        both for every page an op touched.  Override as ``walk_fields``."""
+        return self.pmap_is_modified(pa), self.pmap_is_referenced(pa)
+
     @abc.abstractmethod
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
         """Every valid translation in [sva, eva), in VA order, skipping absent tables
@@ -281,6 +309,39 @@ class Backend(abc.ABC):
         """A comparable value capturing the backend's whole state (tables, pv lists,
         counts, attributes), for "left no trace" checks.  Optional."""
         raise NotImplementedError
+
+
+def pool_conservation(backend: Backend) -> list[str]:
+    """``backend.pool.check_conservation()``, computed once per full audit (the harness's
+    own, from ``audit_memo``) for invariants that check it too."""
+    memo = getattr(backend, "audit_memo", None)
+    if memo is not None and "pool-conservation" in memo:
+        return memo["pool-conservation"]
+    return backend.pool.check_conservation()
+
+
+# A fused read -> the plain reads it stands for.
+FUSED_READS = {
+    "walk_fields": ("walk",),
+    "read_counts": ("pmap_resident_count", "pmap_wired_count"),
+    "read_attributes": ("pmap_is_modified", "pmap_is_referenced"),
+}
+
+
+def fused_reader(backend: Backend, name: str) -> Callable[..., Any]:
+    """The fused read ``name`` (``FUSED_READS``) the harness may use for ``backend``: its
+    own, unless a class below the one that defines it overrides one of the plain reads it
+    stands for (then Backend's default, built on those reads): a changed plain read is
+    never bypassed."""
+    mro = type(backend).__mro__
+
+    def owner(attr: str) -> type:
+        return next((c for c in mro if attr in c.__dict__), Backend)
+
+    fused = owner(name)
+    if fused is Backend or any(mro.index(owner(plain)) < mro.index(fused) for plain in FUSED_READS[name]):
+        return functools.partial(getattr(Backend, name), backend)
+    return getattr(backend, name)
 
 
 @dataclass(frozen=True)

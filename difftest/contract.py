@@ -47,6 +47,7 @@ class ContractState:
         "_top_frames",
         "_top_lazy",
         "_lower",
+        "need_epoch",
     )
 
     def __init__(self, geometry: Geometry) -> None:
@@ -68,6 +69,10 @@ class ContractState:
         self._regions: dict[int, list[dict[int, int]]] = {KERNEL_PMAP: [{} for _ in self._lower_levels]}
         # pmap -> {tag: frames its lower-level tables need}, kept as regions fill and empty
         self._lower: dict[int, dict[int, int]] = {KERNEL_PMAP: {}}
+        # Moves whenever the frames some pmap needs may have changed (a table needed or no
+        # longer needed, a pmap made empty, non-empty, created or gone): the harness skips
+        # a pmap's frames check while neither this nor the pool's allocs/frees moved.
+        self.need_epoch = 0
 
     # -- pmaps ------------------------------------------------------------------------------
 
@@ -78,6 +83,7 @@ class ContractState:
         self.refs[pmap] = 1
         self._regions[pmap] = [{} for _ in self._lower_levels]
         self._lower[pmap] = {}
+        self.need_epoch += 1
 
     def forget_pmap(self, pmap: int) -> None:
         """The pmap died (its mappings were removed before)."""
@@ -85,6 +91,7 @@ class ContractState:
             self.delete(pmap, va)
         del self.maps[pmap], self.buckets[pmap], self.wired[pmap], self.refs[pmap], self._regions[pmap]
         del self._lower[pmap]
+        self.need_epoch += 1
 
     def alive(self, pmap: int) -> bool:
         return pmap in self.maps
@@ -107,8 +114,19 @@ class ContractState:
             if old[WIRED]:
                 self.wired[pmap] -= 1
         else:
-            self._bucket_add(pmap, va)
-            self._regions_add(pmap, va)
+            # A new place: its bucket, and a count in its region of every lower level
+            # (inline: every enter comes here).
+            if not table:
+                self.need_epoch += 1  # a lazy top-level table is needed now
+            self.buckets[pmap].setdefault(va >> _BUCKET_SHIFT, set()).add(va)
+            lower = self._lower[pmap]
+            for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
+                key = va // span
+                n = counter.get(key, 0)
+                counter[key] = n + 1
+                if not n:  # a new table of this level
+                    lower[tag] = lower.get(tag, 0) + frames
+                    self.need_epoch += 1
         table[va] = mapping
         if mapping[MANAGED]:
             self.pv.setdefault(mapping[PA], set()).add((pmap, va))
@@ -116,15 +134,33 @@ class ContractState:
             self.wired[pmap] += 1
 
     def delete(self, pmap: int, va: int) -> Mapping | None:
-        old = self.maps[pmap].pop(va, None)
+        table = self.maps[pmap]
+        old = table.pop(va, None)
         if old is None:
             return None
+        if not table:
+            self.need_epoch += 1  # a lazy top-level table is no longer needed
         if old[MANAGED]:
             self._pv_remove(old[PA], pmap, va)
         if old[WIRED]:
             self.wired[pmap] -= 1
-        self._bucket_remove(pmap, va)
-        self._regions_remove(pmap, va)
+        # Out of its bucket and its regions (inline: every remove comes here).
+        buckets = self.buckets[pmap]
+        bkey = va >> _BUCKET_SHIFT
+        bucket = buckets[bkey]
+        bucket.discard(va)
+        if not bucket:
+            del buckets[bkey]
+        lower = self._lower[pmap]
+        for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
+            key = va // span
+            left = counter[key] - 1
+            if left:
+                counter[key] = left
+            else:
+                del counter[key]
+                lower[tag] -= frames
+                self.need_epoch += 1
         return old
 
     def _pv_remove(self, pa: int, pmap: int, va: int) -> None:
@@ -133,17 +169,6 @@ class ContractState:
             entries.discard((pmap, va))
             if not entries:
                 del self.pv[pa]
-
-    def _bucket_add(self, pmap: int, va: int) -> None:
-        self.buckets[pmap].setdefault(va >> _BUCKET_SHIFT, set()).add(va)
-
-    def _bucket_remove(self, pmap: int, va: int) -> None:
-        buckets = self.buckets[pmap]
-        key = va >> _BUCKET_SHIFT
-        bucket = buckets[key]
-        bucket.discard(va)
-        if not bucket:
-            del buckets[key]
 
     def in_range(self, pmap: int, sva: int, eva: int) -> list[int]:
         """VAs with a mapping in [sva, eva), sorted.  Cost follows the mappings, not the range."""
@@ -294,26 +319,6 @@ class ContractState:
         return [(pmap, va) for va in vas], pas
 
     # -- needed page-table frames ----------------------------------------------------------
-
-    def _regions_add(self, pmap: int, va: int) -> None:
-        lower = self._lower[pmap]
-        for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
-            key = va // span
-            n = counter.get(key, 0)
-            counter[key] = n + 1
-            if not n:  # a new table of this level
-                lower[tag] = lower.get(tag, 0) + frames
-
-    def _regions_remove(self, pmap: int, va: int) -> None:
-        lower = self._lower[pmap]
-        for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
-            key = va // span
-            left = counter[key] - 1
-            if left:
-                counter[key] = left
-            else:
-                del counter[key]
-                lower[tag] -= frames
 
     def needed(self, pmap: int) -> dict[Tag, int]:
         """Frames by tag that ``pmap`` needs for its live mappings under the geometry."""

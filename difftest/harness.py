@@ -21,7 +21,18 @@ it touched.  The *fast* path (``fast=True``, ``difftest fuzz``'s default) runs t
 in the audits; a break found there, or a lane that crashes, sends the stream back to the
 precise path from the start (streams are deterministic), which reports it at the op that
 broke it.  Everything else is the same code on both paths, so both report the same
-divergences; ``tests/test_fast_path.py`` holds them to it.
+divergences; ``tests/test_fast_path.py`` holds them to it.  One gap, by design: a backend
+invariant that an op breaks and a later op restores before the next audit, with no other
+symptom in between (every result, translation, counter, frame count, page attribute and
+the pool as the contract says, no crash), is seen only on the precise path (``--invariants
+per-op``; the test ``test_the_fast_paths_one_gap_a_break_that_heals_before_the_audit``).
+Closing it needs the invariants after every op, which is what the fast path saves.
+
+The per-op reads go through one backend call per place, pmap and page (``walk_fields``,
+``read_counts``, ``read_attributes``: ``fused_reader``); a pmap's frames are read again only
+when the pool allocated or freed a frame or the frames its mappings need may have changed
+since they were last read.  A full audit gives the backend ``audit_memo``, so that its
+walks and invariants share one scan of its tables.
 
 Differences are classified (MODEL.md §5) and then attributed across lanes: whether the
 reference and the majority agree with the contract where this backend does not.  After a
@@ -40,7 +51,7 @@ from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched
+from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched, fused_reader
 from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState
 from difftest.divergence import Allowed, Divergence, RunResult
 from difftest.errors import BadInput, short
@@ -94,6 +105,7 @@ DEFAULT_CHECKPOINT_EVERY = 1000
 ALLOWED_EXAMPLES = 5  # examples kept per (backend, allowed kind)
 
 _KIND_BIT = {"r": PROT_R, "w": PROT_W, "x": PROT_X}
+# In the order of PhysPool.held_pt_l1 and ContractState.needed_pt_l1.
 _FRAME_FIELDS = ((Tag.PT, "pt_frames", "pt"), (Tag.L1, "l1_frames", "l1"))
 
 
@@ -134,23 +146,31 @@ class Lane:
     count_offsets: dict[tuple[int, str], int] = field(default_factory=dict)
     resource_open: set[tuple[int, int]] = field(default_factory=set)
     invariant_open: set[tuple[str, str]] = field(default_factory=set)
+    # pmap -> (pool allocs + frees, contract need_epoch) when its frames were last read:
+    # while neither moved, held and needed frames are what they were.
+    frames_seen: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # pmap -> ((held PT, L1), (needed PT, L1)) when _check_frames last judged it: the same
+    # numbers again get the same verdict (only _check_frames changes what is open for it).
+    frames_judged: dict[int, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
     violations_seen: int = 0
     result: Any = None  # the current op's result, for attribution
     next_op: int = 0  # the first op this lane has not done
+    # The per-op reads, each one backend call (fused_reader): (pa, prot, wired) at
+    # (pmap, va) or None; (resident, wired) counts of a pmap; (MOD, REF) of a page.
+    read: Callable[[int, int], tuple[int, int, bool] | None] | None = None
+    counts: Callable[[int], tuple[int, int]] | None = None
+    attributes: Callable[[int], tuple[bool, bool]] | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
-@dataclass(slots=True)
-class _Step:
-    """What one op touched in one lane: the places to observe afterwards."""
-
-    keys: list[tuple[int, int]]
-    pas: set[int]
-    pmaps: tuple[int, ...]
-    optional: frozenset[tuple[int, int]] = frozenset()
+# What one op touched in one lane, the places to observe afterwards: (keys (pmap, va),
+# pages, pmaps, optional keys (mappings the backend may keep or drop)).  A plain tuple:
+# one is built per op and backend.
+_Step = tuple[Sequence[tuple[int, int]], "set[int] | frozenset[int]", tuple[int, ...], frozenset[tuple[int, int]]]
+_NO_KEYS: frozenset[tuple[int, int]] = frozenset()
 
 
 class Harness:
@@ -357,6 +377,9 @@ class StreamRun:
         free_before = pool.free_frames
         try:
             lane.backend = spec.factory(pool)
+            lane.read = fused_reader(lane.backend, "walk_fields")
+            lane.counts = fused_reader(lane.backend, "read_counts")
+            lane.attributes = fused_reader(lane.backend, "read_attributes")
         except OutOfMemory as exc:
             if free_before >= lane.state.create_frames():  # it had the frames: a bug
                 self._bootstrap_crash(lane, exc)
@@ -463,13 +486,20 @@ class StreamRun:
                 self.refs[op.pmap] -= 1
                 self.destroy_frees = self.refs[op.pmap] == 0
         found = self.pending
+        # One handler per op kind: it calls the backend, judges the result and has the
+        # contract model apply the op; _observe then reads what the op touched.
+        handler = _HANDLERS.get(type(op))
+        if handler is None:  # pragma: no cover - the loader refuses unknown ops
+            raise BadInput(f"op {index}: unsupported op {op!r}")
+        observe = self._observe
+        divs: list[Divergence] = []
         for lane in self.lanes:
             if lane.stopped is not None or lane.next_op > index:
                 continue
-            divs: list[Divergence] = []
             self.current_lane = lane
+            lane.result = None
             try:
-                self._step_lane(lane, index, op, divs)
+                observe(lane, index, op, divs, handler(self, lane, index, op, divs))
             except LaneStopped:
                 pass
             except OutOfMemory as exc:  # from an op that cannot fail for want of memory
@@ -480,6 +510,7 @@ class StreamRun:
             lane.next_op = index + 1
             if divs:
                 found.extend((lane, d) for d in divs)
+                divs = []
         self.current_lane = None
         self.pending = []
         if found:
@@ -493,16 +524,22 @@ class StreamRun:
         """Call the backend; exceptions become crash divergences and stop the lane."""
         try:
             return fn(*args)
-        except OutOfMemory:
-            raise
-        except FrameError as exc:
+        except BaseException as exc:
+            self._raised(lane, index, op, divs, exc)
+        raise AssertionError("unreachable")
+
+    def _raised(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
+        """``exc`` came out of the backend (called in an ``except`` block): OutOfMemory goes
+        back up to the handler, which judges it; a FrameError is frame misuse; anything
+        else but the harness's own control flow is a crash.  The lane stops (raises)."""
+        if isinstance(exc, OutOfMemory):
+            raise exc
+        if isinstance(exc, FrameError):
             divs.append(self._div(lane, index, op, "resource", "pool", "frame-misuse", str(exc)))
             self._stop(lane, f"frame misuse at op {index}: {exc}")
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the backend's crash too
-            if not _backend_fault(exc):
-                raise
-            self._crashed(lane, index, op, divs, exc)
-        raise AssertionError("unreachable")
+        if not _backend_fault(exc):  # SystemExit, KeyboardInterrupt...: the backend's crash too
+            raise exc
+        self._crashed(lane, index, op, divs, exc)
 
     def _crashed(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
         """The backend raised ``exc`` running ``op``: a crash, and the lane stops (raises)."""
@@ -558,18 +595,9 @@ class StreamRun:
         )
         self._stop(lane, f"out of memory at op {index} with {free_before} frames free")
 
-    def _step_lane(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> None:
-        """Call the backend for ``op``, apply the op to the lane's contract state (the
-        contract model says what it means and what it touched), judge the result, then
-        observe what was touched."""
-        lane.result = None
-        handler = _HANDLERS.get(type(op))
-        if handler is None:  # pragma: no cover - the loader refuses unknown ops
-            raise BadInput(f"op {index}: unsupported op {op!r}")
-        self._observe(lane, index, op, divs, handler(self, lane, index, op, divs))
-
-    # One handler per op kind: the backend call and the judging of its result; the op's
-    # effect on the expected state is the contract model's (ContractState).
+    # One handler per op kind (step calls it for each lane): the backend call and the
+    # judging of its result; the op's effect on the expected state is the contract
+    # model's (ContractState).  It returns what the op touched, for _observe.
 
     def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step:
         st, pool = lane.state, lane.pool
@@ -578,12 +606,16 @@ class StreamRun:
         # The state is unchanged until st.enter below, so the frames a legitimate ENOMEM
         # or panic needs are worked out only when one happens.
         free_before = pool.free_frames
+        allocs_before, frees_before = pool.allocs, pool.frees
         held_before = pool.held_pt_l1(pmap) if op.canfail else None
-        try:
-            res = normalise_result(self._call(lane, index, op, divs, lane.backend.pmap_enter, pmap, va, op.pa,
-                                              op.prot, op.access, op.wired, op.canfail))
+        try:  # (the backend called directly: every op of most streams is an enter)
+            res = lane.backend.pmap_enter(pmap, va, op.pa, op.prot, op.access, op.wired, op.canfail)
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
+        except BaseException as exc:
+            self._raised(lane, index, op, divs, exc)
+        if res != OK:
+            res = normalise_result(res)
         lane.result = res
         if res == OK:
             st.enter(pmap, va, op.pa, op.prot, op.access, op.wired)
@@ -594,8 +626,11 @@ class StreamRun:
                                       f"ENOMEM with {free_before} free frames where {extra} were needed",
                                       location=_loc(pmap, va)))
             else:
-                self._allow(lane, index, "enomem", f"{describe(op)}: {extra} frames needed, {free_before} free")
-            if pool.free_frames != free_before or pool.held_pt_l1(pmap) != held_before:
+                self._allow(lane, index, "enomem",
+                            lambda: f"{describe(op)}: {extra} frames needed, {free_before} free")
+            # (no frame allocated or freed: nothing can have changed, the common case)
+            if (pool.allocs != allocs_before or pool.frees != frees_before) and (
+                    pool.free_frames != free_before or pool.held_pt_l1(pmap) != held_before):
                 divs.append(self._div(lane, index, op, "resource", "pool", "enomem-left-trace",
                                       f"ENOMEM but the pool changed: {free_before} -> {pool.free_frames} free",
                                       location=_loc(pmap)))
@@ -603,17 +638,17 @@ class StreamRun:
             divs.append(self._div(lane, index, op, "result", "result", "bad-enter-result",
                                   f"pmap_enter returned {short(res)}", location=_loc(pmap, va)))
             self._follow_backend(lane, index, op, divs, pmap, va, pas)
-        return _Step([(pmap, va)], pas, (pmap,))
+        return ([(pmap, va)], pas, (pmap,), _NO_KEYS)
 
     def _remove(self, lane: Lane, index: int, op: Remove, divs: list[Divergence]) -> _Step:
         vas, pas = lane.state.remove(op.pmap, op.sva, op.eva)
         self._call(lane, index, op, divs, lane.backend.pmap_remove, op.pmap, op.sva, op.eva)
-        return _Step(_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,))
+        return (_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,), _NO_KEYS)
 
     def _protect(self, lane: Lane, index: int, op: Protect, divs: list[Divergence]) -> _Step:
         vas, pas = lane.state.protect(op.pmap, op.sva, op.eva, op.prot)
         self._call(lane, index, op, divs, lane.backend.pmap_protect, op.pmap, op.sva, op.eva, op.prot)
-        return _Step(_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,))
+        return (_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,), _NO_KEYS)
 
     def _access(self, lane: Lane, index: int, op: Access, divs: list[Divergence]) -> _Step:
         pmap, va = op.pmap, op.va
@@ -631,7 +666,7 @@ class StreamRun:
                                   location=_loc(pmap, va)))
         elif expect_ok:
             lane.state.accessed(m, op.kind == "w")
-        return _Step([(pmap, va)], {m[PA]} if m is not None and m[MANAGED] else set(), (pmap,))
+        return ([(pmap, va)], {m[PA]} if m is not None and m[MANAGED] else set(), (pmap,), _NO_KEYS)
 
     def _extract(self, lane: Lane, index: int, op: Extract, divs: list[Divergence]) -> _Step:
         pmap, va = op.pmap, op.va
@@ -643,22 +678,22 @@ class StreamRun:
             divs.append(self._div(lane, index, op, "result", "result", "extract-mismatch",
                                   f"extract gave {_pa_text(res)}, the tables say {_pa_text(want)}",
                                   location=_loc(pmap, va)))
-        return _Step([(pmap, va)], set(), (pmap,))
+        return ([(pmap, va)], set(), (pmap,), _NO_KEYS)
 
     def _unwire(self, lane: Lane, index: int, op: Unwire, divs: list[Divergence]) -> _Step:
         self._call(lane, index, op, divs, lane.backend.pmap_unwire, op.pmap, op.va)
         lane.state.unwire(op.pmap, op.va)
-        return _Step([(op.pmap, op.va)], set(), (op.pmap,))
+        return ([(op.pmap, op.va)], set(), (op.pmap,), _NO_KEYS)
 
     def _page_protect(self, lane: Lane, index: int, op: PageProtect, divs: list[Divergence]) -> _Step:
         keys, optional = lane.state.page_protect(op.pa, op.prot)
         self._call(lane, index, op, divs, lane.backend.pmap_page_protect, op.pa, op.prot)
-        return _Step(keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(optional))
+        return (keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(optional))
 
     def _collect(self, lane: Lane, index: int, op: Collect, divs: list[Divergence]) -> _Step:
         keys, pas, optional = lane.state.collect(op.pmap)
         self._call(lane, index, op, divs, lane.backend.pmap_collect, op.pmap)
-        return _Step(keys, pas, (op.pmap,), optional)
+        return (keys, pas, (op.pmap,), optional)
 
     def _page_attribute(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> _Step:
         method, modified, clears = _ATTRIBUTE_OPS[type(op)]
@@ -666,9 +701,9 @@ class StreamRun:
         lane.result = res
         (self._judge_modified if modified else self._judge_referenced)(lane, index, op, divs, op.pa, res)
         if not clears:
-            return _Step([], set(), ())
+            return ([], set(), (), _NO_KEYS)
         (lane.state.mod if modified else lane.state.ref).discard(op.pa)
-        return _Step(lane.state.mappings_of(op.pa), {op.pa}, ())
+        return (lane.state.mappings_of(op.pa), {op.pa}, (), _NO_KEYS)
 
     def _kenter(self, lane: Lane, index: int, op: KEnter, divs: list[Divergence]) -> _Step:
         free_before = lane.pool.free_frames
@@ -677,12 +712,12 @@ class StreamRun:
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, lane.state.extra_frames_for(KERNEL_PMAP, op.va), free_before)
         pas = lane.state.kenter(op.va, op.pa, op.prot)
-        return _Step([(KERNEL_PMAP, op.va)], pas, (KERNEL_PMAP,))
+        return ([(KERNEL_PMAP, op.va)], pas, (KERNEL_PMAP,), _NO_KEYS)
 
     def _kremove(self, lane: Lane, index: int, op: KRemove, divs: list[Divergence]) -> _Step:
         vas = lane.state.kremove(op.va, op.size)
         self._call(lane, index, op, divs, lane.backend.pmap_kremove, op.va, op.size)
-        return _Step(_with_edges(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,))
+        return (_with_edges(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,), _NO_KEYS)
 
     def _create(self, lane: Lane, index: int, op: Create, divs: list[Divergence]) -> _Step:
         pmap = self.next_pmap - 1
@@ -692,29 +727,29 @@ class StreamRun:
             self._call(lane, index, op, divs, lane.backend.pmap_create, pmap)
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, lane.state.create_frames(), free_before)
-        return _Step([], set(), (pmap,))
+        return ([], set(), (pmap,), _NO_KEYS)
 
     def _destroy(self, lane: Lane, index: int, op: Destroy, divs: list[Divergence]) -> _Step:
         pmap = op.pmap
         if not self.destroy_frees:
             self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
-            return _Step([], set(), ())
+            return ([], set(), (), _NO_KEYS)
         # At the last reference the pmap must be empty: the VM layer (here, the harness)
         # removes what is left first (MODEL §3).
         keys, pas = lane.state.empty(pmap)
         self._call(lane, index, op, divs, lane.backend.pmap_remove, pmap, USER_MIN, USER_MAX)
-        self._observe(lane, index, op, divs, _Step(keys, pas, ()))
+        self._observe(lane, index, op, divs, (keys, pas, (), _NO_KEYS))
         self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
         lane.state.forget_pmap(pmap)
-        return _Step([], set(), (pmap,))
+        return ([], set(), (pmap,), _NO_KEYS)
 
     def _reference(self, lane: Lane, index: int, op: Reference, divs: list[Divergence]) -> _Step:
         self._call(lane, index, op, divs, lane.backend.pmap_reference, op.pmap)
-        return _Step([], set(), ())
+        return ([], set(), (), _NO_KEYS)
 
     def _update(self, lane: Lane, index: int, op: Update, divs: list[Divergence]) -> _Step:
         self._call(lane, index, op, divs, lane.backend.pmap_update, op.pmap)
-        return _Step([], set(), ())
+        return ([], set(), (), _NO_KEYS)
 
     # -- observing and judging --------------------------------------------------------------------
 
@@ -722,41 +757,67 @@ class StreamRun:
         """Observe what the op touched.  The common case (everything as the contract says)
         costs one backend read per place and builds nothing; the judging methods run only
         where a value differs."""
+        keys, pas, pmaps, optional = step
         try:
-            b = lane.backend
             st = lane.state
-            tainted = self._check_keys(lane, index, op, divs, step.keys, step.optional) if step.keys else None
+            maps = st.maps
+            tainted = None
+            if len(keys) == 1 and not optional:
+                # One place (enter, access, extract, unwire, kenter): compared inline, and
+                # judged by _check_keys only when it differs.
+                key = keys[0]
+                pmap, va = key
+                table = maps.get(pmap)
+                exp = table.get(va) if table is not None else None
+                got = lane.read(pmap, va)  # type: ignore[misc]
+                if got is None:
+                    same = exp is None
+                else:
+                    same = exp is not None and got[0] == exp[0] and got[1] == exp[1] and got[2] == exp[2]
+                if not same:
+                    tainted = self._check_keys(lane, index, op, divs, keys, got_map={key: got})
+            elif keys:
+                tainted = self._check_keys(lane, index, op, divs, keys, optional)
             if tainted:
                 # A mapping that pointed at the wrong page moved this op's REF/MOD effects
                 # with it: follow the backend on those pages instead of reporting them.
                 self._resync_attributes(lane, tainted)
-            pas = step.pas
             if pas:
                 mod, ref = st.mod, st.ref
-                is_modified, is_referenced = b.pmap_is_modified, b.pmap_is_referenced
+                attributes = lane.attributes
                 for pa in sorted(pas - tainted if tainted else pas) if len(pas) > 1 else pas:
-                    got = is_modified(pa)
+                    got, got_ref = attributes(pa)  # type: ignore[misc]
                     want = pa in mod
                     if got is not want and got != want:
                         self._judge_modified(lane, index, op, divs, pa, got, query=False)
-                    got = is_referenced(pa)
-                    if got and pa not in ref:
-                        self._judge_referenced(lane, index, op, divs, pa, got, query=False)
-            maps, wired = st.maps, st.wired
+                    if got_ref and pa not in ref:
+                        self._judge_referenced(lane, index, op, divs, pa, got_ref, query=False)
+            wired = st.wired
             pool = lane.pool
-            for pmap in step.pmaps:
-                # Both checks in their common case inline: the counters and the frames are
-                # as the contract says and nothing about them is open.
+            counts = lane.counts
+            frames_seen = lane.frames_seen
+            seen = (pool.allocs + pool.frees, st.need_epoch)
+            for pmap in pmaps:
+                # The counters in their common case inline: as the contract says, nothing
+                # about them open.
                 table = maps.get(pmap)
-                if table is not None and (lane.count_offsets or b.pmap_resident_count(pmap) != len(table)
-                                          or b.pmap_wired_count(pmap) != wired[pmap]):
+                if table is not None and (lane.count_offsets or counts(pmap) != (len(table), wired[pmap])):  # type: ignore[misc]
                     self._check_counts(lane, index, op, divs, pmap)
-                if lane.resource_open or pool.held_pt_l1(pmap) != st.needed_pt_l1(pmap):
-                    self._check_frames(lane, index, op, divs, pmap)
+                # The frames: judged again only if a frame was allocated or freed, or the
+                # frames needed may have changed, since they were last judged (exact: held
+                # frames move only by alloc and free).
+                if frames_seen.get(pmap) != seen:
+                    frames_seen[pmap] = seen
+                    # _check_frames would find nothing when the frames are as needed and
+                    # nothing is open, or when they are what it last judged.
+                    held_want = (pool.held_pt_l1(pmap), st.needed_pt_l1(pmap))
+                    if ((lane.resource_open or held_want[0] != held_want[1])
+                            and lane.frames_judged.get(pmap) != held_want):
+                        self._check_frames(lane, index, op, divs, pmap)
             if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
-                touched = Touched(frozenset(step.pmaps), tuple(step.keys), frozenset(step.pas))
+                touched = Touched(frozenset(pmaps), tuple(keys), frozenset(pas))
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
             raise
@@ -797,19 +858,19 @@ class StreamRun:
         then no longer the contract's to judge at this op)."""
         tainted: set[int] = set()
         st = lane.state
-        walk = lane.backend.walk
+        read = lane.read
         maps = st.maps
         for key in keys:
             pmap, va = key
             table = maps.get(pmap)
             exp = table.get(va) if table is not None else None
-            got = got_map.get(key) if got_map is not None else walk(pmap, va)
+            got = got_map.get(key) if got_map is not None else read(pmap, va)  # type: ignore[misc]
             if got is None:
                 if exp is None:
                     continue
                 if key in optional:
                     st.delete(pmap, va)
-                    self._allow(lane, index, "forgotten", f"{_loc(pmap, va)} after {op.name}")
+                    self._allow(lane, index, "forgotten", lambda: f"{_loc(pmap, va)} after {op.name}")
                     continue
                 cls = "wired-mapping-missing" if exp[WIRED] else "mapping-missing"
                 divs.append(self._div(lane, index, op, "translation", "mapping", cls,
@@ -820,26 +881,26 @@ class StreamRun:
                 continue
             if exp is None:
                 divs.append(self._div(lane, index, op, "translation", "mapping", "spurious-mapping",
-                                      f"translation {_t_text(got)} where the contract has none",
+                                      f"translation {_m_text(got)} where the contract has none",
                                       location=_loc(pmap, va)))
                 if table is not None:
-                    st.put(pmap, va, (got.pa, got.prot, got.wired, pmap != KERNEL_PMAP or not got.wired))
-                tainted.add(got.pa)
+                    st.put(pmap, va, (got[PA], got[PROT], got[WIRED], pmap != KERNEL_PMAP or not got[WIRED]))
+                tainted.add(got[PA])
                 continue
-            if got.pa != exp[PA]:
+            if got[PA] != exp[PA]:
                 fld, cls = "pa", "pa-mismatch"
-            elif got.prot != exp[PROT]:
+            elif got[PROT] != exp[PROT]:
                 fld, cls = "prot", "prot-mismatch"
-            elif got.wired != exp[WIRED]:
+            elif got[WIRED] != exp[WIRED]:
                 fld, cls = "wired", "wired-mismatch"
             else:
                 continue
             divs.append(self._div(lane, index, op, "translation", fld, cls,
-                                  f"translation {_t_text(got)} where the contract has {_m_text(exp)}",
+                                  f"translation {_m_text(got)} where the contract has {_m_text(exp)}",
                                   location=_loc(pmap, va)))
-            st.put(pmap, va, (got.pa, got.prot, got.wired, exp[MANAGED]))  # resync
+            st.put(pmap, va, (got[PA], got[PROT], got[WIRED], exp[MANAGED]))  # resync
             tainted.add(exp[PA])
-            tainted.add(got.pa)
+            tainted.add(got[PA])
         return tainted
 
     def _judge_modified(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pa: int, got: Any, query: bool = True) -> None:
@@ -897,18 +958,20 @@ class StreamRun:
         # A backend that never frees the kernel's page-table pages may hold more of them
         # than the live kernel mappings need (an allowance), never fewer.
         open_ = lane.resource_open
-        if not open_ and pool.held_pt_l1(pmap) == st.needed_pt_l1(pmap):
+        helds = pool.held_pt_l1(pmap)
+        wants = st.needed_pt_l1(pmap)
+        lane.frames_seen[pmap] = (pool.allocs + pool.frees, st.need_epoch)
+        lane.frames_judged[pmap] = (helds, wants)
+        if helds == wants and not open_:
             return  # the common case: exactly what the geometry needs, nothing open
         keeps = pmap == KERNEL_PMAP and lane.backend.keeps_kernel_page_tables
-        for tag, fld, short in _FRAME_FIELDS:
-            held = pool.held(pmap, tag)
-            want = st.needed_frames(pmap, tag)
+        for (tag, fld, short), held, want in zip(_FRAME_FIELDS, helds, wants):
             key = (pmap, tag)
             if held == want or (keeps and held > want):
                 if open_:
                     open_.discard(key)
                 continue
-            if key in lane.resource_open:
+            if key in open_:
                 continue  # the same excess, already reported: one leak, one line
             lane.resource_open.add(key)
             rel = ">" if held > want else "<"
@@ -982,11 +1045,23 @@ class StreamRun:
             self._attribute(index, op, found)
 
     def _audit_lane(self, lane: Lane, index: int, op: Any, divs: list[Divergence]) -> None:
+        b = lane.backend
+        # The audit only reads: the backend may share one scan of its tables between
+        # its walks and its invariants (Backend.audit_memo).
+        with contextlib.suppress(AttributeError):
+            b.audit_memo = {}
+        try:
+            self._audit_lane_reads(lane, index, op, divs)
+        finally:
+            with contextlib.suppress(AttributeError):
+                b.audit_memo = None
+
+    def _audit_lane_reads(self, lane: Lane, index: int, op: Any, divs: list[Divergence]) -> None:
         st = lane.state
         b = lane.backend
         for pmap in st.pmaps():
             lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == KERNEL_PMAP else (USER_MIN, USER_MAX)
-            got = {(pmap, va): t for va, t in b.walk_range(pmap, lo, hi)}
+            got = {(pmap, va): (t.pa, t.prot, t.wired) for va, t in b.walk_range(pmap, lo, hi)}
             keys = sorted(set(got) | {(pmap, va) for va in st.maps[pmap]})
             self._check_keys(lane, index, op, divs, keys, got_map=got)
             self._check_counts(lane, index, op, divs, pmap)
@@ -995,13 +1070,19 @@ class StreamRun:
         for owner in sorted(lane.pool.owners()):
             if owner not in st.maps and owner >= 1:
                 self._check_frames(lane, index, op, divs, owner)
-        for msg in lane.pool.check_conservation():
+        conservation = lane.pool.check_conservation()
+        memo = getattr(b, "audit_memo", None)
+        if memo is not None:
+            memo["pool-conservation"] = conservation  # for the invariants that check it too
+        for msg in conservation:
             divs.append(self._div(lane, index, op, "resource", "pool", "not-conserved", msg))
         self._check_pool(lane, index, op, divs)
+        attributes = lane.attributes
         for frame in self.named_frames:
             pa = frame * PAGE_SIZE
-            self._judge_modified(lane, index, op, divs, pa, b.pmap_is_modified(pa), query=False)
-            self._judge_referenced(lane, index, op, divs, pa, b.pmap_is_referenced(pa), query=False)
+            modified, referenced = attributes(pa)  # type: ignore[misc]
+            self._judge_modified(lane, index, op, divs, pa, modified, query=False)
+            self._judge_referenced(lane, index, op, divs, pa, referenced, query=False)
         if lane.invariants:
             self._check_invariants(lane, index, op, divs, None)
 
@@ -1050,8 +1131,8 @@ class StreamRun:
                 pmap, va = _parse_loc(loc)
                 if pmap not in lane.state.maps:
                     return "no such pmap"
-                t = lane.backend.walk(pmap, va)
-                return "unmapped" if t is None else _t_text(t)
+                t = lane.read(pmap, va)  # type: ignore[misc]
+                return "unmapped" if t is None else _m_text(t)
             if fld == "result":
                 return _result_text(lane.result)
             if fld in ("resident_count", "wired_count"):
@@ -1087,12 +1168,15 @@ class StreamRun:
                           op_kind=op.name, field=fld, cls=cls, message=message, location=location,
                           traceback=traceback)
 
-    def _allow(self, lane: Lane, index: int, kind: str, detail: str) -> None:
+    def _allow(self, lane: Lane, index: int, kind: str, detail: str | Callable[[], str]) -> None:
+        """Count an allowed difference; keep the first few as examples.  ``detail`` may be
+        a function: the text is then built only for a kept example (hundreds of ENOMEMs
+        and forgotten mappings per stream are only counted)."""
         key = (lane.name, kind)
         counts = self.result.allowed_counts
-        counts[key] += 1
-        if counts[key] <= ALLOWED_EXAMPLES:
-            self.result.allowed.append(Allowed(kind, lane.name, index, detail))
+        n = counts[key] = counts[key] + 1
+        if n <= ALLOWED_EXAMPLES:
+            self.result.allowed.append(Allowed(kind, lane.name, index, detail if isinstance(detail, str) else detail()))
 
     def _trace(self) -> None:
         trace = self.result.trace
@@ -1161,11 +1245,8 @@ def _pa_text(pa: int | None) -> str:
     return "none" if pa is None else f"{pa:#010x}"
 
 
-def _t_text(t: Any) -> str:
-    return f"pa {t.pa:#010x} {prot_str(t.prot) or '-'}{' wired' if t.wired else ''}"
-
-
-def _m_text(m: tuple[int, int, bool, bool]) -> str:
+def _m_text(m: Sequence[Any]) -> str:
+    """A mapping of the contract, or a translation's fields (pa, prot, wired)."""
     return f"pa {m[PA]:#010x} {prot_str(m[PROT]) or '-'}{' wired' if m[WIRED] else ''}"
 
 

@@ -43,6 +43,8 @@ class Tag(IntEnum):
 
 
 _PT, _L1 = int(Tag.PT), int(Tag.L1)
+_TAG_BY_CODE = tuple(Tag)  # Tag(code) without the Enum call: audits read thousands
+assert all(tag == code for code, tag in enumerate(_TAG_BY_CODE))
 # For each tag, a bytes.translate table mapping that tag to 1 and every other byte to 0.
 _ONE_TAG = {tag: bytes(int(i == tag) for i in range(256)) for tag in Tag}
 
@@ -207,7 +209,8 @@ class PhysPool:
         return {owner for (owner, tag) in self._held if tag != Tag.DATA}
 
     def tag_of(self, frame: int) -> Tag:
-        return Tag(self._tags[frame])
+        code = self._tags[frame]
+        return _TAG_BY_CODE[code] if code < len(_TAG_BY_CODE) else Tag(code)
 
     def owner_of(self, frame: int) -> int:
         return self._owners[frame]

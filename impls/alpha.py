@@ -122,6 +122,7 @@
 from __future__ import annotations
 
 import functools
+from bisect import bisect_left
 from itertools import compress
 from typing import Iterator
 
@@ -134,6 +135,7 @@ from difftest.backend import (
     Level,
     Touched,
     Translation,
+    pool_conservation,
 )
 from difftest.machine import (
     KERNEL_PMAP,
@@ -169,6 +171,11 @@ PG_SHIFT = 32  # the PFN lives above bit 32
 _VA_END = 1 << 32  # the simulated machine's VAs are 32 bits
 
 PG_FAULTON = PG_FOR | PG_FOW | PG_FOE
+
+
+def _pte_fields(pte: int) -> tuple[int, int, bool]:
+    """(pa, logical prot, wired) of a valid PTE: what the MMU view reports."""
+    return (pte >> PG_SHIFT) << PAGE_SHIFT, ((pte >> 8) & 1) | ((pte >> 11) & 2) | ((pte >> 16) & 4), bool(pte & PG_WIRED)
 PG_PROT = PG_ASM | PG_KRE | PG_URE | PG_KWE | PG_UWE | PG_EXEC
 
 # pv_head attributes (alpha/include/pmap.h)
@@ -842,6 +849,11 @@ class AlphaPmap(Backend):
     def pmap_is_referenced(self, pa: int) -> bool:
         return bool(self.pvh_attrs[pa >> PAGE_SHIFT] & PGA_REFERENCED)
 
+    def read_attributes(self, pa: int) -> tuple[bool, bool]:
+        """(is_modified, is_referenced) in one read (the harness's per-op read)."""
+        attrs = self.pvh_attrs[pa >> PAGE_SHIFT]
+        return bool(attrs & PGA_MODIFIED), bool(attrs & PGA_REFERENCED)
+
     def pmap_collect(self, pmap: int) -> None:
         if pmap == KERNEL_PMAP:
             return
@@ -885,9 +897,19 @@ class AlphaPmap(Backend):
         pm = self.pmaps.get(pmap)
         return pm.wired_count if pm is not None else 0
 
+    def read_counts(self, pmap: int) -> tuple[int, int]:
+        """(resident_count, wired_count) in one read (the harness's per-op read)."""
+        pm = self.pmaps.get(pmap)
+        return (pm.resident_count, pm.wired_count) if pm is not None else (0, 0)
+
     # == the MMU's view ==========================================================================
 
     def walk(self, pmap: int, va: int) -> Translation | None:
+        fields = self.walk_fields(pmap, va)
+        return None if fields is None else Translation(*fields)
+
+    def walk_fields(self, pmap: int, va: int) -> tuple[int, int, bool] | None:
+        """``walk`` without building a Translation (the harness's per-op read)."""
         pm = self.pmaps.get(pmap)
         if pm is None:
             return None
@@ -904,13 +926,16 @@ class AlphaPmap(Backend):
         pte = ptmem[pte >> PG_SHIFT][(va >> PAGE_SHIFT) & self._m3]
         if not pte & PG_V:
             return None
-        return Translation(
-            (pte >> PG_SHIFT) << PAGE_SHIFT,
-            ((pte >> 8) & 1) | ((pte >> 11) & 2) | ((pte >> 16) & 4),
-            bool(pte & PG_WIRED),
-        )
+        return _pte_fields(pte)
 
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
+        if self.audit_memo is not None:  # a full audit: the one scan of the leaves it shares
+            leaves = self.live_leaves(pmap)
+            for va, pte in leaves[bisect_left(leaves, (sva,)):]:
+                if va >= eva:
+                    return
+                yield va, Translation(*_pte_fields(pte))
+            return
         pm = self.pmaps.get(pmap)
         if pm is None:
             return
@@ -918,11 +943,32 @@ class AlphaPmap(Backend):
             for i in compress(range(lo, hi), tbl[lo:hi]):  # nonzero PTEs only
                 pte = tbl[i]
                 if pte & PG_V:
-                    yield base + (i << PAGE_SHIFT), Translation(
-                        (pte >> PG_SHIFT) << PAGE_SHIFT,
-                        ((pte >> 8) & 1) | ((pte >> 11) & 2) | ((pte >> 16) & 4),
-                        bool(pte & PG_WIRED),
-                    )
+                    yield base + (i << PAGE_SHIFT), Translation(*_pte_fields(pte))
+
+    def live_leaves(self, pmap: int) -> list[tuple[int, int]]:
+        """(va, PTE) of every valid leaf PTE of ``pmap``, in VA order (what ``walk_range``
+        over the whole space visits, without building translations): full audits, which
+        share one scan per pmap (``audit_memo``)."""
+        memo = self.audit_memo
+        if memo is None:
+            return self._scan_leaves(pmap)
+        live = memo.setdefault("alpha-live", {})
+        got = live.get(pmap)
+        if got is None:
+            got = live[pmap] = self._scan_leaves(pmap)
+        return got
+
+    def _scan_leaves(self, pmap: int) -> list[tuple[int, int]]:
+        pm = self.pmaps.get(pmap)
+        if pm is None:
+            return []
+        out = []
+        for _frame, tbl, lo, hi, base in self._l3_ranges(pm, 0, _VA_END):
+            for i in compress(range(lo, hi), tbl[lo:hi]):
+                pte = tbl[i]
+                if pte & PG_V:
+                    out.append((base + (i << PAGE_SHIFT), pte))
+        return out
 
     def state_snapshot(self) -> object:
         """Everything: pmaps and their counters, every PT page's PTEs, reference counts and
@@ -946,13 +992,18 @@ class AlphaPmap(Backend):
             return
         ptmem = self.ptmem
         yield 1, pm.pm_lev1map, 0, -1
-        for i1, l1pte in enumerate(ptmem.get(pm.pm_lev1map, ())):
+        l1tbl = ptmem.get(pm.pm_lev1map, ())
+        # Only the nonzero entries are visited (itertools.compress, at C speed).
+        for i1 in compress(range(len(l1tbl)), l1tbl):
+            l1pte = l1tbl[i1]
             if not l1pte & PG_V:
                 continue
             l2frame = l1pte >> PG_SHIFT
             l2base = i1 << self._s1
             yield 2, l2frame, l2base, i1
-            for i2, l2pte in enumerate(ptmem.get(l2frame, ())):
+            l2tbl = ptmem.get(l2frame, ())
+            for i2 in compress(range(len(l2tbl)), l2tbl):
+                l2pte = l2tbl[i2]
                 if l2pte & PG_V:
                     yield 3, l2pte >> PG_SHIFT, l2base + (i2 << self._s2), i2
 
@@ -1012,6 +1063,18 @@ def _touched_paths(b: AlphaPmap, touched: Touched) -> dict[tuple[int, int], tupl
 
 
 def _all_tables(b: AlphaPmap) -> dict[tuple[int, int], tuple[int, int]]:
+    """(pmap, frame) -> (level, VA of its first entry) of every table (full audits: one
+    walk of the trees per audit, ``audit_memo``; callers only read it)."""
+    memo = b.audit_memo
+    if memo is None:
+        return _scan_tables(b)
+    got = memo.get("alpha-tables")
+    if got is None:
+        got = memo["alpha-tables"] = _scan_tables(b)
+    return got
+
+
+def _scan_tables(b: AlphaPmap) -> dict[tuple[int, int], tuple[int, int]]:
     out: dict[tuple[int, int], tuple[int, int]] = {}
     for pmap in b.pmaps:
         for level, frame, base, _ in b.tables(pmap):
@@ -1033,8 +1096,9 @@ def check_refcounts(b: Backend, touched: Touched | None) -> Iterator[str]:
         if tbl is None:
             continue  # reported by alpha-no-freed-tables
         if touched is None:
-            live = sum(1 for e in tbl if e & PG_V)
-            junk = sum(1 for e in tbl if e and not e & PG_V)
+            # Nonzero entries counted at C speed; only those are looked at.
+            live = sum(1 for e in compress(tbl, tbl) if e & PG_V)
+            junk = len(tbl) - tbl.count(PG_NV) - live
             if junk:
                 yield f"{_where(pmap, level, frame, va)} holds {junk} nonzero invalid entries"
         else:
@@ -1135,9 +1199,18 @@ def check_pv(b: Backend, touched: Touched | None) -> Iterator[str]:
         return
     for pfn in list(b.pvh_list):
         yield from _check_pv_of_page(b, pfn)
+    # pv entries per (page, pmap, va), once: each mapping is then judged in O(1), and the
+    # message is built only where it is wrong.
+    entries: dict[tuple[int, int, int], int] = {}
+    for pfn, pvl in b.pvh_list.items():
+        for pmap, va, _f in pvl:
+            key = (pfn, pmap, va)
+            entries[key] = entries.get(key, 0) + 1
     for pmap in b.pmaps:
-        for va, _t in b.walk_range(pmap, 0, 1 << 32):
-            yield from _check_pv_of_mapping(b, pmap, va, _leaf(b, pmap, va)[1])
+        for va, pte in b.live_leaves(pmap):
+            n = entries.get((pte >> PG_SHIFT, pmap, va), 0)
+            if n != 1 if pte & PG_PVLIST else (n or pmap != KERNEL_PMAP):
+                yield from _check_pv_of_mapping(b, pmap, va, pte)
     for pmap in {p for pvl in b.pvh_list.values() for p, _v, _f in pvl}:
         if pmap not in b.pmaps:
             yield f"pv entries name pmap {pmap}, which does not exist"
@@ -1174,7 +1247,8 @@ def check_stats(b: Backend, touched: Touched | None) -> Iterator[str]:
                 nlev2 += 1
             elif level == 3:
                 nlev3 += 1
-                for pte in b.ptmem.get(frame, ()):
+                tbl = b.ptmem.get(frame, ())
+                for pte in compress(tbl, tbl):  # nonzero PTEs only
                     if pte & PG_V:
                         resident += 1
                         if pte & PG_WIRED:
@@ -1212,7 +1286,7 @@ def check_frames(b: Backend, touched: Touched | None) -> Iterator[str]:
             if l1 != (pm.pm_lev1map is not None):
                 yield f"pmap {pmap} holds {l1} L1 frames with {'no' if pm.pm_lev1map is None else 'an'} L1 table"
         return
-    yield from pool.check_conservation()
+    yield from pool_conservation(b)
     in_trees: dict[int, tuple[int, int]] = {}
     for pmap in b.pmaps:
         for level, frame, _base, _i in b.tables(pmap):
@@ -1291,9 +1365,17 @@ def check_refmod(b: Backend, touched: Touched | None) -> Iterator[str]:
             for pmap, va, _f in b.pvh_list.get(pa >> PAGE_SHIFT, ()):
                 yield from _check_refmod_pte(b, pmap, va, _leaf(b, pmap, va)[1])
         return
+    attrs = b.pvh_attrs
     for pmap in b.pmaps:
-        for va, _t in b.walk_range(pmap, 0, 1 << 32):
-            yield from _check_refmod_pte(b, pmap, va, _leaf(b, pmap, va)[1])
+        for va, pte in b.live_leaves(pmap):
+            if pte & PG_PVLIST:
+                a = attrs[pte >> PG_SHIFT]
+                if ((pte & (PG_FOR | PG_FOE)) == (PG_FOR | PG_FOE) or a & PGA_REFERENCED) and (
+                        pte & PG_FOW or a & PGA_MODIFIED):
+                    continue
+            elif not pte & PG_FAULTON:
+                continue
+            yield from _check_refmod_pte(b, pmap, va, pte)
 
 
 INVARIANTS = (

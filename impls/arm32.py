@@ -59,7 +59,7 @@ from itertools import compress
 from typing import Iterator
 
 from difftest import hookimpl
-from difftest.backend import Invariant, Touched
+from difftest.backend import Invariant, Touched, pool_conservation
 from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, Tag
 from impls.arm32_core import (
     L1_ENTRIES,
@@ -168,14 +168,14 @@ def _frame_owner(b: Arm32Core) -> dict[int, tuple[int, int]]:
 
 def _all_ptes(b: Arm32Core) -> Iterator[tuple[Pmap, int, int]]:
     """(pmap, va, pte) of every live PTE (full audits)."""
+    ptes = b._ptes
     for pm in b._pmaps.values():
         for region, frame in sorted(pm.vptpt.items()):
-            pt = b._ptes.get(frame)
-            if pt is None:
+            if frame not in ptes:
                 continue
             base = region << PTSHIFT
-            for i in compress(range(NPTEPG), pt):
-                yield pm, base | (i << PGSHIFT), pt[i]
+            for i, pte in b.live_entries(frame):
+                yield pm, base | (i << PGSHIFT), pte
 
 
 def _pte_at(b: Arm32Core, pmap: int, va: int) -> int:
@@ -332,15 +332,37 @@ def _check_managed_pte(b: Arm32Core, pmap: int, va: int, pte: int) -> Iterator[s
         yield f"managed mapping (pmap {pmap}, va {va:#010x}) -> {pte & PG_FRAME:#010x} has no pv entry"
 
 
+def _pv_entry_ok(b: Arm32Core, page: int, key: int, flags: int) -> bool:
+    """``_check_pv_entry`` finds nothing: its common case, without building a message."""
+    pm = b._pmaps.get(key >> 32)
+    if pm is None:
+        return False
+    va = key & 0xFFFFFFFF
+    slot = pm.l1[va >> PDSHIFT]
+    if slot is None:
+        return False
+    pt = b._ptes.get(slot[0])
+    pte = 0 if pt is None else pt[(va >> PGSHIFT) & PTE_INDEX_MASK]
+    return (bool(pte) and bool(pte & PTE_SW_MANAGED) and (pte & PG_FRAME) >> PGSHIFT == page
+            and bool(flags & PT_W) == bool(pte & PTE_SW_WIRED) and bool(flags & PT_Wr) == bool(pte & PTE_SW_W))
+
+
 def check_pv(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
     if touched is None:
+        # The full form walks every pv entry and every live PTE; the messages are built
+        # only where the one-line predicate fails (audits are on the fast path's clock).
         for page, pvh in sorted(b._pv.items()):
             if not pvh:
                 yield f"page {page << PGSHIFT:#010x} keeps an empty pv list"
             for key, flags in pvh.items():
-                yield from _check_pv_entry(b, page, key, flags)
+                if not _pv_entry_ok(b, page, key, flags):
+                    yield from _check_pv_entry(b, page, key, flags)
+        pv = b._pv
         for pm, va, pte in _all_ptes(b):
-            yield from _check_managed_pte(b, pm.id, va, pte)
+            if pte & PTE_SW_MANAGED:
+                pvh = pv.get((pte & PG_FRAME) >> PGSHIFT)
+                if pvh is None or pv_key(pm.id, va) not in pvh:
+                    yield from _check_managed_pte(b, pm.id, va, pte)
         return
     for pa in sorted(touched.pas):
         page = pa >> PGSHIFT
@@ -359,10 +381,18 @@ def check_counts(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
         return
     resident = {pm.id: 0 for pm in b._pmaps.values()}
     wired = dict(resident)
-    for pm, _va, pte in _all_ptes(b):
-        resident[pm.id] += 1
-        if pte & PTE_SW_WIRED:
-            wired[pm.id] += 1
+    ptes = b._ptes
+    for pm in b._pmaps.values():
+        # Only live PTEs are visited (found at C speed, once per audit: live_entries).
+        n = w = 0
+        for frame in pm.vptpt.values():
+            if frame not in ptes:
+                continue
+            live = b.live_entries(frame)
+            n += len(live)
+            w += sum(1 for _i, pte in live if pte & PTE_SW_WIRED)
+        resident[pm.id] = n
+        wired[pm.id] = w
     for pmap, pm in sorted(b._pmaps.items()):
         if pm.resident != resident[pmap]:
             yield f"pmap {pmap}: resident count {pm.resident} but the tables hold {resident[pmap]} mappings"
@@ -385,7 +415,7 @@ def check_frames(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
             if l1 != L1_FRAMES:
                 yield f"pmap {pmap} holds {l1} L1 frames in the pool, not {L1_FRAMES}"
         return
-    yield from pool.check_conservation()
+    yield from pool_conservation(b)
     by_owner: dict[tuple[int, Tag], set[int]] = {}
     for tag in (Tag.PT, Tag.L1):
         for frame in pool.frames_with(tag):
@@ -429,9 +459,23 @@ def _check_refmod_pte(b: Arm32Core, pmap: int, va: int, pte: int) -> Iterator[st
         yield f"{where}: the PTE is valid but page {pte & PG_FRAME:#010x} is not marked referenced"
 
 
+def _refmod_ok(pte: int, attrs: bytearray) -> bool:
+    """``_check_refmod_pte`` finds nothing in ``pte``: its common case, no message built."""
+    if pte & PT_AP_W and not pte & PTE_SW_W:
+        return False
+    valid = (pte & L2_MASK) == L2_SPAGE
+    if not pte & PTE_SW_MANAGED:
+        return valid == bool((pte >> PTE_SW_SHIFT) & 7) and bool(pte & PT_AP_W) == bool(pte & PTE_SW_W)
+    a = attrs[(pte & PG_FRAME) >> PGSHIFT]
+    return not (pte & PT_AP_W and not a & PT_M) and not (valid and not a & PT_H)
+
+
 def check_refmod(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
     if touched is None:
+        attrs = b._attrs
         for pm, va, pte in _all_ptes(b):
+            if _refmod_ok(pte, attrs):
+                continue
             yield from _check_refmod_pte(b, pm.id, va, pte)
         return
     seen = set()

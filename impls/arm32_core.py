@@ -64,7 +64,7 @@
 from __future__ import annotations
 
 from itertools import compress
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from difftest.backend import Backend, Geometry, Level, Translation
 from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
@@ -126,6 +126,21 @@ PT_Wr = 0x10
 PT_W = 0x40
 
 _KIND_BIT = {"r": PROT_R, "w": PROT_W, "x": PROT_X}
+
+
+def _nonzero(pt: list[int]) -> list[tuple[int, int]]:
+    """(index, value) of the nonzero entries of ``pt``, in order, at C speed: ``filter``
+    finds the values, and ``index`` from just past the previous one finds each (only zeros
+    lie between, so the first match is the entry)."""
+    out: list[tuple[int, int]] = []
+    if pt.count(0) == len(pt):
+        return out
+    i = -1
+    index = pt.index
+    for value in filter(None, pt):
+        i = index(value, i + 1)
+        out.append((i, value))
+    return out
 
 
 def pv_key(pmap: int, va: int) -> int:
@@ -529,6 +544,11 @@ class Arm32Core(Backend):
     def pmap_is_referenced(self, pa: int) -> bool:
         return bool(self._attrs[pa >> PGSHIFT] & PT_H)
 
+    def read_attributes(self, pa: int) -> tuple[bool, bool]:
+        """(is_modified, is_referenced) in one read (the harness's per-op read)."""
+        attrs = self._attrs[pa >> PGSHIFT]
+        return bool(attrs & PT_M), bool(attrs & PT_H)
+
     def pmap_collect(self, pmap: int) -> None:
         """Empty in v1.40 and v1.57."""
 
@@ -585,7 +605,17 @@ class Arm32Core(Backend):
     def pmap_wired_count(self, pmap: int) -> int:
         return self._pmaps[pmap].wired
 
+    def read_counts(self, pmap: int) -> tuple[int, int]:
+        """(resident_count, wired_count) in one read (the harness's per-op read)."""
+        pm = self._pmaps[pmap]
+        return pm.resident, pm.wired
+
     def walk(self, pmap: int, va: int) -> Translation | None:
+        fields = self.walk_fields(pmap, va)
+        return None if fields is None else Translation(*fields)
+
+    def walk_fields(self, pmap: int, va: int) -> tuple[int, int, bool] | None:
+        """``walk`` without building a Translation (the harness's per-op read)."""
         pm = self._pmaps.get(pmap)
         if pm is None:
             return None
@@ -595,7 +625,7 @@ class Arm32Core(Backend):
         pte = self._ptes[slot[0]][(va >> PGSHIFT) & PTE_INDEX_MASK]
         if not pte:
             return None
-        return Translation(pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED))
+        return pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
 
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
         pm = self._pmaps.get(pmap)
@@ -603,12 +633,27 @@ class Arm32Core(Backend):
             return
         for region, frame, i0, i1 in self._chunks(pm, sva, eva):
             base = region << PTSHIFT
-            pt = self._ptes[frame]
-            for i in compress(range(i0, i1), pt[i0:i1]):
-                pte = pt[i]
+            if i0 == 0 and i1 == NPTEPG:
+                entries: Iterable[tuple[int, int]] = self.live_entries(frame)
+            else:
+                pt = self._ptes[frame]
+                entries = ((i, pt[i]) for i in compress(range(i0, i1), pt[i0:i1]))
+            for i, pte in entries:
                 yield base | (i << PGSHIFT), Translation(
                     pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
                 )
+
+    def live_entries(self, frame: int) -> list[tuple[int, int]]:
+        """(index, PTE) of every nonzero PTE of PT frame ``frame``, in order (audits and
+        invariants).  During a full audit each frame is scanned once (``audit_memo``)."""
+        memo = self.audit_memo
+        if memo is not None:
+            live = memo.setdefault("arm32-live", {})
+            got = live.get(frame)
+            if got is None:
+                got = live[frame] = _nonzero(self._ptes[frame])
+            return got
+        return _nonzero(self._ptes[frame])
 
     def state_snapshot(self) -> object:
         pmaps = tuple(
