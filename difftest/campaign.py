@@ -10,6 +10,8 @@ line by line, small and bounded: ``difftest.journal``; ``OUT/divergences/*.json`
 ``OUT/corpus/*.record.json`` and the reproducers ``OUT/corpus/*.stream.json``, written then
 renamed); ``--resume OUT`` reads them back (``OUT/summary.json`` and the journal's tail)
 and goes on at the first uncommitted stream.
+At its end the campaign records what the reports' plots draw (``OUT/plots.json``,
+``difftest/plotdata.py``): reports render it and never run the campaign's streams again.
 
 Workers run through a ``concurrent.futures.Executor`` made by an *executor factory*
 (a local process pool by default; ``difftest.cluster.DaskCluster`` for a Dask cluster).
@@ -308,6 +310,12 @@ def _stdout_to_stderr() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
+def worker_registry(config: CampaignConfig) -> Any:
+    """In a worker: the plugin registry of a config (its host loaded once per process)."""
+    _worker_env(config)
+    return _WORKER_CACHE[("host", config.plugins)].registry
+
+
 def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) -> Stream:
     """Stream k: the generator's, or with feedback the mutant its recipe says."""
     _, gen = _worker_env(config)
@@ -401,11 +409,16 @@ def shrink_unit(task: ShrinkTask) -> ShrinkOutcome:
         # Every run is bounded, as the campaign's are: a hanging lane cannot hang the shrink.
         # A budget of work (runs), not of seconds: equal seeds give equal reproducers on a
         # loaded machine too.  The time budget is only a ceiling far above it.
-        outcome = shrink(stream, harness, task.signature,
-                         time_budget=SHRINK_TIME_CEILING * task.config.shrink_budget,
-                         time_limit=task.config.stream_timeout, max_runs=shrink_runs(task.config))
+        ceiling, max_runs = SHRINK_TIME_CEILING * task.config.shrink_budget, shrink_runs(task.config)
+        outcome = shrink(stream, harness, task.signature, time_budget=ceiling,
+                         time_limit=task.config.stream_timeout, max_runs=max_runs)
         small = outcome.stream
         error = None
+        if not outcome.complete and outcome.runs < max_runs:
+            # Stopped by the clock, not by its budget of runs: say so, since the same seed on
+            # a less loaded machine may give a smaller reproducer.
+            error = (f"stopped at its time ceiling ({ceiling:g} s) after {outcome.runs} of {max_runs} runs "
+                     f"(a loaded machine): the same seed may shrink further elsewhere")
         if task.backend:
             head = head_of(harness.run(small, time_limit=task.config.stream_timeout).divergences, task.backend)
         # The reproducer is data: keep timings out of it, so reports compare equal.
@@ -706,6 +719,7 @@ class Campaign:
                          if config.feedback else None)
         self.corpus = corpus
         self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
+        self.plots: dict[str, Any] | None = None  # what the reports' plots draw (difftest/plotdata.py)
         self._committed_set: set[int] = set()
         self.signatures = SignatureTable()  # the journal's numbering of signatures
         self.segments = 0  # closed journal segments
@@ -761,6 +775,7 @@ class Campaign:
                 rec.reproducer_ops = len(doc["reproducer"]["ops"])
                 rec.shrink_error = doc.get("shrink_error")
                 rec.head = doc.get("head")
+        self.plots = _read_plots(self.out, strict=not repair)
 
     def _replay_tail(self, journal: Path, offset: int, summary: dict[str, Any] | None, repair: bool) -> None:
         """Replay the journal from byte ``offset`` (what the summary does not cover), never
@@ -1060,6 +1075,7 @@ class Campaign:
                 self._collect_shrinks()
                 self._report_progress()
             executor = self._finish_shrinks(executor)
+            self._record_plots(executor)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
             interrupted = True
             raise
@@ -1119,6 +1135,43 @@ class Campaign:
             self._record_corpus_run(entry.name, outcome)
         self._watchdog.forget()
         return self.executor_factory(self.workers)
+
+    def _record_plots(self, executor: cf.Executor) -> None:
+        """Record the data the reports' plots draw (``difftest.plotdata``) in one worker,
+        under the watchdog; a worker that dies or hangs leaves a note instead."""
+        from difftest import plotdata
+
+        task = plotdata.make_task(self.config, self.records.values(), self.committed, self._culprits(),
+                                  self._recipe)
+        if task is None:
+            return
+        # Twice a stream's limit (the long stream, the coverage's streams generated again),
+        # and a stream's allowance per reproducer traced.
+        limit = 2 * self._limits[0] + len(task.reproducers) * unit_allowance(self.config)
+        try:
+            fut = executor.submit(plotdata.record, task)
+        except cf.BrokenExecutor:  # the pool broke after the last shrink: a fresh worker
+            found, fate = run_alone(self.executor_factory, task, plotdata.record, limit)
+        else:
+            found, fate = self._watched(executor, fut, limit)
+        self.plots = found if fate == "ok" else plotdata.not_recorded(
+            f"plot data not recorded: the worker recording it {'hung' if fate == 'hung' else 'died'}")
+        atomic_write_text(self.out / plotdata.PLOTS_FILE, json.dumps(self.plots, allow_nan=False))
+
+    def _watched(self, executor: cf.Executor, fut: cf.Future, limit: float) -> tuple[Any, str]:
+        """Wait for one task under the watchdog: (result, "ok"), (None, "died") or (None,
+        "hung") (its worker killed, or on a cluster abandoned)."""
+        while not fut.done():
+            cf.wait([fut], timeout=0.5)
+            mark_running(executor)
+            if self._watchdog.overdue({fut: limit}):
+                self._watchdog.forget()
+                kill_workers(executor, [fut])
+                return None, "hung"
+        try:
+            return fut.result(), "ok"
+        except cf.BrokenExecutor:
+            return None, "died"
 
     def _record_corpus_run(self, name: str, outcome: dict[str, Any]) -> None:
         self.corpus_runs[name] = outcome
@@ -1283,7 +1336,7 @@ class Campaign:
                     "first_hits": [{"elapsed": round(t, 3), "streams": n, "signature": s}
                                    for t, n, s in self.timeline]},
             worker_deaths=self.worker_deaths, hit_sets=self.hit_sets, survival=self.survival,
-            corpus=self.corpus, coverage=self.coverage.to_report(len(self.committed)),
+            corpus=self.corpus, coverage=self.coverage.to_report(len(self.committed)), plots=self.plots,
         )
 
 
@@ -1338,6 +1391,7 @@ def build_campaign_report(
     survival: dict[str, Survival] | None = None,
     corpus: Any = None,
     coverage: dict[str, Any] | None = None,
+    plots: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``difftest.report/1`` document of a campaign.  Everything but ``timing`` is a
     function of the configuration and the committed streams (and, with a corpus, of what
@@ -1414,9 +1468,32 @@ def build_campaign_report(
         doc["corpus"] = corpus.summary()
     if coverage is not None:
         doc["coverage"] = coverage
+    if plots is not None:
+        doc["plots"] = plots
     if timing is not None:
         doc["timing"] = timing
     return doc
+
+
+def _read_plots(out: Path, strict: bool) -> dict[str, Any] | None:
+    """``OUT/plots.json`` as the campaign wrote it (None: not written).  A damaged one is
+    bad input when ``strict`` (read for a merge); a resumed campaign writes it anew."""
+    from difftest.plotdata import PLOTS_FILE
+    from difftest.report_shape import plots_problem
+
+    path = out / PLOTS_FILE
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        problem = plots_problem(doc, "plots")
+    except (OSError, ValueError, RecursionError) as exc:
+        problem = f"not readable JSON ({short(str(exc))})"
+    if problem is None:
+        return doc
+    if strict:
+        raise BadInput(f"{path}: {problem}")
+    return None
 
 
 def read_campaign_meta(path: Path) -> tuple[CampaignConfig, list[KnownDivergence]]:
@@ -1451,10 +1528,13 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     hit_sets: Counter[frozenset[str]] = Counter()
     survival: dict[str, Survival] = {}
     tally = CoverageTally()
-    for d in dirs:
+    shard_plots: list[dict[str, Any] | None] = []
+    owners: dict[str, int] = {}  # signature -> the shard whose first sighting (and reproducer) is kept
+    for position, d in enumerate(dirs):
         camp = load_run_dir(Path(d))
         config, records, committed, n_ops = camp.config, camp.records, camp.committed, camp.ops
         hit_sets.update(camp.hit_sets)
+        shard_plots.append(camp.plots)
         for name, surv in camp.survival.items():
             survival.setdefault(name, Survival()).merge(surv)
         tally.add(camp.coverage)
@@ -1470,6 +1550,8 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         ops += n_ops
         for sig, rec in records.items():
             have = merged.get(sig)
+            if have is None or rec.first_k < have.first_k:
+                owners[sig] = position
             if have is None:
                 merged[sig] = rec
                 continue
@@ -1490,8 +1572,11 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
+    from difftest import plotdata
+
+    plots = plotdata.merge(shard_plots, plotdata.representative_stream(merged.values(), seen), owners)
     report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival,
-                                   coverage=tally.to_report(streams_run))
+                                   coverage=tally.to_report(streams_run), plots=plots)
     if missing:  # not the unsharded campaign's report: say what it lacks
         report["campaign"]["shard"] = "+".join(str(i) for i in sorted(shards)) + f"/{base.shard_count}"
         report["campaign"]["shards_missing"] = missing

@@ -2,7 +2,9 @@
 
 The battery of hand-written contract streams (``difftest.conformance``), each run against
 the reference, then a short campaign with shrunk reproducers; one table row per check.
-Exit 0 when the backend conforms (expected failures allowed), 1 when it does not.
+Exit 0 when the backend conforms (expected failures allowed), 1 when it does not (a backend
+that crashes, hangs or ends its process anywhere, bootstrap included, fails the check it was
+running: every call into the backends runs in a worker process, bounded).
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ from difftest.conformance import (
     BatteryTask,
     CheckResult,
     Conformance,
+    Probe,
+    ProbeTask,
+    ReproducerTask,
+    campaign_rows,
     conforming,
+    firsts_isolated,
+    probe_isolated,
+    registered_pair,
     run_battery_isolated,
 )
+from difftest.divergence import Divergence
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput, NothingToRun
 
 CAMPAIGN_OPS = 500  # ops per campaign stream: many short streams, quick to shrink
@@ -54,25 +64,26 @@ def check_backend_cmd(ctx: Context, name: str, reference: str | None, budget: st
     """Run the conformance battery and a short campaign against one backend."""
     started = time.monotonic()
     budget_s = parse_duration(budget)
-    conf = Conformance(ctx.registry, name, reference, time_limit=check_timeout)
+    reference = registered_pair(ctx.registry, name, reference)
+    plugins = tuple(ctx.plugin_modules)
+    # Every call into the backends runs in a worker process (difftest.conformance).
+    probed = probe_isolated(ProbeTask(plugins, name, tuple(dict.fromkeys((reference, name))), check_timeout),
+                            local_process_pool)
+    conf = Conformance(ctx.registry, name, reference, time_limit=check_timeout, probed=probed)
     out_dir = Path(out) if out else Path("difftest-out") / f"check-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out_dir / "campaign" / "journal.jsonl").exists():
         raise BadInput(f"{out_dir} already holds a check-backend run: give another --out")
     (out_dir / "checks").mkdir(parents=True, exist_ok=True)
-    plugins = tuple(ctx.plugin_modules)
 
     def replay(path: str) -> str:
         return conf.replay_command(path, plugins)
 
-    try:
-        conf.layout  # boots both backends and creates a pmap on each
-    except Exception as exc:  # a backend that cannot boot fails everything that follows
-        rows = [CheckResult("bootstrap", "the backends boot and create a pmap", FAIL, 0,
-                            reason=f"{type(exc).__name__}: {exc}")]
+    if probed.problem:  # a backend that cannot boot fails everything that follows
+        rows = [CheckResult("bootstrap", "the backends boot and create a pmap", FAIL, 0, reason=probed.problem)]
     else:
-        rows = _battery(conf, out_dir, plugins, check_timeout, replay)
+        rows = _battery(conf, out_dir, plugins, check_timeout, replay, probed)
         rows += _campaign(conf, out_dir, seed, workers, budget_s - (time.monotonic() - started), plugins,
-                          replay)
+                          replay, probed)
     ok = conforming(rows)
     doc = {"format": CHECK_FORMAT, "backend": conf.backend, "reference": conf.reference,
            "capabilities": conf.capabilities, "conforming": ok, "out": str(out_dir),
@@ -86,14 +97,14 @@ def check_backend_cmd(ctx: Context, name: str, reference: str | None, budget: st
 
 
 def _battery(conf: Conformance, out_dir: Path, plugins: tuple[str, ...], check_timeout: float,
-             replay) -> list[CheckResult]:
+             replay, probed: Probe) -> list[CheckResult]:
     """Every check's stream written to OUT/checks, then the checks run in a worker."""
     paths = {}
     for check in CHECKS:
         path = out_dir / "checks" / f"{check.name}.stream.json"
         streams.save(conf.stream(check), path)
         paths[check.name] = str(path)
-    task = BatteryTask(plugins, conf.backend, conf.reference, tuple(c.name for c in CHECKS), check_timeout)
+    task = BatteryTask(plugins, conf.backend, conf.reference, tuple(c.name for c in CHECKS), check_timeout, probed)
     return [
         replace(row, path=paths[row.name], replay=replay(paths[row.name])) if row.outcome != PASS else
         replace(row, path=paths[row.name])
@@ -102,7 +113,7 @@ def _battery(conf: Conformance, out_dir: Path, plugins: tuple[str, ...], check_t
 
 
 def _campaign(conf: Conformance, out_dir: Path, seed: int, workers: int, budget: float,
-              plugins: tuple[str, ...], replay) -> list[CheckResult]:
+              plugins: tuple[str, ...], replay, probed: Probe) -> list[CheckResult]:
     if budget < 1.0:
         return [CheckResult("campaign", "a short differential campaign", SKIP, 0,
                             reason="no time left in --budget")]
@@ -115,12 +126,19 @@ def _campaign(conf: Conformance, out_dir: Path, seed: int, workers: int, budget:
     except NothingToRun:
         return [CheckResult("campaign", "a short differential campaign", SKIP, 0,
                             reason="no stream finished within --budget")]
-    return conf.campaign_rows(report, str(out_dir / "campaign"), replay)
+    # Where each signature first shows in its shrunk reproducer (run again in a worker);
+    # the campaign's first sighting when that worker dies or hangs.
+    mine = tuple((e["signature"], e["reproducer"]) for e in report["divergences"]
+                 if e["backend"] == conf.backend and e.get("reproducer"))
+    firsts = firsts_isolated(ReproducerTask(plugins, conf.backend, conf.reference, conf.time_limit, probed, mine),
+                             local_process_pool) if mine else {}
+    return campaign_rows(report, conf.backend, conf.expected, str(out_dir / "campaign"), replay,
+                         lambda e: firsts.get(e["signature"]) or Divergence.from_json(e["first"]))
 
 
 def _print_table(conf: Conformance, rows: list[CheckResult], ok: bool, out_dir: Path) -> None:
-    caps = ", ".join(f"{k} = {v}" for k, v in sorted(conf.capabilities.items()))
-    click.echo(f"check-backend {conf.backend} (reference {conf.reference}; {caps})")
+    caps = "".join(f"; {k} = {v}" for k, v in sorted(conf.capabilities.items()))  # none: it did not boot
+    click.echo(f"check-backend {conf.backend} (reference {conf.reference}{caps})")
     table = []
     for r in rows:
         first = f"op {r.first.op_index}: {r.first.op}" if r.first is not None else ""

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import functools
 import shlex
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Sequence
 
 from difftest.backend import Backend, BackendSpec, Registry
 from difftest.divergence import Divergence, KnownDivergence, RunResult
@@ -139,19 +139,25 @@ def table_spans(specs: Iterable[BackendSpec]) -> list[int]:
     return sorted(s for s in spans if 2 * PAGE_SIZE <= s < (1 << 32))
 
 
-def layout_for(specs: Sequence[BackendSpec]) -> Layout:
+def boot_frames(spec: BackendSpec) -> int:
+    """Frames a backend takes to boot and to create one pmap, measured on a large pool
+    (plugin code: ``check-backend`` calls it in a worker, ``probe``)."""
+    pool = PhysPool(1 << 16)
+    backend: Backend = spec.factory(pool)
+    backend.pmap_create(1)
+    return (1 << 16) - pool.free_frames
+
+
+def layout_for(specs: Sequence[BackendSpec], boot: int | None = None) -> Layout:
+    """The layout of the checks for ``specs``; ``boot``: the most frames one of them takes
+    to boot and create a pmap (measured here, running their code, when None)."""
     spans = table_spans(specs)
     base = 0x10000000  # 256 MiB: an edge of every span up to 256 MiB
     edges = {base + s for s in spans if base + s < USER_MAX - PAGE_SIZE}
     edges |= {s for s in spans if s > base and s < USER_MAX - PAGE_SIZE}
     kernel_edges = {KERNEL_MIN + s for s in spans if KERNEL_MIN + s < 0xFFFF0000}
-    # Frames the backends take to boot and to create one pmap, measured on a large pool.
-    boot = 0
-    for spec in specs:
-        pool = PhysPool(1 << 16)
-        backend: Backend = spec.factory(pool)
-        backend.pmap_create(1)
-        boot = max(boot, (1 << 16) - pool.free_frames)
+    if boot is None:
+        boot = max(boot_frames(spec) for spec in specs)
     return Layout(tuple(sorted(edges))[:8], tuple(sorted(kernel_edges))[:4],
                   exhaust_pages=max(64, boot + len(DATA) + 24))
 
@@ -394,27 +400,35 @@ class CheckResult:
         }
 
 
+def registered_pair(registry: Registry, backend: str, reference: str | None) -> str:
+    """The reference's name (the default when None), both names checked (BadInput)."""
+    reference = reference or DEFAULT_REFERENCE
+    for name, what in ((backend, "backend"), (reference, "reference")):
+        if name not in registry.backends:
+            known = ", ".join(sorted(registry.backends)) or "none"
+            raise BadInput(f"unknown {what} {name!r} (registered: {known})")
+    return reference
+
+
 class Conformance:
     """The battery for one backend against a reference, both found by name in ``registry``."""
 
     def __init__(self, registry: Registry, backend: str, reference: str | None = None,
-                 time_limit: float = 10.0) -> None:
-        reference = reference or DEFAULT_REFERENCE
-        for name, what in ((backend, "backend"), (reference, "reference")):
-            if name not in registry.backends:
-                known = ", ".join(sorted(registry.backends)) or "none"
-                raise BadInput(f"unknown {what} {name!r} (registered: {known})")
+                 time_limit: float = 10.0, probed: "Probe | None" = None) -> None:
+        """``probed``: the capabilities and boot frames measured in a worker (``probe``),
+        so that nothing here runs the backends' code; without it they are measured here."""
+        reference = registered_pair(registry, backend, reference)
         self.backend = backend
         self.reference = reference
         self.spec = registry.backends[backend]
         specs = [registry.backends[reference]] + ([self.spec] if backend != reference else [])
         self.specs = specs
         self.harness = Harness(specs, reference, registry.invariants)
-        self.capabilities = capabilities_of(self.spec)
+        self.capabilities = dict(probed.capabilities) if probed is not None else capabilities_of(self.spec)
         self.expected = expected_patterns(backend, self.capabilities)
         self.known = [*registry.known, *self.expected]
         self.time_limit = time_limit
-        self._layout: Layout | None = None
+        self._layout: Layout | None = layout_for(specs, probed.boot) if probed is not None else None
 
     @property
     def layout(self) -> Layout:
@@ -466,23 +480,11 @@ class Conformance:
         return shlex.join(words)
 
 
-    def campaign_rows(self, report: dict, out: str, replay: Callable[[str], str]) -> list[CheckResult]:
-        """A campaign's outcome as rows: one per signature of the backend (known ones and
-        those a missing capability explains are XFAIL), or one PASS row.  The first failing
-        op is the shrunk reproducer's, found by running it again."""
-        return campaign_rows(report, self.backend, self.expected, out, replay, self._first_in_reproducer)
-
-    def _first_in_reproducer(self, entry: dict) -> Divergence:
-        if entry.get("reproducer"):
-            run = self.harness.run(stream_from_json(entry["reproducer"]), time_limit=self.time_limit)
-            found = run.first(entry["signature"])
-            if found is not None:
-                return found
-        return Divergence.from_json(entry["first"])
-
-
 def campaign_rows(report: dict, backend: str, expected: Sequence[KnownDivergence], out: str,
                   replay: Callable[[str], str], first_of: Callable[[dict], Divergence]) -> list[CheckResult]:
+    """A campaign's outcome as rows: one per signature of the backend (known ones and those
+    a missing capability explains are XFAIL), or one PASS row.  ``first_of(entry)``: the
+    first divergence to show (``first_in_reproducers``: the shrunk reproducer's)."""
     summary = f"campaign: {report['streams']} streams, {report['ops']} ops against {report['reference']}"
     rows = []
     for entry in report["divergences"]:
@@ -509,7 +511,98 @@ def conforming(rows: Iterable[CheckResult]) -> bool:
     return not any(r.outcome == FAIL for r in rows)
 
 
-# -- running the battery in a worker process ---------------------------------------------------------
+# -- check-backend runs every plugin call in worker processes -----------------------------------------
+#
+# Each call is bounded twice, as in a campaign: SIGALRM inside the worker (a hang of the
+# backend, the others' checks go on), and a limit in the parent that kills a worker which
+# outlives it (a backend that ignores SIGALRM or spins in C code).  Whatever a backend raises
+# (SystemExit and KeyboardInterrupt included) is its crash; a worker that dies (os._exit) or
+# is killed fails the check it was running, named, and the others run on a fresh worker.
+
+WORKER_START = 10.0  # seconds for a fresh worker to start and load the plugins
+WORKER_GRACE = 2.0  # seconds past a call's own limit before its worker is killed
+
+_REGISTRIES: dict[tuple[str, ...], Registry] = {}
+
+
+def _worker_registry(plugins: tuple[str, ...]) -> Registry:
+    """In a worker: the registry of ``plugins``, loaded once per process."""
+    if plugins not in _REGISTRIES:
+        from difftest import interrupts
+        from difftest.campaign import _stdout_to_stderr
+        from difftest.plugins import PluginHost
+
+        interrupts.install()
+        _stdout_to_stderr()
+        _REGISTRIES[plugins] = PluginHost().load(plugins)
+    return _REGISTRIES[plugins]
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """Boot ``names`` (creating a pmap on each) and read ``backend``'s capabilities."""
+
+    plugins: tuple[str, ...]
+    backend: str
+    names: tuple[str, ...]
+    time_limit: float
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the layout and the verdicts need from the backends' own code."""
+
+    boot: int = 0  # the most frames one of them takes to boot and create a pmap
+    capabilities: tuple[tuple[str, bool], ...] = ()
+    problem: str = ""  # the culprit's crash or hang, one line ("" when none)
+
+
+def probe(task: ProbeTask) -> Probe:
+    """Executed in a worker process."""
+    from difftest.harness import StreamTimeout, _alarm
+    from difftest.interrupts import plugin_fault
+
+    registry = _worker_registry(task.plugins)
+    boot, caps = 0, ()
+    for name in task.names:
+        spec = registry.backends[name]
+        try:
+            with _alarm(task.time_limit):
+                if name == task.backend:
+                    caps = tuple(sorted(capabilities_of(spec).items()))
+                boot = max(boot, boot_frames(spec))
+        except StreamTimeout:
+            return Probe(problem=f"{name} hung at bootstrap: no pmap created within {task.time_limit:g} s")
+        except BaseException as exc:
+            if not plugin_fault(exc):
+                raise
+            text = " ".join(str(exc).split())[:200]  # one line, bounded
+            what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            return Probe(problem=f"{name} crashed at bootstrap: {what}")
+    return Probe(boot, caps)
+
+
+def probe_isolated(task: ProbeTask, executor_factory: Callable[[int], Any]) -> Probe:
+    """``probe`` each backend in a worker of its own (so that one that ends or hangs its
+    process is named); the first problem, or what they all measured."""
+    from difftest.campaign import run_alone
+
+    limit = WORKER_START + task.time_limit + WORKER_GRACE
+    boot, caps = 0, ()
+    for name in task.names:
+        found, fate = run_alone(executor_factory, replace(task, names=(name,)), probe, limit)
+        if fate != "ok":
+            return Probe(problem=f"{name} {_fate(fate)} at bootstrap")
+        if found.problem:
+            return found
+        boot = max(boot, found.boot)
+        caps = found.capabilities or caps
+    return Probe(boot, caps)
+
+
+def _fate(fate: str) -> str:
+    return ("hung: its process outlived its limit and was killed" if fate == "hung"
+            else "ended its process (os._exit, a signal or the OOM killer)")
 
 
 @dataclass(frozen=True)
@@ -521,41 +614,95 @@ class BatteryTask:
     reference: str
     checks: tuple[str, ...]
     time_limit: float
+    probed: Probe | None = None
 
 
 def run_battery(task: BatteryTask) -> list[CheckResult]:
-    """Run ``task.checks`` (executed in a worker process: a backend that ends its process
-    takes only the worker with it)."""
-    from difftest.plugins import PluginHost
-
-    registry = PluginHost().load(task.plugins)
-    conf = Conformance(registry, task.backend, task.reference, time_limit=task.time_limit)
+    """Run ``task.checks``: executed in a worker process (the harness makes whatever a
+    backend raises its crash)."""
+    registry = _worker_registry(task.plugins)
+    conf = Conformance(registry, task.backend, task.reference, time_limit=task.time_limit, probed=task.probed)
     return [conf.run(check_named(name)) for name in task.checks]
 
 
-def run_battery_isolated(task: BatteryTask, executor_factory: Callable[[int], object]) -> list[CheckResult]:
-    """All checks in one worker; if the worker dies, each check again in a worker of its
-    own, so that the one that kills the process is named and the others still count."""
+def run_battery_isolated(task: BatteryTask, executor_factory: Callable[[int], Any]) -> list[CheckResult]:
+    """Each check a task of its own on a one-worker pool, watched: the worker runs them in
+    order, so the first unfinished check is the one running.  One that outlives its limit
+    has its worker killed (its FAIL: a hang), one whose worker dies fails (named); the
+    checks after it run on a fresh worker."""
+    import concurrent.futures as cf
+    import time
     from concurrent.futures.process import BrokenProcessPool
 
-    def in_worker(t: BatteryTask) -> list[CheckResult]:
-        executor = executor_factory(1)
-        try:
-            return executor.submit(run_battery, t).result()  # type: ignore[attr-defined]
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)  # type: ignore[attr-defined]
+    from difftest.campaign import kill_workers
 
-    try:
-        return in_worker(task)
-    except BrokenProcessPool:
-        pass
-    rows: list[CheckResult] = []
-    for name in task.checks:
+    rows: dict[str, CheckResult] = {}
+    todo = list(task.checks)
+    while todo:
+        executor = executor_factory(1)
+        futures = [(name, executor.submit(run_battery, replace(task, checks=(name,)))) for name in todo]
+        current, since = 0, time.monotonic()
+        killed = False
         try:
-            rows += in_worker(BatteryTask(task.plugins, task.backend, task.reference, (name,), task.time_limit))
-        except BrokenProcessPool:
-            check = check_named(name)
-            rows.append(CheckResult(name, check.description, FAIL, 0,
-                                    reason="the process running this check died (os._exit, a signal "
-                                           "or the OOM killer)"))
-    return rows
+            while current < len(futures):
+                name, fut = futures[current]
+                # A check whose backend hangs gives the reference a fresh limit: twice its own.
+                limit = 3 * task.time_limit + WORKER_GRACE + (WORKER_START if current == 0 else 0.0)
+                try:
+                    (rows[name],) = fut.result(timeout=max(0.0, since + limit - time.monotonic()))
+                except cf.TimeoutError:
+                    killed = kill_workers(executor)
+                    rows[name] = _lost(name, "hung")
+                    current += 1
+                    break
+                except BrokenProcessPool:
+                    rows[name] = _lost(name, "died")
+                    current += 1
+                    break
+                current += 1
+                since = time.monotonic()
+        finally:
+            executor.shutdown(wait=killed or current >= len(futures), cancel_futures=True)
+        todo = [name for name, _ in futures[current:]]
+    return [rows[name] for name in task.checks]
+
+
+def _lost(name: str, fate: str) -> CheckResult:
+    check = check_named(name)
+    what = (f"the process running this check outlived its limit and was killed (a hang)" if fate == "hung"
+            else "the process running this check died (os._exit, a signal or the OOM killer)")
+    return CheckResult(name, check.description, FAIL, 0, reason=what)
+
+
+@dataclass(frozen=True)
+class ReproducerTask:
+    """Run reproducers again to find where each signature first shows in them."""
+
+    plugins: tuple[str, ...]
+    backend: str
+    reference: str
+    time_limit: float
+    probed: Probe
+    entries: tuple[tuple[str, dict], ...]  # (signature, reproducer as JSON)
+
+
+def first_in_reproducers(task: ReproducerTask) -> dict[str, Divergence]:
+    """Executed in a worker process: signature -> its first divergence in its reproducer."""
+    registry = _worker_registry(task.plugins)
+    conf = Conformance(registry, task.backend, task.reference, time_limit=task.time_limit, probed=task.probed)
+    found = {}
+    for signature, doc in task.entries:
+        first = conf.harness.run(stream_from_json(doc), time_limit=task.time_limit).first(signature)
+        if first is not None:
+            found[signature] = first
+    return found
+
+
+def firsts_isolated(task: ReproducerTask, executor_factory: Callable[[int], Any]) -> dict[str, Divergence]:
+    """``first_in_reproducers`` in a worker of its own ({} when the worker dies or hangs:
+    the rows then show the campaign's first sighting)."""
+    from difftest.campaign import run_alone
+
+    limit = WORKER_START + len(task.entries) * (task.time_limit + WORKER_GRACE)
+    found, fate = run_alone(executor_factory, task, first_in_reproducers, limit)
+    return found if fate == "ok" else {}

@@ -102,6 +102,97 @@ DEATH: dict[str, Check] = {"stream": _int(), "seed": SEED, "backends": _list_of(
 GONE: dict[str, Check] = {"signature": _str, "reason": _or_none(_str)}
 
 
+def _series(v: Any) -> bool:
+    from difftest.plotdata import SERIES_POINTS
+
+    return isinstance(v, list) and len(v) <= SERIES_POINTS and all(ANY_INT(x) for x in v)
+
+
+def _rows(v: Any) -> bool:
+    from difftest.plotdata import TABLE_ROWS
+
+    return isinstance(v, list) and len(v) <= TABLE_ROWS
+
+
+PLOTS: dict[str, Check] = {"long_stream": _or_none(_dict), "coverage": _or_none(_dict), "reproducers": _map_of(_dict),
+                           "notes": _list_of(_str)}
+TRACED: dict[str, Check] = {"ops": _int(), "ops_total": _int(), "step": _int(1), "reference": _str,
+                            "divergences": _int(), "lanes": lambda v: isinstance(v, list)}
+LONG_STREAM: dict[str, Check] = {"stream": _int(), "seed": SEED, **TRACED}
+REPRODUCER: dict[str, Check] = {**TRACED, "marks": _list_of(_int()), "rows": _rows, "reproduced": _bool,
+                                "others": _list_of(_str)}
+ROW: dict[str, Check] = {"index": _int(), "op": _str, "cells": lambda v: isinstance(v, list)}
+CELL: dict[str, Check] = {"held": _or_none(ANY_INT), "needed": _or_none(ANY_INT), "freed": ANY_INT,
+                          "divergences": lambda v: isinstance(v, list)}
+CELL_DIVERGENCE: dict[str, Check] = {"signature": _str, "kind": _str, "class": _str, "observed": _str}
+LANE: dict[str, Check] = {
+    "backend": _str, "held": _series, "needed": _series, "over": _series, "freed": _series, "ops": _int(),
+    "peak_held": ANY_INT, "peak_needed": ANY_INT, "end_held": _or_none(ANY_INT), "end_needed": _or_none(ANY_INT),
+    "excess": ANY_INT, "freed_total": ANY_INT, "out_of_memory": _or_none(_int()), "stopped": _or_none(_str),
+}
+PLOT_COVERAGE: dict[str, Check] = {"streams": _int(), "ops": _int(), "op_kinds": _map_of(_int()),
+                                   "depth": _map_of(ANY_INT)}
+
+
+def plots_problem(plots: Any, where: str) -> str | None:
+    """What is wrong in a ``plots`` object (the report's, or a campaign's ``plots.json``).
+    Every field is required: the recorder writes them all."""
+    problem = _required(plots, PLOTS, where)
+    if problem:
+        return problem
+    if plots["long_stream"] is not None:
+        problem = _traced_problem(plots["long_stream"], LONG_STREAM, f"{where}.long_stream")
+        if problem:
+            return problem
+    for signature, traced in plots["reproducers"].items():
+        problem = _traced_problem(traced, REPRODUCER, f"{where}.reproducers[{short(signature)}]")
+        if problem:
+            return problem
+    if plots["coverage"] is not None:
+        return _required(plots["coverage"], PLOT_COVERAGE, f"{where}.coverage")
+    return None
+
+
+def _traced_problem(traced: Any, checks: dict[str, Check], where: str) -> str | None:
+    """A traced stream of ``plots``: its fields, its lanes and (a reproducer's) table rows."""
+    problem = _required(traced, checks, where) or _each_required(traced["lanes"], LANE, f"{where}.lanes")
+    for i, row in enumerate(traced.get("rows", ()) if problem is None else ()):
+        problem = _row_problem(row, len(traced["lanes"]), f"{where}.rows[{i}]")
+        if problem:
+            break
+    return problem
+
+
+def _row_problem(row: Any, lanes: int, where: str) -> str | None:
+    problem = _required(row, ROW, where)
+    if problem:
+        return problem
+    if len(row["cells"]) != lanes:
+        return f"{where}.cells has {len(row['cells'])} cells for {lanes} lanes"
+    for j, cell in enumerate(row["cells"]):
+        problem = _required(cell, CELL, f"{where}.cells[{j}]") or _each_required(
+            cell["divergences"], CELL_DIVERGENCE, f"{where}.cells[{j}].divergences")
+        if problem:
+            return problem
+    return None
+
+
+def _each_required(items: list[Any], checks: dict[str, Check], where: str) -> str | None:
+    for i, item in enumerate(items):
+        problem = _required(item, checks, f"{where}[{i}]")
+        if problem:
+            return problem
+    return None
+
+
+def _required(doc: Any, checks: dict[str, Check], where: str) -> str | None:
+    if isinstance(doc, dict):
+        for key in checks:
+            if key not in doc:
+                return f"{where} has no {key!r}"
+    return _fields(doc, checks, where)
+
+
 def _fields(doc: Any, checks: dict[str, Check], where: str) -> str | None:
     if not isinstance(doc, dict):
         return f"{where} is not an object"
@@ -181,7 +272,7 @@ def _stream_problem(value: Any, where: str) -> str | None:
 
 
 def _campaign_extras(doc: dict[str, Any]):
-    """Problems (or None) in bugs, survival, coverage, corpus, lifecycle, allowed and stopped."""
+    """Problems (or None) in bugs, survival, coverage, plots, corpus, lifecycle, allowed and stopped."""
     if "bugs" in doc:
         yield _objects(doc["bugs"], BUG, "bugs")
         for i, bug in enumerate(doc["bugs"]):
@@ -199,6 +290,8 @@ def _campaign_extras(doc: dict[str, Any]):
         yield _fields(doc["coverage"], COVERAGE, "coverage")
         if isinstance(doc["coverage"], dict) and "health" in doc["coverage"]:
             yield _objects(doc["coverage"]["health"], HEALTH, "coverage.health")
+    if "plots" in doc:
+        yield plots_problem(doc["plots"], "plots")
     if "corpus" in doc:
         yield _fields(doc["corpus"], CORPUS, "corpus")
         if isinstance(doc["corpus"], dict) and "not_run" in doc["corpus"]:

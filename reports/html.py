@@ -2,13 +2,14 @@
 matplotlib plots inlined as SVG, CSS inline, no JavaScript, no URL).
 
 It shows the campaign; the divergences by signature (kind, backend, count, known/new and
-the lifecycle status with ``--compare``), each with its minimised reproducer run again as
-a table of ops with every backend's page-table frames side by side; and plots: frames held
-and needed along each reproducer and along a long stream of the campaign, frames freed per
-op, signatures found over campaign time, and the generator's coverage.
+the lifecycle status with ``--compare``), each with its minimised reproducer as a table of
+ops with every backend's page-table frames side by side; and plots: frames held and needed
+along each reproducer and along a long stream of the campaign, frames freed per op,
+signatures found over campaign time, and the generator's coverage.
 
-Running things again needs the plugin registry (``reports.analysis``): ``difftest report``
-passes it (``write(report, out, registry=...)``); without it one is loaded once per process.
+The traces and the coverage are what the campaign recorded (``report["plots"]``,
+``difftest/plotdata.py``): this page runs no backend and generates no stream.  A report
+without them (an older one) shows a note in their place, and each reproducer's ops plainly.
 Every string from a plugin or a stream goes through autoescape; the only markup inserted
 unescaped is matplotlib's SVG, checked by ``reports.plots.to_svg``.
 """
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 from reports import analysis, common, plots
 from reports.health import coverage_context
 
-OP_TABLE_ROWS = 60  # longer reproducers show the ops around where they diverge
+OP_TABLE_ROWS = 60  # ops of a reproducer the campaign did not trace, listed plainly
 STATUS_CLASS = {"new": "bad", "regressed": "bad", "open": "warn", "known": "muted", "fixed": "good",
                 "fixed earlier": "good"}
 
@@ -36,39 +37,29 @@ def _safe_plot(make, *args: Any) -> tuple[Any, str | None]:
         return None, f"plot not drawn: {type(exc).__name__}: {exc}"
 
 
-def _op_rows(traced: analysis.Traced, marks: set[int]) -> list[dict[str, Any]]:
-    n = len(traced.ops)
-    keep = set(range(n))
-    if n > OP_TABLE_ROWS:
-        keep = set(range(3)) | {n - 1}
-        for m in marks:
-            keep |= set(range(max(0, m - 5), min(n, m + 6)))
+def _op_rows(traced: dict[str, Any], marks: set[int]) -> list[dict[str, Any]]:
+    """The recorded table rows, with a gap row where ops were left out."""
     rows: list[dict[str, Any]] = []
     last = -1
-    for i in sorted(keep):
+    for row in traced["rows"]:
+        i = row["index"]
         if i != last + 1:
             rows.append({"gap": i - last - 1})
         last = i
-        at = traced.at(i)
-        cells = []
-        for b in traced.backends:
-            held = traced.held[b][i] if i < len(traced.held[b]) else None
-            needed = traced.needed[b][i] if i < len(traced.needed[b]) else None
-            freed = traced.freed[b][i] if i < len(traced.freed[b]) else 0
-            divs = at.get(b, [])
-            cells.append({
-                "frames": "-" if held is None else f"{held} / {needed}",
-                "freed": freed,
-                "over": held is not None and needed is not None and held > needed,
-                "divergences": [{"signature": d.signature, "cls": d.cls, "kind": d.kind,
-                                 "observed": d.observations.get(b, ""), "message": d.message} for d in divs],
-            })
-        rows.append({"index": i, "op": traced.ops[i], "cells": cells, "marked": i in marks})
+        cells = [{
+            "frames": "-" if c["held"] is None else f"{c['held']} / {c['needed']}",
+            "freed": c["freed"],
+            "over": c["held"] is not None and c["needed"] is not None and c["held"] > c["needed"],
+            "divergences": [{"signature": d["signature"], "cls": d["class"], "kind": d["kind"],
+                             "observed": d["observed"]} for d in c["divergences"]],
+        } for c in row["cells"]]
+        rows.append({"index": i, "op": row["op"], "cells": cells, "marked": i in marks})
+    if last + 1 < traced["ops"]:
+        rows.append({"gap": traced["ops"] - last - 1})
     return rows
 
 
-def _divergence(report: dict[str, Any], entry: dict[str, Any], i: int, registry: Any, registry_note: str | None,
-                run_dir: Any) -> dict[str, Any]:
+def _divergence(report: dict[str, Any], entry: dict[str, Any], i: int, run_dir: Any) -> dict[str, Any]:
     first = entry.get("first") or {}
     st = common.status(report, entry)
     item: dict[str, Any] = {
@@ -95,70 +86,75 @@ def _divergence(report: dict[str, Any], entry: dict[str, Any], i: int, registry:
         "repro": None,
         "repro_note": None,
     }
-    if registry is None:
-        item["repro_note"] = f"reproducer not run again: {registry_note}"
+    recorded, why = _plots(report)
+    traced = (recorded or {}).get("reproducers", {}).get(entry.get("signature"))
+    if traced is None:
+        if recorded is not None:
+            why = ("the campaign did not trace it" + (f" ({'; '.join(recorded['notes'])})" if recorded["notes"]
+                                                      else " (its backend killed a worker)"))
+        item["repro_note"] = f"reproducer not traced: {why}"
         item["plain_ops"] = common.reproducer_excerpt(common.reproducer_ops(entry), common.divergence_ops(entry),
                                                       limit=OP_TABLE_ROWS)
         return item
-    traced = analysis.run_reproducer(report, registry, entry)
-    if isinstance(traced, str):
-        item["repro_note"] = f"reproducer not run again: {traced}"
-        item["plain_ops"] = common.reproducer_excerpt(common.reproducer_ops(entry), common.divergence_ops(entry),
-                                                      limit=OP_TABLE_ROWS)
-        return item
-    marks = {d.op_index for d in traced.divergences if d.signature == entry.get("signature") and d.op_index >= 0}
-    if entry.get("class") == "out-of-memory" and entry.get("backend") in traced.died:
-        # Not a harness divergence: the finding is the backend dying where the reference lives.
-        marks.add(traced.died[entry["backend"]])
-    svg, note = _safe_plot(plots.frames_plot, traced, f"r{i}",
+    series = analysis.recorded(traced)
+    marks = set(traced["marks"])
+    svg, note = _safe_plot(plots.frames_plot, series, f"r{i}",
                            "the reproducer: PT + L1 frames held (solid) and needed (dashed); dotted: the divergence",
                            sorted(marks))
     item["repro"] = {
-        "backends": traced.backends,
-        "reference": traced.reference,
+        "backends": series.backends,
+        "reference": series.reference,
         "rows": _op_rows(traced, marks),
         "plot": svg,
         "plot_note": note,
-        "notes": traced.notes,
-        "reproduced": bool(marks) or entry.get("backend") not in traced.backends,
-        "others": sorted({d.signature for d in traced.divergences if d.signature != entry.get("signature")}),
-        "stopped": traced.stopped,
+        "notes": series.notes(),
+        "reproduced": traced["reproduced"],
+        "others": traced["others"],
+        "stopped": {lane["backend"]: lane["stopped"] for lane in traced["lanes"] if lane["stopped"]},
     }
     return item
 
 
-def _long_stream(report: dict[str, Any], registry: Any) -> dict[str, Any]:
-    k, traced = analysis.long_stream(report, registry)
-    out: dict[str, Any] = {"k": k, "note": None}
-    if isinstance(traced, str):
-        out["note"] = traced
-        return out
-    camp = report.get("campaign") or {}
-    from difftest.campaign import unit_seed
+NO_PLOT_DATA = ("the report holds no plot data recorded by its campaign (written by an older pmap-difftest): "
+                "omitted, since a report never runs the campaign again")
 
-    out["seed"] = unit_seed(camp["seed"], k)
-    out["ops"] = traced.length
-    out["notes"] = traced.notes
+
+def _plots(report: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """(the campaign's recorded plot data or None, why a piece is missing)."""
+    plots = report.get("plots")
+    if not isinstance(plots, dict):
+        return None, NO_PLOT_DATA if isinstance(report.get("campaign"), dict) else "the report is not a campaign's"
+    return plots, "; ".join(plots.get("notes") or ()) or "the campaign recorded none"
+
+
+def _long_stream(report: dict[str, Any]) -> dict[str, Any]:
+    recorded, why = _plots(report)
+    if recorded is None or not recorded.get("long_stream"):
+        return {"note": why}
+    traced = analysis.recorded(recorded["long_stream"])
+    k = recorded["long_stream"]["stream"]
+    out: dict[str, Any] = {"k": k, "note": None, "seed": recorded["long_stream"]["seed"], "ops": traced.length,
+                           "notes": traced.notes()}
     out["frames"], out["frames_note"] = _safe_plot(
         plots.frames_plot, traced, "long",
         f"stream {k} of the campaign: PT + L1 frames held (solid) and needed (dashed)")
     out["freed"], out["freed_note"] = _safe_plot(plots.freed_plot, traced, "freed",
                                                  f"stream {k}: frames freed per op, per backend")
     rows = []
-    for b in traced.backends:
-        held, needed = traced.held[b], traced.needed[b]
+    for lane in traced.lanes:
+        end = "-" if lane["end_held"] is None else f"{lane['end_held']} / {lane['end_needed']}"
         rows.append({
-            "backend": b,
-            "reference": b == traced.reference,
-            "peak_held": max(held, default=0),
-            "peak_needed": max(needed, default=0),
-            "end": f"{held[-1]} / {needed[-1]}" if held else "-",
-            "excess": traced.excess(b),
-            "freed": sum(traced.freed[b]),
-            "stopped": traced.stopped.get(b, ""),
+            "backend": lane["backend"],
+            "reference": lane["backend"] == traced.reference,
+            "peak_held": lane["peak_held"],
+            "peak_needed": lane["peak_needed"],
+            "end": end,
+            "excess": lane["excess"],
+            "freed": lane["freed_total"],
+            "stopped": lane["stopped"] or "",
         })
     out["rows"] = rows
-    out["divergences"] = len(traced.divergences)
+    out["divergences"] = traced.divergences
     return out
 
 
@@ -174,19 +170,21 @@ def _timeline(report: dict[str, Any]) -> dict[str, Any] | None:
     return {"plot": svg, "note": note, "rows": rows}
 
 
-def _coverage(report: dict[str, Any], registry: Any) -> dict[str, Any]:
-    cov = analysis.coverage(report, registry)
-    if isinstance(cov, str):
-        return {"note": cov}
+def _coverage(report: dict[str, Any]) -> dict[str, Any]:
+    from difftest.coverage import DEPTH_FIELDS
+
+    recorded, why = _plots(report)
+    cov = recorded.get("coverage") if recorded is not None else None
+    if not cov:
+        return {"note": why}
     svg, note = _safe_plot(plots.coverage_plot, cov["op_kinds"], cov["depth"], "coverage")
-    fields = cov.get("depth_fields") or {}
     return {
         "note": note,
         "plot": svg,
         "streams": cov["streams"],
         "ops": cov["ops"],
         "op_kinds": list(cov["op_kinds"].items()),
-        "depth": [(name, value, fields.get(name, "")) for name, value in cov["depth"].items()],
+        "depth": [(name, value, DEPTH_FIELDS.get(name, "")) for name, value in cov["depth"].items()],
     }
 
 
@@ -207,8 +205,7 @@ def _bugs(report: dict[str, Any], run_dir: Any) -> list[dict[str, Any]]:
     return out
 
 
-def context(report: dict[str, Any], registry: Any = None, run_dir: Any = None) -> dict[str, Any]:
-    registry, registry_note = analysis.registry_for(report, registry)
+def context(report: dict[str, Any], run_dir: Any = None) -> dict[str, Any]:
     counts = common.summary_counts(report)
     lifecycle = report.get("lifecycle") if isinstance(report.get("lifecycle"), dict) else None
     ctx: dict[str, Any] = {
@@ -222,17 +219,15 @@ def context(report: dict[str, Any], registry: Any = None, run_dir: Any = None) -
         "reference": report.get("reference"),
         "counts": counts,
         "lifecycle": None,
-        "divergences": [_divergence(report, e, i, registry, registry_note, run_dir)
-                        for i, e in enumerate(report.get("divergences", []), 1)],
+        "divergences": [_divergence(report, e, i, run_dir) for i, e in enumerate(report.get("divergences", []), 1)],
         "no_longer_seen": report.get("no_longer_seen") or [],
         "worker_deaths": report.get("worker_deaths") or [],
         "stopped": sorted((report.get("stopped") or {}).items()),
         "allowed": [(b, k, n) for b, kinds in sorted((report.get("allowed") or {}).items())
                     for k, n in sorted(kinds.items())],
-        "registry_note": registry_note,
-        "long": _long_stream(report, registry) if registry is not None else {"note": registry_note},
+        "long": _long_stream(report),
         "timeline": _timeline(report),
-        "coverage": _coverage(report, registry) if registry is not None else {"note": registry_note},
+        "coverage": _coverage(report),
         "features": coverage_context(report),
         "tool": report.get("tool") or {},
         "status_class": STATUS_CLASS,
@@ -257,14 +252,14 @@ def _finalize(value: Any) -> Any:
     return common.clean(value)
 
 
-def render(report: dict[str, Any], registry: Any = None, run_dir: Any = None) -> str:
+def render(report: dict[str, Any], run_dir: Any = None) -> str:
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, finalize=_finalize,
                              trim_blocks=True, lstrip_blocks=True)
     source = files("reports").joinpath("templates", "report.html.j2").read_text(encoding="utf-8")
-    return env.from_string(source).render(**context(report, registry, run_dir))
+    return env.from_string(source).render(**context(report, run_dir))
 
 
-def write(report: dict[str, Any], out: TextIO, *, registry: Any = None, run_dir: Any = None, **_: Any) -> None:
-    out.write(render(report, registry, run_dir))
+def write(report: dict[str, Any], out: TextIO, *, run_dir: Any = None, **_: Any) -> None:
+    out.write(render(report, run_dir))

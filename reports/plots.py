@@ -93,39 +93,46 @@ def _extend(xs: list[int], ys: list[int], n: int) -> tuple[list[int], list[int]]
     return (xs + [n], ys + [ys[-1]]) if ys else (xs, ys)
 
 
+def _scaled(xs: list[int], step: int) -> list[int]:
+    """Bucket indices as op indices (buckets of ``step`` ops)."""
+    return xs if step == 1 else [x * step for x in xs]
+
+
 def frames_plot(traced: Any, name: str, title: str, marks: Sequence[int] = ()) -> str:
     """PT + L1 frames held (solid) and needed (dashed) by user pmaps, per backend, after
     each op; below, the frames held beyond what is needed (the leak).  Lines of backends
-    that agree overlap: the earlier backends are drawn wider underneath."""
+    that agree overlap: the earlier backends are drawn wider underneath.
+
+    ``traced``: a ``reports.analysis.Recorded`` (a point per bucket of ``traced.step`` ops)."""
     fig = _figure(4.6)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.2])
     colors = _colors()
     n = traced.length
+    step = traced.step
     short = n <= 60
     count = len(traced.backends)
     for i, b in enumerate(traced.backends):
         c = colors[i % len(colors)]
         width = 1.4 + min(1.3 * (count - 1 - i), 4.0)
         # A backend that died stops where it died (one step past its last op), not at n.
-        end = n if b not in getattr(traced, "died", {}) else len(traced.held[b])
-        xs, ys = _extend(*_decimate(traced.held[b]), end)
-        top.plot(xs, ys, drawstyle="steps-post", color=c, lw=width, alpha=0.85, label=label(f"{b} held"),
-                 solid_capstyle="butt")
-        xs, ys = _extend(*_decimate(traced.needed[b]), end)
-        top.plot(xs, ys, drawstyle="steps-post", color=c, lw=1.1, ls="--", label=label(f"{b} needed"))
-        over = [h - nd for h, nd in zip(traced.held[b], traced.needed[b])]
-        xs, ys = _extend(*_decimate(over), end)
-        bottom.plot(xs, ys, drawstyle="steps-post", color=c, lw=width, alpha=0.85, label=label(b),
-                    solid_capstyle="butt")
+        end = n if b not in traced.died else traced.died[b] + 1
+        for ax, values, style in ((top, traced.held[b], dict(lw=width, alpha=0.85, label=label(f"{b} held"),
+                                                              solid_capstyle="butt")),
+                                  (top, traced.needed[b], dict(lw=1.1, ls="--", label=label(f"{b} needed"))),
+                                  (bottom, traced.over(b), dict(lw=width, alpha=0.85, label=label(b),
+                                                                solid_capstyle="butt"))):
+            xs, ys = _decimate(values)
+            xs, ys = _extend(_scaled(xs, step), ys, end)
+            ax.plot(xs, ys, drawstyle="steps-post", color=c, **style)
     for m in marks:
         for ax in (top, bottom):
             ax.axvline(m + 0.5, color="#c0392b", lw=0.9, ls=":", alpha=0.8)
     for i, b in enumerate(traced.backends):
-        at = getattr(traced, "died", {}).get(b)
+        at = traced.died.get(b)
         if at is None or not traced.held[b]:
             continue
         # Where the backend ran out of memory: its line ends in a cross, labelled.
-        y = traced.held[b][-1]
+        y = traced.last_held(b)
         top.plot([at], [y], marker="X", ms=11, color=colors[i % len(colors)], mec="black", mew=0.8, ls="none",
                  zorder=5, label=label(f"{b} out of memory (op {at})"))
         top.annotate(label(f"{b}: out of memory at op {at}"), (at, y), textcoords="offset points", xytext=(10, -3),
@@ -149,26 +156,31 @@ def frames_plot(traced: Any, name: str, title: str, marks: Sequence[int] = ()) -
 
 
 def freed_plot(traced: Any, name: str, title: str) -> str:
-    """Frames freed per op (summed over buckets of ops when long), and the running total."""
+    """Frames freed per op (summed over buckets of ops when long), and the running total.
+    ``traced`` as for ``frames_plot``."""
     fig = _figure(4.4)
     top, bottom = fig.subplots(2, 1, sharex=True)
     colors = _colors()
-    step = 1
+    per = traced.step
+    n = traced.length
     for i, b in enumerate(traced.backends):
         c = colors[i % len(colors)]
-        xs, ys, step = _bucket_sums(traced.freed[b])
-        top.plot(xs, ys, drawstyle="steps-post", color=c, lw=1.2, label=label(b))
+        xs, ys, inner = _bucket_sums(traced.freed[b])
+        per = inner * traced.step
+        top.plot(_scaled(xs, traced.step), ys, drawstyle="steps-post", color=c, lw=1.2, label=label(b))
         total, running = 0, []
         for v in traced.freed[b]:
             total += v
             running.append(total)
         xs, ys = _decimate(running)
-        bottom.plot(xs, ys, color=c, lw=1.6, label=label(b))
+        # A bucket's running total holds after its last op.
+        ends = xs if traced.step == 1 else [min((x + 1) * traced.step, n) - 1 for x in xs]
+        bottom.plot(ends, ys, color=c, lw=1.6, label=label(b))
     from matplotlib.ticker import MaxNLocator
 
     for ax in (top, bottom):
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    top.set_ylabel("freed per op" if step == 1 else f"freed per {step} ops")
+    top.set_ylabel("freed per op" if per == 1 else f"freed per {per} ops")
     bottom.set_ylabel("freed, total")
     bottom.set_xlabel("op index")
     top.set_title(label(title), fontsize=10)

@@ -197,7 +197,7 @@ def test_a_backend_that_cannot_boot_fails_one_bootstrap_row(tmp_path):
     assert proc.returncode == EXIT_DIVERGENCES, proc.stderr
     (row,) = json.loads(proc.stdout)["checks"]
     assert (row["name"], row["outcome"]) == ("bootstrap", FAIL)
-    assert row["reason"] == "RuntimeError: no kernel pmap today"
+    assert row["reason"] == "noboot crashed at bootstrap: RuntimeError: no kernel pmap today"
 
 
 @pytest.mark.parametrize(("args", "needles"), [

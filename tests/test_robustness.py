@@ -363,11 +363,16 @@ def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path,
 # -- 8. reports trust no input ------------------------------------------------------------------------------------
 
 
+MAPS = {("plots", "reproducers"), ("plots", "coverage", "op_kinds"), ("plots", "coverage", "depth"),
+        ("coverage", "features")}  # keys are data: like a list's items, the first two stand for all
+
+
 def _leaves(doc, path=()):
-    """Every (path, value) of a JSON document, objects and lists included."""
+    """Every (path, value) of a JSON document, objects and lists included (of lists and
+    maps, the first two items)."""
     yield path, doc
     if isinstance(doc, dict):
-        for key, value in doc.items():
+        for key, value in list(doc.items())[:2] if path in MAPS else doc.items():
             yield from _leaves(value, (*path, key))
     elif isinstance(doc, list):
         for i, value in enumerate(doc[:2]):
@@ -384,12 +389,17 @@ def _set(doc, path, value):
 
 
 @pytest.fixture(scope="module")
-def real_report(tmp_path_factory):
+def real_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     (tmp / "empty.toml").write_text("")
     proc = builtin_campaign(tmp, "out", "--streams", "2", "--baseline", str(tmp / "empty.toml"))
     assert proc.returncode == 1, proc.stderr
-    return json.loads((tmp / "out" / "report.json").read_text())
+    return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def real_report(real_run):
+    return json.loads((real_run / "report.json").read_text())
 
 
 def test_report_refuses_a_damaged_document_naming_the_field_never_a_crash(tmp_path, real_report, capsys):
@@ -431,6 +441,238 @@ def test_html_report_of_a_damaged_document_is_exit_2_naming_the_field(tmp_path, 
     assert field in proc.stderr
 
 
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    """Running a backend (the harness, a backend's factory), calling a generator, generating
+    a campaign's stream or recording plot data (what only a campaign does) fails the test."""
+    from difftest import backend, campaign, plotdata
+    from difftest.harness import Harness
+    from difftest.plugins import PluginHost
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a report ran a backend or generated a stream")
+
+    def load(self, *args, **kwargs):
+        registry = load_plugins(self, *args, **kwargs)
+        for kind in (registry.generators, registry.backends):
+            for name, spec in kind.items():
+                field = "generate" if isinstance(spec, backend.GeneratorSpec) else "factory"
+                kind[name] = dataclasses.replace(spec, **{field: forbidden})
+        return registry
+
+    load_plugins = PluginHost.load
+    monkeypatch.setattr(PluginHost, "load", load)
+    for module, name in ((Harness, "run"), (campaign, "make_stream"), (campaign, "run_unit"),
+                         (plotdata, "record")):
+        monkeypatch.setattr(module, name, forbidden)
+
+
+def _render_html(tmp_path, report, capsys) -> str:
+    from difftest.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(report))
+    code = main(["report", str(run), "--format", "html", "-o", str(tmp_path / "r.html")])
+    assert code == 0, capsys.readouterr().err
+    return (tmp_path / "r.html").read_text()
+
+
+def _section(page: str, anchor: str) -> str:
+    start = page.index(f'<section id="{anchor}">')
+    return page[start:page.index("</section>", start)]
+
+
+def test_html_draws_the_recorded_plots_and_runs_nothing(tmp_path, real_report, nothing_runs, capsys):
+    doc = _set(real_report, ("campaign", "ops_per_stream"), 2**30)
+    page = _render_html(tmp_path, doc, capsys)
+    long = doc["plots"]["long_stream"]
+    shown = _section(page, "long")
+    assert f"Stream {long['stream']} of the campaign (seed {long['seed']}, 300 ops)" in shown
+    assert shown.count("<svg") == 2  # frames held/needed, frames freed: from the recorded series
+    leaky = next(lane for lane in long["lanes"] if lane["backend"] == "arm32-leaky")
+    assert f'<td class="num" style="color: var(--bad); font-weight: 600">{leaky["excess"]}</td>' in shown
+    assert "<svg" in _section(page, "coverage") and "op kinds generated" in _section(page, "coverage")
+    # each reproducer as the campaign traced it: its op table, the divergence at its op, its plot
+    for i, e in enumerate(doc["divergences"], 1):
+        card = page[page.index(f'id="d{i}"'):]
+        card = card[:card.index("</div>\n")]
+        traced = doc["plots"]["reproducers"][e["signature"]]
+        assert card.count('<tr class="marked">') == len(traced["marks"]) >= 1 and "<svg" in card
+        assert f"<strong>{e['kind']}: {e['class']}</strong>".replace(">needed", "&gt;needed") in card
+
+
+def test_the_recorded_reproducer_rows_are_its_trace(real_run, real_report):
+    from difftest.harness import Harness
+    from difftest.ops import describe
+    from difftest.plugins import PluginHost
+    from difftest.streams import stream_from_json
+
+    host = PluginHost()
+    host.load(())
+    leak = next(e for e in real_report["divergences"] if e["signature"] == LEAK)
+    traced = real_report["plots"]["reproducers"][LEAK]
+    stream = stream_from_json(leak["reproducer"])
+    result = Harness.from_registry(host.registry, real_report["backends"], real_report["reference"],
+                                   trace=True).run(stream)
+    assert [r["index"] for r in traced["rows"]] == list(range(len(stream.ops))) == list(range(traced["ops"]))
+    assert [r["op"] for r in traced["rows"]] == [describe(op) for op in stream.ops]
+    assert traced["marks"] == [result.first(LEAK).op_index] and traced["reproduced"]
+    for row in traced["rows"]:
+        for backend, cell in zip(real_report["backends"], row["cells"]):
+            held, needed, _ = result.trace[backend][row["index"]]
+            assert (cell["held"], cell["needed"]) == (held, needed)
+            assert [d["signature"] for d in cell["divergences"]] == [
+                d.signature for d in result.divergences if d.backend == backend and d.op_index == row["index"]]
+
+
+def test_html_of_a_report_without_plot_data_omits_those_plots_with_a_note(tmp_path, real_report, nothing_runs,
+                                                                           capsys):
+    from reports.html import NO_PLOT_DATA
+
+    doc = dict(real_report)
+    del doc["plots"]  # as written before campaigns recorded it
+    page = _render_html(tmp_path, doc, capsys)
+    for anchor in ("long", "coverage"):
+        shown = _section(page, anchor)
+        assert "<svg" not in shown and f"Not shown: {NO_PLOT_DATA}".replace("'", "&#39;") in shown, shown
+    # the reproducers: their ops listed as the report holds them, with the same note
+    assert page.count(f"reproducer not traced: {NO_PLOT_DATA}".replace("'", "&#39;")) == len(doc["divergences"])
+
+
+def test_the_recorded_plot_data_is_the_campaigns_trace(real_run, real_report):
+    """The long stream's series equal a trace of that stream taken here, by hand; the
+    coverage counts the ops of the streams run."""
+    from collections import Counter
+
+    from difftest.campaign import read_campaign_meta, unit_seed
+    from difftest.harness import Harness
+    from difftest.plugins import PluginHost
+
+    config, _ = read_campaign_meta(real_run)
+    journal = [json.loads(line) for line in (real_run / "journal.jsonl").read_text().splitlines()]
+    fresh = {e["k"] for e in journal if "k" in e and e.get("parent") is None}  # not feedback mutants
+    assert fresh == {0, 1}
+    host = PluginHost()
+    host.load(())
+    streams = {k: config.generate(host.registry.generators[config.generator], unit_seed(config.seed, k))
+               for k in fresh}
+    plots = json.loads((real_run / "plots.json").read_text())
+    assert real_report["plots"] == plots and plots["notes"] == []
+    long = plots["long_stream"]
+    # the representative stream: where the leak (the first resource divergence) was first seen
+    assert long["stream"] == min(e["first_stream"]["index"] for e in real_report["divergences"]
+                                 if e["kind"] == "resource")
+    assert long["step"] == 1 and long["ops"] == long["ops_total"] == 300  # 300 ops: one point per op
+    result = Harness.from_registry(host.registry, config.backends, config.reference, trace=True).run(
+        streams[long["stream"]])
+    assert [lane["backend"] for lane in long["lanes"]] == list(config.backends)
+    for lane in long["lanes"]:
+        rows = result.trace[lane["backend"]]
+        assert lane["held"] == [r[0] for r in rows] and lane["needed"] == [r[1] for r in rows]
+        assert lane["over"] == [r[0] - r[1] for r in rows]
+        assert sum(lane["freed"]) == lane["freed_total"] == rows[-1][2]
+        assert lane["end_held"] == rows[-1][0] and lane["out_of_memory"] is None
+    excess = {lane["backend"]: lane["excess"] for lane in long["lanes"]}
+    assert excess["arm32-leaky"] > 0 and excess["alpha-ref"] == excess["arm32-refcount"] == 0
+    cov = plots["coverage"]
+    kinds = Counter(op.name for s in streams.values() for op in s.ops)
+    assert (cov["streams"], cov["ops"], cov["op_kinds"]) == (2, 600, dict(kinds))
+    assert cov["depth"]["pmaps_created"] == kinds["create"]
+
+
+def test_merged_plot_data_is_the_shard_that_ran_the_stream_and_the_coverage_added_up(real_run):
+    from difftest.plotdata import merge
+
+    mine = json.loads((real_run / "plots.json").read_text())
+    k = mine["long_stream"]["stream"]
+    other = {"long_stream": {**mine["long_stream"], "stream": k + 1}, "coverage": mine["coverage"],
+             "reproducers": {LEAK: {**mine["reproducers"][LEAK], "rows": []}}, "notes": []}
+    both = merge([other, mine], k, {LEAK: 1})  # the leak's reproducer kept is the second shard's
+    assert both["long_stream"] == mine["long_stream"] and both["notes"] == []
+    assert both["reproducers"] == {LEAK: mine["reproducers"][LEAK]}
+    cov = mine["coverage"]
+    assert both["coverage"]["streams"] == 2 * cov["streams"] and both["coverage"]["ops"] == 2 * cov["ops"]
+    assert both["coverage"]["op_kinds"] == {name: 2 * n for name, n in cov["op_kinds"].items()}
+    assert both["coverage"]["depth"]["max_live_pmaps"] == cov["depth"]["max_live_pmaps"]  # a maximum
+    assert both["coverage"]["depth"]["pmaps_created"] == 2 * cov["depth"]["pmaps_created"]  # a count
+    # the shard that ran stream k recorded nothing (an older version): said, not made up
+    lacking = merge([other, None], k)
+    assert lacking["long_stream"] is None
+    assert lacking["notes"] == ["1 shard(s) recorded no plot data", f"the long stream (stream {k}) was not "
+                                "recorded by its shard"]
+
+
+def test_the_plot_data_step_is_watched_like_any_task(tmp_path):
+    """A worker recording plot data that hangs is killed at its limit, one that dies is
+    seen dying: either way a note, never a campaign waiting for ever."""
+    from difftest import campaign as C
+
+    config = C.CampaignConfig(backends=("alpha-ref",), reference="alpha-ref", seed=1, streams=1)
+    camp = C.Campaign(config, tmp_path / "out")
+    for task, args, fate in ((time.sleep, (3600,), "hung"), (os._exit, (0,), "died")):
+        executor = C.local_process_pool(1)
+        try:
+            assert camp._watched(executor, executor.submit(task, *args), 0.5) == (None, fate)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)  # returns: the hung worker was killed
+
+
+@pytest.mark.parametrize("path, bad, field", [
+    (("long_stream", "lanes", 0, "held"), list(range(10_000)), "plots.long_stream.lanes[0].held"),
+    (("long_stream", "step"), 0, "plots.long_stream.step"),
+    (("coverage",), [], "plots.coverage"),
+])
+def test_merge_refuses_a_damaged_plots_file_naming_it(tmp_path, real_run, path, bad, field):
+    import shutil
+
+    shutil.copytree(real_run, tmp_path / "s0")
+    plots = json.loads((tmp_path / "s0" / "plots.json").read_text())
+    (tmp_path / "s0" / "plots.json").write_text(json.dumps(_set(plots, path, bad)))
+    proc = run_difftest("merge", str(tmp_path / "s0"), "--out", str(tmp_path / "m"), env=clean_env(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("difftest: error")]
+    assert "plots.json" in line and field in line, line
+
+
+# -- check-backend: every call into the backend in a worker, bounded -------------------------------------------
+
+
+def check_backend(tmp_path: Path, culprit: str, budget: str):
+    proc = difftest(tmp_path, "check-backend", culprit, "--json", "--out", str(tmp_path / "o"), "--budget", budget,
+                    "--check-timeout", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # does not conform: one line of output, no traceback
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+
+
+@pytest.mark.parametrize("culprit, reason", [
+    ("mis-create-exit", "mis-create-exit crashed at bootstrap: SystemExit: 3"),
+    ("mis-create-kbint", "mis-create-kbint crashed at bootstrap: KeyboardInterrupt"),
+    ("mis-create-hardexit", "mis-create-hardexit ended its process (os._exit, a signal or the OOM killer) at bootstrap"),
+], ids=["exit", "kbint", "hardexit"])  # a worker outliving its limit: the battery test below
+def test_check_backend_names_a_backend_that_crashes_or_ends_its_process_at_bootstrap(tmp_path, culprit, reason):
+    checks = check_backend(tmp_path, culprit, "5s")
+    assert list(checks) == ["bootstrap"]
+    assert (checks["bootstrap"]["outcome"], checks["bootstrap"]["reason"]) == ("FAIL", reason)
+
+
+@pytest.mark.parametrize("culprit, reason", [
+    ("mis-hardexit", "the process running this check died (os._exit, a signal or the OOM killer)"),
+    ("mis-noalarm", "the process running this check outlived its limit and was killed (a hang)"),
+], ids=["hardexit", "noalarm"])
+def test_check_backend_fails_the_checks_whose_worker_the_backend_ends_or_hangs(tmp_path, culprit, reason):
+    checks = check_backend(tmp_path, culprit, "6s")
+    failed = {name: c["reason"] for name, c in checks.items() if c["outcome"] == "FAIL"}
+    # the protect checks, each named; every other check of the battery ran and passed
+    assert {n: r for n, r in failed.items() if not n.startswith("campaign")} == {
+        "protect": reason, "page-protect-shared": reason}
+    assert sum(c["outcome"] == "PASS" for c in checks.values()) == 12
+    if culprit == "mis-hardexit":  # the campaign ran: the culprit's worker death is its row
+        assert [n for n in failed if n.startswith("campaign")] == [
+            "campaign:crash:mis-hardexit:stream:worker:worker-died"]
+
+
 # -- 9. smaller ---------------------------------------------------------------------------------------------------
 
 
@@ -457,6 +699,10 @@ def test_a_backend_killing_its_worker_leaves_the_others_findings_minimised(tmp_p
     assert died["class"] == "worker-died"
     assert {d["stream"] for d in report["worker_deaths"]} == {0, 1}
     assert all(d["backends"] == ["mis-hardexit"] for d in report["worker_deaths"])
+    # the plot data recorded without it: its worker death untraced, the leak traced
+    plots = report["plots"]
+    assert plots["notes"] == [] and "mis-hardexit" not in [lane["backend"] for lane in plots["long_stream"]["lanes"]]
+    assert LEAK in plots["reproducers"] and died["signature"] not in plots["reproducers"]
 
 
 def test_ops_count_only_what_some_backend_ran(tmp_path):
@@ -492,12 +738,36 @@ def test_a_campaigns_shrink_is_the_same_on_a_loaded_machine(monkeypatch):
                               seed=11, ops_per_stream=400, shrink_budget=5.0)
     sig = "resource:arm32-leaky:protect:pt_frames:pt-frames-held>needed"  # about 60 runs to shrink
     assert sig in C.run_unit(C.UnitTask(config, 0)).hits
-    task = C.ShrinkTask(config, sig, 0, ("alpha-ref", "arm32-leaky"))
+    task = C.ShrinkTask(config, sig, 0, backend="arm32-leaky", backends=("alpha-ref", "arm32-leaky"))
     idle = C.shrink_unit(task)
     monkeypatch.setattr(S, "time", _SlowClock())
     loaded = C.shrink_unit(task)
     assert idle.error is None and idle.stream_json["origin"]["shrink"]["complete"]
     assert loaded.stream_json == idle.stream_json
+
+
+class _StalledClock(_SlowClock):
+    """A machine so loaded that 1 s passes at every look."""
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_shrink_stopped_by_its_time_ceiling_says_so(monkeypatch):
+    from difftest import campaign as C
+    from difftest import shrink as S
+
+    config = C.CampaignConfig(backends=("alpha-ref", "arm32-leaky"), reference="alpha-ref", seed=11,
+                              ops_per_stream=400, shrink_budget=5.0)
+    task = C.ShrinkTask(config, "resource:arm32-leaky:protect:pt_frames:pt-frames-held>needed", 0,
+                        backend="arm32-leaky", backends=("alpha-ref", "arm32-leaky"))
+    monkeypatch.setattr(S, "time", _StalledClock())
+    stalled = C.shrink_unit(task)
+    runs = stalled.stream_json["origin"]["shrink"]["runs"]
+    assert not stalled.stream_json["origin"]["shrink"]["complete"] and runs < C.shrink_runs(config) == 100
+    assert stalled.error == (f"stopped at its time ceiling (20 s) after {runs} of 100 runs (a loaded machine): "
+                             "the same seed may shrink further elsewhere")
 
 
 def test_a_bad_enter_result_is_one_divergence_not_a_cascade(tmp_path):

@@ -6,7 +6,8 @@ Each is arm32-refcount (correct) but for one thing, done in ``pmap_protect`` and
 stream reaches it: leaving
 the process (``sys.exit``, ``os._exit``), raising what is not an ``Exception``
 (``KeyboardInterrupt``), ``OutOfMemory`` from an op that cannot fail, sleeping for ever (with
-SIGALRM honoured, or ignored), and printing on stdout.  None runs by default.
+SIGALRM honoured, or ignored), and printing on stdout.  The ``mis-create-*`` ones do it in
+``pmap_create``, where ``check-backend`` first calls a backend.  None runs by default.
 """
 
 from __future__ import annotations
@@ -113,8 +114,33 @@ class HardExitInProtect(_InProtect):
         os._exit(0)
 
 
+class _InCreate(Arm32Refcount):
+    """Misbehaves (``misbehave``) in ``pmap_create``: at bootstrap, for ``check-backend``."""
+
+    run_by_default = False
+
+    def pmap_create(self, pmap):
+        self.misbehave()
+
+
+def _raise(exc):
+    raise exc
+
+
+def _in_create(name, what, misbehave):
+    return type(name, (_InCreate,), {"name": name, "description": f"test-only: pmap_create {what}",
+                                     "misbehave": lambda self: misbehave()})
+
+
+IN_CREATE = (
+    _in_create("mis-create-exit", "calls sys.exit(3)", lambda: sys.exit(3)),
+    _in_create("mis-create-kbint", "raises KeyboardInterrupt", lambda: _raise(KeyboardInterrupt)),
+    _in_create("mis-create-hardexit", "calls os._exit(0)", lambda: os._exit(0)),
+)
+
+
 @hookimpl
 def difftest_register_backends(register):
     for cls in (ExitsInProtect, InterruptsInProtect, OutOfMemoryInRemove, SleepsInProtect,
-                IgnoresAlarmInProtect, PrintsInEnter, HardExitInProtect, EnterReturnsNone):
+                IgnoresAlarmInProtect, PrintsInEnter, HardExitInProtect, EnterReturnsNone, *IN_CREATE):
         register(cls)
