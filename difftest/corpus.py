@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 from difftest.divergence import KnownDivergence
 from difftest.errors import BadInput, StreamError
+from difftest.jsonstream import read_json_file
 from difftest.streams import atomic_write_text, dumps, stream_from_json, stream_to_json
 
 CORPUS_FORMAT = "difftest.corpus/1"
@@ -165,12 +166,7 @@ class Corpus:
 
 
 def _read_entry(record: Path) -> CorpusEntry:
-    try:
-        doc = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{record}: not a corpus record: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != CORPUS_FORMAT:
-        raise BadInput(f"{record}: not a {CORPUS_FORMAT} record")
+    doc = read_json_file(record, "corpus record", CORPUS_FORMAT)
     for key in ("head", "backend", "kind", "status", "stream"):
         if not isinstance(doc.get(key), str):
             raise BadInput(f"{record}: field {key!r} is not a string")
