@@ -33,7 +33,6 @@ import os
 import re
 import sys
 import time
-import tomllib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from difftest import __version__, interrupts, streams
 from difftest.bugs import Member, group, head_of, representative, streams_hit
-from difftest.corpus import Corpus
+from difftest.baseline import match_bug, match_known
+from difftest.corpus import Corpus, slug
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun, short
 from difftest.features import CoverageTally, recorder_for
@@ -176,42 +176,6 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
     if not (n >= 1 and 0 <= i < n):
         raise BadInput(f"shard {i}/{n} is out of range: need 0 <= i < N")
     return i, n
-
-
-# -- known divergences (baselines) ------------------------------------------------------------
-
-
-def load_baseline(path: str | os.PathLike[str]) -> list[KnownDivergence]:
-    """Read a baseline TOML file: ``[[known]] signature = "..." reason = "..."``.
-
-    An empty file means nothing is known."""
-    source = str(path)
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BadInput(f"{source}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"{source}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{source}: not UTF-8 text") from None
-    extra = sorted(set(data) - {"known"})
-    if extra:
-        raise BadInput(f"{source}: unexpected key {extra[0]!r} (expected [[known]] tables)")
-    known = []
-    for i, entry in enumerate(data.get("known", [])):
-        if not isinstance(entry, dict) or not isinstance(entry.get("signature"), str):
-            raise BadInput(f"{source}: known entry {i} has no 'signature' string")
-        if set(entry) - {"signature", "reason"}:
-            raise BadInput(f"{source}: known entry {i} has unexpected key {sorted(set(entry) - {'signature', 'reason'})[0]!r}")
-        known.append(KnownDivergence(entry["signature"], str(entry.get("reason", ""))))
-    return known
-
-
-def match_known(signature: str, known: Sequence[KnownDivergence]) -> KnownDivergence | None:
-    for entry in known:
-        if entry.matches(signature):
-            return entry
-    return None
 
 
 # -- work done in the workers --------------------------------------------------------------------
@@ -667,12 +631,6 @@ def lock_run_dir(out: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def slug(signature: str) -> str:
-    """A file name for a signature: readable, and unique through a short hash."""
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", signature)[:80]
-    return f"{readable}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
 
 
 class Campaign:
@@ -1338,15 +1296,6 @@ class Campaign:
             worker_deaths=self.worker_deaths, hit_sets=self.hit_sets, survival=self.survival,
             corpus=self.corpus, coverage=self.coverage.to_report(len(self.committed)), plots=self.plots,
         )
-
-
-def match_bug(head: str, members: Sequence[str], known: Sequence[KnownDivergence]) -> KnownDivergence | None:
-    """The baseline entry that matches a bug: its head or any of its member signatures."""
-    for sig in (head, *members):
-        kd = match_known(sig, known)
-        if kd is not None:
-            return kd
-    return None
 
 
 def bug_entries(records: dict[str, SignatureRecord], known: Sequence[KnownDivergence],

@@ -14,13 +14,13 @@ from typing import Any
 
 import click
 
+from difftest.baseline import load_baseline
 from difftest.features import warnings
 from difftest.campaign import (
     JOURNAL,
     Campaign,
     local_process_pool,
     CampaignConfig,
-    load_baseline,
     merge_runs,
     parse_duration,
     parse_shard,
