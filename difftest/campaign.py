@@ -6,13 +6,18 @@ or machines.  Results are committed strictly in k order (a reorder buffer), so t
 hit of a signature, its reproducer and the report do not depend on the number of workers.
 
 Everything found is on disk as soon as it is committed (``OUT/journal.jsonl``, appended
-line by line, and ``OUT/divergences/*.json``, ``OUT/corpus/*.record.json`` and the
-reproducers ``OUT/corpus/*.stream.json``, written then renamed); ``--resume OUT`` reads them back and goes on at the first uncommitted stream.
+line by line, small and bounded: ``difftest.journal``; ``OUT/divergences/*.json``,
+``OUT/corpus/*.record.json`` and the reproducers ``OUT/corpus/*.stream.json``, written then
+renamed); ``--resume OUT`` reads them back (``OUT/summary.json`` and the journal's tail)
+and goes on at the first uncommitted stream.
 At its end the campaign records what the reports' plots draw (``OUT/plots.json``,
 ``difftest/plotdata.py``): reports render it and never run the campaign's streams again.
 
 Workers run through a ``concurrent.futures.Executor`` made by an *executor factory*
-(a local process pool by default; a cluster's executor plugs in the same way).  Each task
+(a local process pool by default; ``difftest.cluster.DaskCluster`` for a Dask cluster).
+A worker's death shows as ``concurrent.futures.BrokenExecutor``: a local pool's
+``BrokenProcessPool`` fails every task in flight (``breaks_whole_pool``), a cluster's
+``WorkerLost`` only the task whose worker died.  Each task
 carries the environment it needs (plugins, backends), so workers need no initializer.
 """
 
@@ -28,19 +33,32 @@ import os
 import re
 import sys
 import time
-import tomllib
 from collections import Counter
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from difftest import __version__, interrupts, streams
 from difftest.bugs import Member, group, head_of, representative, streams_hit
-from difftest.corpus import Corpus
+from difftest.baseline import match_bug, match_known
+from difftest.corpus import Corpus, slug
 from difftest.divergence import Divergence, KnownDivergence
 from difftest.errors import BadInput, NothingToRun, short
 from difftest.features import CoverageTally, recorder_for
+from difftest.journal import (
+    JOURNAL,
+    SEGMENT_BYTES,
+    SignatureTable,
+    close_segment,
+    ranges,
+    read_summary,
+    record_problem,
+    segment_lines,
+    segments,
+    unranges,
+    write_summary,
+)
+from difftest.jsonstream import read_json_file
 from difftest.feedback import FeedbackPool, Recipe, UnitScheduler, build_stream
 from difftest.ops import describe
 from difftest.report import REPORT_FORMAT
@@ -50,10 +68,20 @@ CAMPAIGN_FORMAT = "difftest.campaign/1"
 #: bug statuses that make ``difftest fuzz`` exit 1: seen now and not in the baseline
 FAILING_STATUSES = ("new", "open", "regressed")
 EXIT_ORPHANED = 70  # a worker whose campaign process died (never seen by the user)
-JOURNAL = "journal.jsonl"
 LOCK = "lock"  # held (flock) by the one process running the campaign; holds its pid
 
 ExecutorFactory = Callable[[int], cf.Executor]
+
+
+class WorkerLost(cf.BrokenExecutor):
+    """A task's worker died (more often than the cluster retries it) or hung and was
+    ended: raised by a cluster's futures, for that task alone."""
+
+
+def breaks_whole_pool(executor: cf.Executor) -> bool:
+    """A dead worker breaks every task of this executor (a local process pool), not only
+    its own (a cluster's executor says ``breaks_whole_pool = False``)."""
+    return getattr(executor, "breaks_whole_pool", True)
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -148,42 +176,6 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
     if not (n >= 1 and 0 <= i < n):
         raise BadInput(f"shard {i}/{n} is out of range: need 0 <= i < N")
     return i, n
-
-
-# -- known divergences (baselines) ------------------------------------------------------------
-
-
-def load_baseline(path: str | os.PathLike[str]) -> list[KnownDivergence]:
-    """Read a baseline TOML file: ``[[known]] signature = "..." reason = "..."``.
-
-    An empty file means nothing is known."""
-    source = str(path)
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BadInput(f"{source}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"{source}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{source}: not UTF-8 text") from None
-    extra = sorted(set(data) - {"known"})
-    if extra:
-        raise BadInput(f"{source}: unexpected key {extra[0]!r} (expected [[known]] tables)")
-    known = []
-    for i, entry in enumerate(data.get("known", [])):
-        if not isinstance(entry, dict) or not isinstance(entry.get("signature"), str):
-            raise BadInput(f"{source}: known entry {i} has no 'signature' string")
-        if set(entry) - {"signature", "reason"}:
-            raise BadInput(f"{source}: known entry {i} has unexpected key {sorted(set(entry) - {'signature', 'reason'})[0]!r}")
-        known.append(KnownDivergence(entry["signature"], str(entry.get("reason", ""))))
-    return known
-
-
-def match_known(signature: str, known: Sequence[KnownDivergence]) -> KnownDivergence | None:
-    for entry in known:
-        if entry.matches(signature):
-            return entry
-    return None
 
 
 # -- work done in the workers --------------------------------------------------------------------
@@ -470,10 +462,15 @@ def watchdog_limits(config: CampaignConfig) -> tuple[float, float, float]:
             allowance + grace)
 
 
-def kill_workers(executor: cf.Executor) -> bool:
-    """Kill the worker processes of a local process pool (the pool is then broken, and its
-    tasks fail with ``BrokenProcessPool``).  False for an executor without processes
-    of its own to kill (a cluster's): its hung task is abandoned instead."""
+def kill_workers(executor: cf.Executor, futures: Sequence[cf.Future] = ()) -> bool:
+    """End hung tasks: a local process pool has its worker processes killed (the pool is
+    then broken, and its tasks fail with ``BrokenProcessPool``); an executor with an
+    ``abandon`` method (a cluster's) ends those ``futures`` alone (they fail with
+    ``WorkerLost``).  False for an executor that can do neither."""
+    abandon = getattr(executor, "abandon", None)
+    if abandon is not None:
+        abandon(list(futures))
+        return True
     processes = getattr(executor, "_processes", None)
     if not processes:
         return False
@@ -483,6 +480,14 @@ def kill_workers(executor: cf.Executor) -> bool:
         except (OSError, ValueError, AttributeError):
             pass
     return True
+
+
+def mark_running(executor: cf.Executor) -> None:
+    """A cluster's futures say "running" only once it is asked which tasks its workers are
+    processing: ask (a local pool's know by themselves)."""
+    mark = getattr(executor, "mark_running", None)
+    if mark is not None:
+        mark()
 
 
 class Watchdog:
@@ -510,17 +515,25 @@ class Watchdog:
 def run_alone(executor_factory: ExecutorFactory, task: Any, fn: Callable[[Any], Any],
               limit: float) -> tuple[Any, str]:
     """Run one task in a fresh one-worker executor: (result, "ok"), (None, "died") when the
-    worker died, (None, "hung") when it ran past ``limit`` seconds and was killed."""
+    worker died, (None, "hung") when it ran past ``limit`` seconds from its start and was
+    killed.  On a cluster the task may wait behind one other on its worker (as in a
+    pool's call queue): twice the limit there."""
     single = executor_factory(1)
+    if not breaks_whole_pool(single):
+        limit *= 2
     hung = False
+    future = single.submit(fn, task)
+    watchdog = Watchdog()
     try:
-        return single.submit(fn, task).result(timeout=limit), "ok"
-    except BrokenProcessPool:
+        while not cf.wait([future], timeout=0.5).done:
+            mark_running(single)
+            if watchdog.overdue({future: limit}):
+                hung = True
+                kill_workers(single, [future])
+                return None, "hung"
+        return future.result(), "ok"
+    except cf.BrokenExecutor:
         return None, "died"
-    except cf.TimeoutError:
-        hung = True
-        kill_workers(single)
-        return None, "hung"
     finally:
         single.shutdown(wait=not hung, cancel_futures=True)
 
@@ -589,46 +602,10 @@ class Survival:
         return asdict(self)
 
 
-def journal_record_problem(entry: Any) -> str | None:
-    """What is wrong with a parsed journal line (None: a record ``_load_state`` can use)."""
-    if not isinstance(entry, dict):
-        return "record is not a JSON object"
-    if entry.get("type") == "elapsed":
-        ok = isinstance(entry.get("elapsed"), (int, float)) and not isinstance(entry.get("elapsed"), bool)
-        return None if ok else "elapsed record lacks a number 'elapsed'"
-    if entry.get("type") == "corpus":
-        ok = isinstance(entry.get("entry"), str) and isinstance(entry.get("outcome"), dict)
-        return None if ok else "corpus record lacks a string 'entry' and an object 'outcome'"
-    if "oom" in entry and not (isinstance(entry["oom"], dict) and all(type(v) is int for v in entry["oom"].values())):
-        return "record's 'oom' is not a map of op indexes"
-    if "backends" in entry and not (isinstance(entry["backends"], list)
-                                    and all(isinstance(b, str) for b in entry["backends"])):
-        return "record's 'backends' is not a list of names"
-    for key in ("k", "seed", "ops"):
-        if type(entry.get(key)) is not int or entry[key] < 0:
-            return f"record lacks a non-negative integer {key!r}"
-    for key in ("elapsed", "at"):
-        if key in entry and (not isinstance(entry[key], (int, float)) or isinstance(entry[key], bool)):
-            return f"record's {key!r} is not a number"
-    hits = entry.get("hits")
-    if not isinstance(hits, dict):
-        return "record lacks an object 'hits'"
-    for sig, hit in hits.items():
-        if (not isinstance(hit, list) or len(hit) != 2 or type(hit[0]) is not int or not isinstance(hit[1], dict)
-                or not {"kind", "backend", "op_kind", "field", "class"} <= set(hit[1])):
-            return f"record's hit {short(sig)} is not [count, divergence]"
-    return None
-
-
 def read_corpus_record(path: Path) -> dict[str, Any]:
     """An ``OUT/corpus/*.json`` file: a signature's record, or a plain stream file (which
     has no 'signature'); anything else is bad input naming the file."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{path}: not a corpus record ({short(str(exc), 80)})") from None
-    if not isinstance(doc, dict):
-        raise BadInput(f"{path}: not a corpus record (not a JSON object)")
+    doc = read_json_file(path, "corpus record")
     repro = doc.get("reproducer")
     if "signature" in doc and repro is not None and not (isinstance(repro, dict) and isinstance(repro.get("ops"), list)):
         raise BadInput(f"{path}: not a corpus record ('reproducer' is not a stream)")
@@ -654,12 +631,6 @@ def lock_run_dir(out: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def slug(signature: str) -> str:
-    """A file name for a signature: readable, and unique through a short hash."""
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", signature)[:80]
-    return f"{readable}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
 
 
 class Campaign:
@@ -708,6 +679,12 @@ class Campaign:
         self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
         self.plots: dict[str, Any] | None = None  # what the reports' plots draw (difftest/plotdata.py)
         self._committed_set: set[int] = set()
+        self.signatures = SignatureTable()  # the journal's numbering of signatures
+        self.segments = 0  # closed journal segments
+        self.segment_bytes = SEGMENT_BYTES
+        self._journal_lines = 0  # lines in OUT/journal.jsonl, and the last one (the summary's check)
+        self._last_line = ""
+        self._in_commit = False
         self._lock: int | None = None
         if not read_only:
             self._lock = lock_run_dir(self.out)
@@ -730,33 +707,24 @@ class Campaign:
              "budget": self.budget}, indent=2))
 
     def _load_state(self, repair: bool = True) -> None:
+        """Read the campaign back: its summary and the journal past it (without a summary,
+        the closed segments and the whole journal), then the reproducers."""
         journal = self.out / JOURNAL
         if not (self.out / "campaign.json").exists():
             raise BadInput(f"{self.out}: no campaign to resume (campaign.json missing)")
-        good: list[str] = []
+        summary = read_summary(self.out)
+        offset = 0
+        if summary is not None:
+            self._restore_summary(summary)
+            self.segments = summary["covers"]["segments"]
+            offset = summary["covers"]["journal_bytes"]
+        else:
+            for n, path in enumerate(segments(self.out), 1):
+                for lineno, line in segment_lines(path):
+                    self._replay_line(path, lineno, line, last=False)
+                self.segments = n
         if journal.exists():
-            try:
-                lines = journal.read_text(encoding="utf-8").splitlines(keepends=True)
-            except UnicodeDecodeError as exc:
-                raise BadInput(f"{journal}: not UTF-8 text (byte {exc.start})") from None
-            for lineno, line in enumerate(lines, 1):
-                last = lineno == len(lines)
-                if not line.endswith("\n") and last:
-                    break  # torn by a kill: that stream is run again
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    if last:
-                        break
-                    raise BadInput(f"{journal}:{lineno}: not a JSON record") from None
-                problem = journal_record_problem(entry)
-                if problem:
-                    raise BadInput(f"{journal}:{lineno}: {problem}")
-                good.append(line)
-                self._replay_journal_entry(entry)
-            # Drop a torn tail so that appends start on a clean line.
-            if repair and len(good) != len(lines):
-                atomic_write_text(journal, "".join(good))
+            self._replay_tail(journal, offset, summary, repair)
         for path in sorted((self.out / "corpus").glob("*.record.json")):
             doc = read_corpus_record(path)
             rec = self.records.get(doc.get("signature", ""))
@@ -767,6 +735,57 @@ class Campaign:
                 rec.head = doc.get("head")
         self.plots = _read_plots(self.out, strict=not repair)
 
+    def _replay_tail(self, journal: Path, offset: int, summary: dict[str, Any] | None, repair: bool) -> None:
+        """Replay the journal from byte ``offset`` (what the summary does not cover), never
+        reading what is before it but the line that ends there (a check)."""
+        with open(journal, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            check = (summary or {}).get("covers", {}).get("last_line", "")
+            f.seek(max(0, offset - len(check.encode())))
+            seen = f.read(offset - f.tell()).decode("utf-8", "replace")
+            if size < offset or seen != check:
+                raise BadInput(f"{journal} does not continue {self.out / 'summary.json'} (edited or replaced?): "
+                               "remove summary.json to read the journal whole")
+            data = f.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{journal}: not UTF-8 text (byte {offset + exc.start})") from None
+        lines = text.splitlines(keepends=True)
+        self._journal_lines = (summary or {}).get("covers", {}).get("journal_lines", 0)
+        self._last_line = check
+        good = 0
+        for lineno, line in enumerate(lines, 1):
+            last = lineno == len(lines)
+            if not line.endswith("\n") and last:
+                break  # torn by a kill: that stream is run again
+            if not self._replay_line(journal, self._journal_lines + 1, line, last):
+                break
+            good += len(line.encode("utf-8"))
+            self._journal_lines += 1
+            self._last_line = line
+        # Drop a torn tail so that appends start on a clean line.
+        if repair and offset + good != size:
+            os.truncate(journal, offset + good)
+
+    def _replay_line(self, where: Path, lineno: int, line: str, last: bool) -> bool:
+        """Replay one journal line; False for a torn last line (BadInput for a bad one)."""
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if last:
+                return False
+            raise BadInput(f"{where}:{lineno}: not a JSON record") from None
+        problem = record_problem(entry)
+        if problem is None:
+            try:
+                self._replay_journal_entry(entry)
+            except ValueError as exc:
+                problem = str(exc)
+        if problem:
+            raise BadInput(f"{where}:{lineno}: {problem}")
+        return True
+
     def _replay_journal_entry(self, entry: dict[str, Any]) -> None:
         if entry.get("type") == "elapsed":
             self.prior_elapsed = max(self.prior_elapsed, entry["elapsed"])
@@ -776,13 +795,81 @@ class Campaign:
             return
         # The campaign's time when the stream was committed: a killed session's time counts.
         self.prior_elapsed = max(self.prior_elapsed, entry.get("at", 0.0))
-        if entry["k"] in self._committed_set:
-            return  # written twice (two sessions on one directory before it was locked)
+        k = entry["k"]
+        hits = self.signatures.decode(entry)
+        if k in self._committed_set:
+            return  # written twice (two sessions on one directory before it was locked; a summary's)
+        for sig, (_, first) in hits.items():
+            if first is None and sig not in self.records:
+                raise ValueError(f"record's hit {short(sig)} has no first sighting before it")
         features = self.coverage.replay(entry)
         if self.feedback is not None:
-            self.feedback.replay(entry["k"], entry, features)
-        self._commit_hits(entry["k"], entry["seed"], entry["ops"], entry["hits"], entry.get("elapsed", 0.0),
+            self.feedback.replay(k, entry, features)
+        seed = entry["seed"] if "seed" in entry else unit_seed(self.config.seed, k)
+        self._commit_hits(k, seed, entry["ops"], hits, entry.get("elapsed", 0.0),
                           replaying=True, out_of_memory=entry.get("oom") or {}, ran=entry.get("backends"))
+
+    # -- the summary (difftest.journal) ---------------------------------------------------------------
+
+    def _summary_state(self) -> dict[str, Any]:
+        """Everything ``_load_state`` rebuilds from the journal, as of now."""
+        ids = self.signatures.ids
+        tally = self.coverage
+        state: dict[str, Any] = {
+            "committed": ranges(self.committed),
+            "ops": self.ops,
+            "stream_seconds": round(self.stream_seconds, 6),
+            "elapsed": round(self.elapsed(), 3),
+            "signatures": self.signatures.names,
+            "records": {sig: {"first_k": r.first_k, "first_seed": r.first_seed, "first": r.first,
+                              "streams": r.streams, "events": r.events} for sig, r in self.records.items()},
+            "hit_sets": sorted([sorted(ids[s] for s in sigs), n] for sigs, n in self.hit_sets.items()),
+            "survival": {name: s.to_json() for name, s in self.survival.items()},
+            "coverage": tally.to_json(),
+            "corpus_runs": self.corpus_runs,
+        }
+        if self.feedback is not None:
+            state["feedback"] = self.feedback.to_json({r.first_k for r in self.records.values()}, tally.encode)
+        return state
+
+    def _restore_summary(self, doc: dict[str, Any]) -> None:
+        try:
+            self.signatures = SignatureTable(doc["signatures"])
+            for sig, r in doc["records"].items():
+                self.records[sig] = SignatureRecord(signature=sig, first_k=r["first_k"], first_seed=r["first_seed"],
+                                                    first=r["first"], streams=r["streams"], events=r["events"])
+            self.committed = unranges(doc["committed"])
+            self._committed_set = set(self.committed)
+            self.ops, self.stream_seconds = doc["ops"], doc["stream_seconds"]
+            self.prior_elapsed = doc["elapsed"]
+            names = self.signatures.names
+            self.hit_sets = Counter({frozenset(names[i] for i in ids): n for ids, n in doc["hit_sets"]})
+            for name, surv in doc["survival"].items():
+                self.survival[name] = Survival(**surv)
+            self.coverage.restore(doc["coverage"])
+            if self.feedback is not None:
+                self.feedback.restore(doc["feedback"], self.coverage.decode)
+            self.corpus_runs = dict(doc["corpus_runs"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise BadInput(f"{self.out / 'summary.json'}: not a campaign summary "
+                           f"({type(exc).__name__}: {short(str(exc), 60)})") from None
+
+    def _write_summary(self) -> None:
+        size = (self.out / JOURNAL).stat().st_size if (self.out / JOURNAL).exists() else 0
+        write_summary(self.out, self._summary_state(), self.segments, size, self._journal_lines, self._last_line)
+
+    def _close_segment(self) -> None:
+        """The journal passed ``segment_bytes``: close it as a gzip segment, write the
+        summary that covers it, then start the journal afresh (each step safe to
+        interrupt: a stream read twice counts once)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        close_segment(self.out, self.segments + 1)
+        self.segments += 1
+        self._journal_lines, self._last_line = 0, ""
+        write_summary(self.out, self._summary_state(), self.segments, 0, 0, "")
+        atomic_write_text(self.out / JOURNAL, "")
 
     def _write_divergence(self, rec: SignatureRecord) -> None:
         atomic_write_text(self.out / "divergences" / f"{slug(rec.signature)}.json",
@@ -803,19 +890,26 @@ class Campaign:
     def _append_journal(self, entry: dict[str, Any]) -> None:
         if self._journal is None:
             self._journal = open(self.out / JOURNAL, "a", encoding="utf-8")
-        self._journal.write(json.dumps(entry, allow_nan=False, sort_keys=True) + "\n")
+        line = json.dumps(entry, allow_nan=False, sort_keys=True, separators=(",", ":")) + "\n"
+        self._journal.write(line)
+        self._journal_lines += 1
+        self._last_line = line
         self._journal.flush()
         os.fsync(self._journal.fileno())
+        if self._journal.tell() >= self.segment_bytes:
+            self._close_segment()
 
     # -- committing ----------------------------------------------------------------------------
 
     def _commit(self, res: UnitResult) -> list[SignatureRecord]:
+        self._in_commit = True  # an interrupt in here leaves memory ahead of the journal
         hits = {sig: [n, first] for sig, (n, first) in sorted(res.hits.items())}
         new = self._commit_hits(res.k, res.seed, res.ops, hits, res.elapsed, out_of_memory=res.out_of_memory,
                                 ran=res.backends)
         for rec in new:
             self._write_divergence(rec)
-        entry = {"k": res.k, "seed": res.seed, "ops": res.ops, "hits": hits, "elapsed": round(res.elapsed, 6),
+        # The journal's line (difftest.journal): counts, and a divergence only at its first sighting.
+        entry = {"k": res.k, "ops": res.ops, **self.signatures.encode(hits), "elapsed": round(res.elapsed, 4),
                  "at": round(self.elapsed(), 3)}
         if res.out_of_memory:
             entry["oom"] = dict(sorted(res.out_of_memory.items()))
@@ -823,6 +917,7 @@ class Campaign:
             entry["backends"] = list(res.backends)
         entry.update(self._commit_coverage(res))
         self._append_journal(entry)
+        self._in_commit = False
         return new
 
     def _commit_coverage(self, res: UnitResult) -> dict[str, Any]:
@@ -831,7 +926,7 @@ class Campaign:
         fields = self.coverage.commit(res.features, mutant=recipe is not None and recipe.parent is not None)
         if self.feedback is not None and recipe is not None:
             self.feedback.commit(res.k, res.features)
-            fields.update(recipe.journal())
+            fields.update({key: v for key, v in recipe.journal().items() if v is not None})
         return fields
 
     def _recipe(self, k: int) -> Recipe | None:
@@ -908,9 +1003,12 @@ class Campaign:
                     k = pending.pop(fut)
                     try:
                         buffer[k] = fut.result()
-                    except BrokenProcessPool:
+                    except cf.BrokenExecutor:  # a local pool's BrokenProcessPool, or WorkerLost
                         broken.append(k)
-                if broken:
+                if broken and not breaks_whole_pool(executor):
+                    for k in sorted(broken):  # only these tasks' workers died
+                        buffer[k] = self._isolate(k)
+                elif broken:
                     broken.extend(pending.values())
                     pending.clear()
                     executor.shutdown(wait=False, cancel_futures=True)
@@ -948,8 +1046,11 @@ class Campaign:
                         child.terminate()
             if self._journal is not None:
                 self._append_journal({"type": "elapsed", "elapsed": round(self.elapsed(), 3)})
-                self._journal.close()
-                self._journal = None
+                if self._journal is not None:
+                    self._journal.close()
+                    self._journal = None
+            if not self._in_commit:  # --resume then reads the summary and no journal line
+                self._write_summary()
             if self._lock is not None:
                 os.close(self._lock)  # releases the flock
                 self._lock = None
@@ -978,7 +1079,7 @@ class Campaign:
                 entry = pending.pop(fut)
                 try:
                     self._record_corpus_run(entry.name, fut.result())
-                except BrokenProcessPool:
+                except cf.BrokenExecutor:
                     broken.append(entry)
         if not broken:
             return executor
@@ -1007,7 +1108,7 @@ class Campaign:
         limit = 2 * self._limits[0] + len(task.reproducers) * unit_allowance(self.config)
         try:
             fut = executor.submit(plotdata.record, task)
-        except BrokenProcessPool:  # the pool broke after the last shrink: a fresh worker
+        except cf.BrokenExecutor:  # the pool broke after the last shrink: a fresh worker
             found, fate = run_alone(self.executor_factory, task, plotdata.record, limit)
         else:
             found, fate = self._watched(executor, fut, limit)
@@ -1020,13 +1121,14 @@ class Campaign:
         "hung") (its worker killed, or on a cluster abandoned)."""
         while not fut.done():
             cf.wait([fut], timeout=0.5)
+            mark_running(executor)
             if self._watchdog.overdue({fut: limit}):
                 self._watchdog.forget()
-                kill_workers(executor)
+                kill_workers(executor, [fut])
                 return None, "hung"
         try:
             return fut.result(), "ok"
-        except BrokenProcessPool:
+        except cf.BrokenExecutor:
             return None, "died"
 
     def _record_corpus_run(self, name: str, outcome: dict[str, Any]) -> None:
@@ -1079,8 +1181,10 @@ class Campaign:
         unit_limit, shrink_limit, _ = self._limits
         watched = {fut: unit_limit for fut in pending}
         watched.update({fut: shrink_limit for fut in self._shrinks})
-        if self._watchdog.overdue(watched):
-            kill_workers(executor)
+        mark_running(executor)
+        late = self._watchdog.overdue(watched)
+        if late:
+            kill_workers(executor, late)
             self._watchdog.forget()
 
     def _finish_shrinks(self, executor: cf.Executor) -> cf.Executor:
@@ -1115,7 +1219,7 @@ class Campaign:
             rec = self.records[sig]
             try:
                 outcome = fut.result()
-            except BrokenProcessPool:
+            except cf.BrokenExecutor:
                 continue
             except Exception as exc:
                 self._finish_without_shrink(rec, f"{type(exc).__name__}: {exc}")
@@ -1183,6 +1287,7 @@ class Campaign:
         return build_campaign_report(
             self.config, self.records, self.known, streams_run=len(self.committed), ops=self.ops,
             timing={"elapsed": round(self.elapsed(), 3), "workers": self.workers,
+                    "executor": getattr(self.executor_factory, "label", "local"),
                     "stream_seconds": round(self.stream_seconds, 3),
                     "ops_per_second": round(self.ops / self.elapsed(), 1) if self.elapsed() > 0 else None,
                     "budget": self.budget,
@@ -1191,15 +1296,6 @@ class Campaign:
             worker_deaths=self.worker_deaths, hit_sets=self.hit_sets, survival=self.survival,
             corpus=self.corpus, coverage=self.coverage.to_report(len(self.committed)), plots=self.plots,
         )
-
-
-def match_bug(head: str, members: Sequence[str], known: Sequence[KnownDivergence]) -> KnownDivergence | None:
-    """The baseline entry that matches a bug: its head or any of its member signatures."""
-    for sig in (head, *members):
-        kd = match_known(sig, known)
-        if kd is not None:
-            return kd
-    return None
 
 
 def bug_entries(records: dict[str, SignatureRecord], known: Sequence[KnownDivergence],
@@ -1315,7 +1411,7 @@ def build_campaign_report(
         "divergences": entries,
         "survival": {name: s.to_json() for name, s in (survival or {}).items()},
         "no_longer_seen": no_longer,
-        "worker_deaths": list(worker_deaths),
+        "worker_deaths": sorted(worker_deaths, key=lambda d: d["stream"]),  # not in the order they were met
     }
     if corpus is not None:
         doc["corpus"] = corpus.summary()
@@ -1390,7 +1486,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         shard_plots.append(camp.plots)
         for name, surv in camp.survival.items():
             survival.setdefault(name, Survival()).merge(surv)
-        tally.add(CoverageTally.from_journal(Path(d) / JOURNAL))
+        tally.add(camp.coverage)
         if base is None:
             base, known = config, camp.known
         _check_shard(Path(d), config, base, Path(dirs[0]), shards)

@@ -14,12 +14,13 @@ from typing import Any
 
 import click
 
+from difftest.baseline import load_baseline
 from difftest.features import warnings
 from difftest.campaign import (
     JOURNAL,
     Campaign,
+    local_process_pool,
     CampaignConfig,
-    load_baseline,
     merge_runs,
     parse_duration,
     parse_shard,
@@ -28,6 +29,7 @@ from difftest.campaign import (
 from difftest.cli_base import Context, cli, pass_ctx, progress_bar
 from difftest.cli_run import split_names
 from difftest.cli_streams import generator_options
+from difftest.cluster import ENV_SCHEDULER
 from difftest.corpus import Corpus
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput, NothingToRun, Terminated
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE
@@ -154,18 +156,23 @@ def _progress_bar(enabled: bool, total: int | None, budget: float | None = None)
               help="A directory of reproducers kept between runs: replayed first, new bugs added.")
 @click.option("--compare", "previous", default=None, metavar="PREVIOUS_RUN_DIR", type=click.Path(),
               help="Mark each signature new, still open, fixed, regressed or known against an earlier run.")
+@click.option("--executor", "executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Where streams run: local worker processes, or the Dask cluster of --scheduler (docs/CLUSTER.md).")
+@click.option("--scheduler", default=None, metavar="ADDRESS", envvar=ENV_SCHEDULER, show_envvar=True,
+              help="The Dask scheduler of --executor dask, such as tcp://10.0.0.5:8786.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout (no progress bar).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
 def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_stream, seed, workers, generator,
              feedback, phys_pages, out, baseline, resume, shard, stream_timeout, shrink_budget, checkpoint_every,
-             invariants, report_formats, corpus_dir, previous, as_json, no_progress) -> int:
+             invariants, report_formats, corpus_dir, previous, executor, scheduler, as_json, no_progress) -> int:
     """Run a fuzz campaign: seeded streams on every backend, divergences deduplicated,
     minimised, and split into new and known.  Exit 1 only for new divergences.
 
     A generator's own options (``--trace-dir DIR`` for ``--generator trace``) pass
     through to it."""
     registry = ctx.registry
+    scheduler = _scheduler_address(executor, scheduler)
     for fmt in report_formats:
         if fmt not in registry.reporters:
             raise BadInput(f"unknown report format {fmt!r} (registered: {', '.join(sorted(registry.reporters)) or 'none'})")
@@ -228,9 +235,17 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     corpus = Corpus.open(corpus_dir) if corpus_dir else None
     fresh = not resume and not out_dir.exists()
     campaign: Campaign | None = None
+    cluster = None
     try:
+        factory = local_process_pool
+        if scheduler is not None:
+            from difftest.cluster import connect
+
+            cluster = factory = connect(scheduler)
+            cluster.prepare(config.plugins)
+            workers = workers or cluster.threads()
         campaign = Campaign(config, out_dir, known, workers=workers or os.cpu_count() or 1, budget=budget_s,
-                            progress=update, resume=bool(resume), corpus=corpus)
+                            executor_factory=factory, progress=update, resume=bool(resume), corpus=corpus)
         with _sigterm_as_interrupt():
             report = campaign.run()
     except (BadInput, NothingToRun):
@@ -247,6 +262,8 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     finally:
         if bar is not None:
             bar.close()
+        if cluster is not None:
+            cluster.close()
     if before is not None:
         from difftest.lifecycle import compare
 
@@ -273,6 +290,18 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         for line in warnings(cov):  # health checks: what the campaign never reached
             click.echo(f"warning: {line}", err=True)
     return EXIT_DIVERGENCES if report["summary"]["failing_bugs"] else EXIT_OK
+
+
+def _scheduler_address(executor: str, scheduler: str | None) -> str | None:
+    """The Dask scheduler to use, or None for local workers."""
+    source = click.get_current_context().get_parameter_source("scheduler")
+    if executor == "local":
+        if scheduler is not None and source == click.core.ParameterSource.COMMANDLINE:
+            raise BadInput("--scheduler applies to --executor dask")
+        return None
+    if not scheduler:
+        raise BadInput(f"--executor dask needs --scheduler ADDRESS (or {ENV_SCHEDULER})")
+    return scheduler
 
 
 @contextlib.contextmanager

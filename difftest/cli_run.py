@@ -13,7 +13,7 @@ from tabulate import tabulate
 
 from difftest import streams
 from difftest.bugs import head_key
-from difftest.campaign import load_baseline, match_bug
+from difftest.baseline import load_baseline, match_bug
 from difftest.cli_base import Context, cli, pass_ctx, progress_bar
 from difftest.divergence import KnownDivergence, RunResult
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput

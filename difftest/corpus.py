@@ -4,7 +4,7 @@ Hypothesis's example database and syzbot's reproducer re-testing are the models:
 night replays every reproducer first, so that a bug is called *fixed* only when its
 reproducer ran and no longer diverges, not because tonight's random streams missed it.
 
-One entry per bug, two files named after the bug's head (``campaign.slug``):
+One entry per bug, two files named after the bug's head (``slug``):
 
 * ``NAME.stream.json``: the minimised reproducer, a ``difftest.stream/1`` file (so
   ``difftest validate DIR/*.stream.json`` and ``difftest replay`` take it as it is);
@@ -29,16 +29,26 @@ Statuses of a bug in a ``--corpus`` campaign (``bugs[].status``), in order of pr
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from difftest.baseline import match_bug
 from difftest.divergence import KnownDivergence
 from difftest.errors import BadInput, StreamError
+from difftest.jsonstream import read_json_file
 from difftest.streams import atomic_write_text, dumps, stream_from_json, stream_to_json
 
 CORPUS_FORMAT = "difftest.corpus/1"
+
+
+def slug(signature: str) -> str:
+    """A file name for a signature: readable, and unique through a short hash."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", signature)[:80]
+    return f"{readable}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
 
 
 @dataclass
@@ -88,8 +98,6 @@ class Corpus:
     def judge(self, bugs: list[dict[str, Any]], known: Sequence[KnownDivergence]) -> list[dict[str, Any]]:
         """This campaign's bugs with their corpus status, then the entries fuzzing did not
         hit, judged by their replay (open, regressed or fixed)."""
-        from difftest.campaign import match_bug
-
         out = []
         matched: set[str] = set()
         for bug in bugs:
@@ -142,8 +150,6 @@ class Corpus:
     def update(self, bugs: Sequence[dict[str, Any]]) -> int:
         """Write the corpus back: statuses of the entries this campaign judged, an entry for
         every new bug with a reproducer.  Returns the number of entries added."""
-        from difftest.campaign import slug
-
         self.path.mkdir(parents=True, exist_ok=True)
         added = 0
         for bug in bugs:
@@ -165,12 +171,7 @@ class Corpus:
 
 
 def _read_entry(record: Path) -> CorpusEntry:
-    try:
-        doc = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{record}: not a corpus record: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != CORPUS_FORMAT:
-        raise BadInput(f"{record}: not a {CORPUS_FORMAT} record")
+    doc = read_json_file(record, "corpus record", CORPUS_FORMAT)
     for key in ("head", "backend", "kind", "status", "stream"):
         if not isinstance(doc.get(key), str):
             raise BadInput(f"{record}: field {key!r} is not a string")

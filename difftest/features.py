@@ -21,6 +21,8 @@ no stream did.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
@@ -233,11 +235,32 @@ def warnings(coverage: dict[str, Any]) -> Iterable[str]:
             yield f"never reached: {h['what']} (try {h['hint']})"
 
 
+def encode_bits(ids: Iterable[int]) -> str:
+    """A set of small integers as base64 of the bit set's little-endian bytes."""
+    mask = 0
+    for i in ids:
+        mask |= 1 << i
+    return base64.b64encode(mask.to_bytes((mask.bit_length() + 7) // 8, "little")).decode("ascii")
+
+
+def decode_bits(text: Any) -> list[int]:
+    """``encode_bits``'s integers, in increasing order (ValueError for anything else)."""
+    if not isinstance(text, str):
+        raise ValueError("'fbits' is not a string")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("'fbits' is not base64") from None
+    return [8 * at + bit for at, byte in enumerate(data) if byte for bit in range(8) if byte >> bit & 1]
+
+
 class CoverageTally:
     """A campaign's count of streams per feature.
 
     Journaled compactly: features are numbered in the order the campaign first met them,
-    and a journal entry lists the new names (in that order) and the stream's numbers."""
+    and a journal entry lists the new names (in that order) and the stream's numbers as a
+    bit set (``fbits``: base64 of the little-endian integer whose bit i is feature i, about
+    distinct/6 characters however many features the stream reached)."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -257,7 +280,9 @@ class CoverageTally:
                 new.append(name)
             ids.append(i)
             self.streams[name] = self.streams.get(name, 0) + 1
-        return {"features_new": new, "features": ids}
+        fields: dict[str, Any] = {"features_new": new} if new else {}
+        fields["fbits"] = encode_bits(ids)
+        return fields
 
     def replay(self, entry: dict[str, Any]) -> list[str]:
         """Count a journal entry again (on --resume); the stream's features."""
@@ -266,7 +291,10 @@ class CoverageTally:
             if name not in self.index:
                 self.index[name] = len(self.names)
                 self.names.append(name)
-        names = [self.names[i] for i in entry.get("features", ())]
+        ids = decode_bits(entry["fbits"]) if "fbits" in entry else entry.get("features", ())
+        if any(i >= len(self.names) for i in ids):
+            raise ValueError("record names a feature that no earlier record declared")
+        names = [self.names[i] for i in ids]
         for name in names:
             self.streams[name] = self.streams.get(name, 0) + 1
         return names
@@ -276,6 +304,23 @@ class CoverageTally:
             self.streams[name] = self.streams.get(name, 0) + n
         self.mutants += other.mutants
 
+    def encode(self, names: Iterable[str]) -> str:
+        """Features met before as a bit set over their numbers (a campaign summary's)."""
+        return encode_bits(self.index[n] for n in names)
+
+    def decode(self, bits: str) -> frozenset[str]:
+        return frozenset(self.names[i] for i in decode_bits(bits))
+
+    def to_json(self) -> dict[str, Any]:
+        """The tally's state (a campaign summary's): names in their numbering, counts."""
+        return {"names": self.names, "streams": [self.streams.get(n, 0) for n in self.names], "mutants": self.mutants}
+
+    def restore(self, doc: dict[str, Any]) -> None:
+        self.names = list(doc["names"])
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.streams = {n: c for n, c in zip(self.names, doc["streams"], strict=True) if c}
+        self.mutants = doc["mutants"]
+
     def to_report(self, streams: int) -> dict[str, Any]:
         """The report's ``coverage`` object (docs/REPORT.md)."""
         return {
@@ -284,24 +329,3 @@ class CoverageTally:
             "health": health_report(self.streams, streams),
             "features": dict(sorted(self.streams.items())),
         }
-
-    @classmethod
-    def from_journal(cls, path: Any) -> "CoverageTally":
-        """Read a campaign journal's feature counts (a torn last line is ignored)."""
-        import json
-
-        tally = cls()
-        try:
-            text = open(path, encoding="utf-8").read()
-        except OSError:
-            return tally
-        for line in text.splitlines(keepends=True):
-            if not line.endswith("\n"):
-                break
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                break
-            if "k" in entry:
-                tally.replay(entry)
-        return tally

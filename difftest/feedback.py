@@ -56,6 +56,15 @@ class Recipe:
     def journal(self) -> dict[str, Any]:
         return {"parent": None if self.parent is None else self.parent.k, "donor": self.donor}
 
+    def to_json(self) -> dict[str, Any]:
+        """The whole chain (a campaign summary's)."""
+        return {"k": self.k, "parent": None if self.parent is None else self.parent.to_json(), "donor": self.donor}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Recipe":
+        parent = doc.get("parent")
+        return cls(doc["k"], None if parent is None else cls.from_json(parent), doc.get("donor"))
+
 
 @dataclass
 class _Entry:
@@ -80,6 +89,33 @@ class FeedbackPool:
         self.recipes: dict[int, Recipe] = {}
         self.high = -1  # the last committed stream
         self.mutants = 0
+
+    # -- a campaign summary (difftest.journal) -----------------------------------------------------
+
+    def to_json(self, keep: set[int], encode: Callable[[Any], str]) -> dict[str, Any]:
+        """The pool's state: what ``recipe_for`` and ``replay`` go on from.  ``keep``: the
+        streams whose recipe the campaign may still ask for besides the pool's and the
+        uncommitted ones; ``encode``: a feature set as text (the tally's bit set)."""
+        held = {e.k for e in self.entries} | {k for k, _, _ in self.queue} | keep
+        return {
+            "entries": [[e.recipe.to_json(), encode(e.features)] for e in self.entries],
+            "queue": [[r.to_json(), encode(f)] for _, r, f in self.queue],
+            "counts": dict(sorted(self.counts.items())),
+            "recipes": [r.to_json() for k, r in sorted(self.recipes.items()) if k in held or k > self.high],
+            "high": self.high,
+            "mutants": self.mutants,
+        }
+
+    def restore(self, doc: dict[str, Any], decode: Callable[[str], frozenset[str]]) -> None:
+        """Take the state ``to_json`` gave (on a new pool of the same campaign)."""
+        self.entries = [_Entry(r["k"], Recipe.from_json(r), decode(f)) for r, f in doc["entries"]]
+        self.queue = deque((r["k"], Recipe.from_json(r), decode(f)) for r, f in doc["queue"])
+        self.counts = dict(doc["counts"])
+        self.recipes = {r["k"]: Recipe.from_json(r) for r in doc["recipes"]}
+        for e in self.entries:
+            self.recipes.setdefault(e.k, e.recipe)
+        self.high = doc["high"]
+        self.mutants = doc["mutants"]
 
     # -- commits (in k order) -----------------------------------------------------------------
 

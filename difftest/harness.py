@@ -253,8 +253,8 @@ class Harness:
 
         ``time_limit`` (seconds) bounds the stream: past it, the backend running at that
         moment gets a ``hang`` divergence stating the limit and stops; the others go on.
-        The limit interrupts even a backend stuck in a loop (SIGALRM, main thread only;
-        elsewhere it is checked between ops, and every backend still running is blamed).
+        The limit interrupts even a backend stuck in a loop (SIGALRM in the main thread, a
+        timer's asynchronous exception in another); it is also checked between ops.
         """
         started = time.perf_counter()
         result: RunResult | None = None
@@ -288,14 +288,17 @@ class Harness:
 
 @contextlib.contextmanager
 def _alarm(limit: float | None):
-    """Arm SIGALRM for ``limit`` seconds where possible; yield the monotonic deadline."""
+    """Arm SIGALRM for ``limit`` seconds where possible (the main thread), elsewhere a
+    timer that raises ``StreamTimeout`` in this thread (a Dask worker runs streams in a
+    thread of its own); yield the monotonic deadline."""
     if not limit:
         yield None
         return
     deadline = time.monotonic() + limit
     usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if not usable:
-        yield deadline
+        with _thread_alarm(limit):
+            yield deadline
         return
 
     def on_alarm(signum: int, frame: Any) -> None:
@@ -308,6 +311,37 @@ def _alarm(limit: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _thread_alarm(limit: float):
+    """SIGALRM's stand-in off the main thread: after ``limit`` seconds a timer raises
+    ``StreamTimeout`` in this thread (``PyThreadState_SetAsyncExc``: it lands between two
+    bytecodes, as a signal handler's does; code stuck in C is left to the campaign's
+    watchdog).  Disarmed on leaving, a raise not yet delivered then withdrawn."""
+    import ctypes
+
+    target = ctypes.c_ulong(threading.get_ident())
+    lock = threading.Lock()
+    state = {"armed": True, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if state["armed"]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(target, ctypes.py_object(StreamTimeout))
+                state["fired"] = True
+
+    timer = threading.Timer(limit, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["armed"] = False
+            if state["fired"]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(target, None)
+        timer.cancel()
 
 
 class StreamRun:

@@ -28,6 +28,24 @@ class MalformedJSON(ValueError):
     """A syntax problem (``message`` already says where), or bytes that are not UTF-8."""
 
 
+def read_json_file(path: Any, what: str, fmt: str | None = None) -> dict[str, Any]:
+    """A JSON object from ``path``, whose ``format`` is ``fmt`` when given: BadInput
+    "PATH: not a WHAT (why)" otherwise."""
+    from pathlib import Path
+
+    from difftest.errors import BadInput, short
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{path}: not a {what} ({short(str(exc), 80)})") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{path}: not a {what} (not a JSON object)")
+    if fmt is not None and doc.get("format") != fmt:
+        raise BadInput(f"{path}: not a {what} (format is not {fmt})")
+    return doc
+
+
 def refuse_constant(name: str) -> Any:
     """Strict JSON: NaN and Infinity are refused (dumps(allow_nan=False) could not write them)."""
     raise ValueError(f"{name} is not a JSON number")

@@ -61,7 +61,7 @@ CAMPAIGN: dict[str, Check] = {
 SUMMARY: dict[str, Check] = {"signatures": _int(), "new": _int(), "known": _int()}
 TIMING: dict[str, Check] = {
     "elapsed": _or_none(_num), "workers": _or_none(_int()), "stream_seconds": _or_none(_num),
-    "ops_per_second": _or_none(_num), "budget": _or_none(_num),
+    "ops_per_second": _or_none(_num), "budget": _or_none(_num), "executor": _str,
 }
 FIRST_HIT: dict[str, Check] = {"elapsed": _num, "streams": _int(), "signature": _str}
 ENTRY: dict[str, Check] = {

@@ -364,3 +364,65 @@ def test_the_executor_is_pluggable(tmp_path):
     assert made == [2]
     assert comparable(other) == {**comparable(default)}
     assert other["divergences"]
+
+
+# -- the journal: small lines, closed segments, a summary for --resume ----------------------------------------
+
+
+def _small_config(**kw):
+    from difftest.campaign import CampaignConfig
+
+    return CampaignConfig(**{"backends": ("alpha-ref", "arm32-leaky", "arm32-refcount"), "reference": "alpha-ref",
+                             "seed": 23, "ops_per_stream": 300, "streams": 8, "shrink_budget": 1, "feedback": True,
+                             **kw})
+
+
+def test_journal_segments_and_summary_read_back_to_the_same_report(tmp_path):
+    """A journal closed into gzip segments after every line, and a campaign interrupted
+    and resumed from its summary and the journal's tail, report what an undisturbed
+    campaign does; so do the segments read back without the summary."""
+    import gzip
+
+    from difftest.campaign import Campaign, load_run_dir
+
+    whole = Campaign(_small_config(), tmp_path / "whole", workers=1).run()
+    assert whole["divergences"]
+    lines = [json.loads(line) for line in (tmp_path / "whole" / "journal.jsonl").read_text().splitlines()]
+    streams = [line for line in lines if "k" in line]
+    # a signature's divergence is written once, at its first sighting; later lines count it
+    firsts = [sig for line in streams for sig in line.get("first", {})]
+    assert sorted(firsts) == sorted(d["signature"] for d in whole["divergences"])
+    assert all("seed" not in line and isinstance(line["fbits"], str) for line in streams)
+
+    segmented = Campaign(_small_config(), tmp_path / "seg", workers=1)
+    segmented.segment_bytes = 1  # close a segment after every line
+    assert comparable(segmented.run()) == comparable(whole)
+    closed = sorted((tmp_path / "seg").glob("journal.*.jsonl.gz"))
+    assert len(closed) >= 8 and (tmp_path / "seg" / "journal.jsonl").read_text() == ""
+    assert all('"k"' in gzip.open(p, "rt").read() or "type" in gzip.open(p, "rt").read() for p in closed)
+    assert comparable(load_run_dir(tmp_path / "seg").report()) == comparable(whole)
+    (tmp_path / "seg" / "summary.json").unlink()  # without it: every segment is read, in order
+    assert comparable(load_run_dir(tmp_path / "seg").report()) == comparable(whole)
+
+    def interrupt_after_three(state):
+        if state["streams"] >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Campaign(_small_config(), tmp_path / "cut", workers=1, progress=interrupt_after_three).run()
+    first_summary = (tmp_path / "cut" / "summary.json").read_text()
+    summary = json.loads(first_summary)
+    assert summary["covers"]["journal_bytes"] == (tmp_path / "cut" / "journal.jsonl").stat().st_size
+
+    def interrupt_after_five(state):
+        if state["streams"] >= 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Campaign(_small_config(), tmp_path / "cut", workers=1, resume=True, progress=interrupt_after_five).run()
+    # as if that session had been killed (-9) before writing its summary: the first one's
+    # covers the first session, the journal's tail holds the second's streams
+    (tmp_path / "cut" / "summary.json").write_text(first_summary)
+    resumed = Campaign(_small_config(), tmp_path / "cut", workers=1, resume=True)
+    assert len(resumed.committed) >= 5 and resumed.committed == sorted(resumed.committed)
+    assert comparable(resumed.run()) == comparable(whole)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cliutil import clean_env, run_difftest
-from difftest.features import CoverageTally, FeatureRecorder, stream_features
+from difftest.features import CoverageTally, FeatureRecorder, decode_bits, encode_bits, stream_features
 from difftest.feedback import WINDOW, FeedbackPool, Recipe, UnitScheduler, build_stream, mutate
 from difftest.harness import Harness
 from difftest.legality import legal_stream_problem
@@ -70,8 +70,10 @@ def test_features_of_a_hand_made_stream(host):
 def test_the_tally_journals_compactly_and_replays_to_the_same_counts():
     tally, again = CoverageTally(), CoverageTally()
     entries = [tally.commit(["b", "a"]), tally.commit(["c", "a"], mutant=True), tally.commit([])]
-    assert entries[0] == {"features_new": ["a", "b"], "features": [0, 1]}
-    assert entries[1] == {"features_new": ["c"], "features": [0, 2]}
+    assert entries[0] == {"features_new": ["a", "b"], "fbits": "Aw=="}  # bits 0 and 1
+    assert entries[1] == {"features_new": ["c"], "fbits": "BQ=="}  # bits 0 and 2
+    assert entries[2] == {"fbits": ""}
+    assert decode_bits(encode_bits([0, 9, 700])) == [0, 9, 700]
     for e, parent in zip(entries, (None, 0, None)):
         again.replay({**e, "parent": parent})
     assert again.streams == tally.streams == {"a": 2, "b": 1, "c": 1}

@@ -115,6 +115,33 @@ def test_a_backend_ignoring_sigalrm_is_killed_by_the_watchdog(tmp_path):
     assert report["worker_deaths"] and report["worker_deaths"][0]["backends"] == ["mis-noalarm"]
 
 
+def test_a_stream_run_off_the_main_thread_has_its_time_limit_too():
+    """A Dask worker runs streams in a thread of its own, where there is no SIGALRM: a
+    timer's exception stops the looping backend at its op, as the alarm does."""
+    import threading
+
+    from difftest.harness import Harness
+    from difftest.plugins import PluginHost
+    from difftest.streams import loads
+
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        host = PluginHost()
+        host.load(["broken_backends"])
+    finally:
+        sys.path.remove(str(PLUGINS))
+    harness = Harness.from_registry(host.registry, ["alpha-ref", "bug-hang"], "alpha-ref")
+    results = []
+    worker = threading.Thread(target=lambda: results.append(harness.run(loads(protect_stream()), time_limit=0.5)),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and results
+    (hang,) = [d for d in results[0].divergences if d.backend == "bug-hang"]
+    assert (hang.kind, hang.op_kind) == ("hang", "protect") and "time limit of 0.5 s" in hang.message
+    assert not [d for d in results[0].divergences if d.backend == "alpha-ref"]
+
+
 def test_replay_has_a_stream_timeout(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(protect_stream())
@@ -166,6 +193,8 @@ def test_duplicated_journal_records_are_counted_once(tmp_path):
     lines = journal.read_text().splitlines(keepends=True)
     records = [line for line in lines if '"k"' in line]
     journal.write_text("".join(records + records + lines[len(records):]))  # a double resume's journal
+    # ... in a directory of before summaries (two sessions could write it only before the lock)
+    (tmp_path / "out" / "summary.json").unlink()
     merged = run_difftest("merge", str(tmp_path / "out"), "--out", str(tmp_path / "m"), env=clean_env(), cwd=tmp_path)
     assert merged.returncode == 0, merged.stderr
     report, original = report_of(tmp_path, "m"), report_of(tmp_path)
@@ -298,9 +327,25 @@ def test_one_nesting_limit_in_validate_replay_and_shrink(tmp_path):
         assert "field 'origin' is nested deeper than 64 levels" in proc.stderr, (command, proc.stderr)
 
 
+def _unsummarised(d: Path, journal: bytes) -> None:
+    """A journal of a campaign with no summary (read whole)."""
+    (d / "summary.json").unlink()
+    (d / "journal.jsonl").write_bytes(journal)
+
+
+def _appended(d: Path, line: str) -> None:
+    with open(d / "journal.jsonl", "a") as f:
+        f.write(line)
+
+
 @pytest.mark.parametrize("damage, words", [
-    (lambda d: (d / "journal.jsonl").write_text('{"k": 0}\n'), "journal.jsonl:1: record lacks"),
-    (lambda d: (d / "journal.jsonl").write_bytes(b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
+    (lambda d: _unsummarised(d, b'{"k": 0}\n'), "journal.jsonl:1: record lacks"),
+    (lambda d: _unsummarised(d, b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
+    (lambda d: _unsummarised(d, b'{"k": 0, "ops": 5, "hits": [[0, 1]]}\n{"k": 1}\n'),
+     "journal.jsonl:1: record's hit 0 names no signature declared before"),
+    (lambda d: _appended(d, '{"k": 7}\n{"k": 8}\n'), "journal.jsonl:3: record lacks"),  # past the summary
+    (lambda d: (d / "journal.jsonl").write_text('{"k": 0}\n'), "journal.jsonl does not continue"),
+    (lambda d: (d / "summary.json").write_text("{garbage"), "summary.json: not a campaign summary"),
     (lambda d: (d / "corpus" / "junk.record.json").write_text("{garbage"), "junk.record.json: not a corpus record"),
 ])
 def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, damage, words):

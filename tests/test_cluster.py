@@ -1,0 +1,167 @@
+"""Campaigns on a Dask cluster: a real ``distributed.LocalCluster`` (worker processes with
+nannies, on loopback), real streams, real backends; the report must be the local one's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cliutil import clean_env, run_difftest
+from difftest.campaign import Campaign, CampaignConfig, unit_seed
+
+distributed = pytest.importorskip("distributed")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),  # a cluster that lost its workers fails, never hangs
+    # two clusters at once (the module's and a test's own): the second's HTTP server takes another port
+    pytest.mark.filterwarnings("ignore:Port .* is already in use"),
+]
+
+BACKENDS = ("alpha-ref", "arm32-leaky", "arm32-refcount")
+
+
+def comparable(report: dict) -> dict:
+    doc = dict(report)
+    doc.pop("timing", None)
+    return doc
+
+
+def _local_cluster():
+    """Two single-threaded worker processes (the campaign's tasks are not thread-safe)."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as lc:
+        with distributed.Client(lc, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=120)
+            yield lc, client
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    yield from _local_cluster()
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of its own for a test that kills many workers (their nannies restart
+    them, but a loaded machine may leave one down for longer than the next test waits)."""
+    yield from _local_cluster()
+
+
+@pytest.fixture(scope="module")
+def local_report(tmp_path_factory):
+    """The campaign run by the default executor (local worker processes)."""
+    config = _config()
+    return Campaign(config, tmp_path_factory.mktemp("local") / "out", workers=2).run()
+
+
+def _config() -> CampaignConfig:
+    # feedback on (the CLI's default): stream k's recipe depends on what was committed
+    return CampaignConfig(backends=BACKENDS, reference="alpha-ref", seed=31, ops_per_stream=500, streams=8,
+                          shrink_budget=2, feedback=True)
+
+
+def test_a_dask_campaign_reports_what_the_local_one_does(tmp_path, cluster, local_report):
+    from difftest.cluster import DaskCluster
+
+    _, client = cluster
+    client.wait_for_workers(2, timeout=120)
+    report = Campaign(_config(), tmp_path / "dask", workers=2, executor_factory=DaskCluster(client)).run()
+    assert local_report["divergences"], "nothing found: the comparison would be empty"
+    assert all(d["reproducer_ops"] < 500 for d in local_report["divergences"]), "not shrunk"
+    assert comparable(report) == comparable(local_report)
+    assert report["timing"]["executor"] == "dask" and local_report["timing"]["executor"] == "local"
+    # the client wrote OUT/ (the workers have no access to it): resumable as a local one
+    assert (tmp_path / "dask" / "journal.jsonl").exists()
+    assert sorted(p.name for p in (tmp_path / "dask" / "corpus").glob("*.stream.json"))
+
+
+def test_a_worker_killed_mid_campaign_loses_and_doubles_nothing(tmp_path, cluster, local_report):
+    from difftest.cluster import DaskCluster
+
+    _, client = cluster
+    client.wait_for_workers(2, timeout=120)
+    killed: list[tuple[str, int, list]] = []
+
+    def kill_one_busy_worker(state: dict) -> None:
+        if killed or state["streams"] < 2:
+            return
+        busy = {w: keys for w, keys in client.processing().items() if keys}
+        if not busy:
+            return
+        worker = sorted(busy)[0]
+        pid = client.run(os.getpid, workers=[worker])[worker]
+        os.kill(pid, signal.SIGKILL)  # mid-stream: it was processing these tasks
+        killed.append((worker, pid, list(busy[worker])))
+
+    report = Campaign(_config(), tmp_path / "dask", workers=2, executor_factory=DaskCluster(client),
+                      progress=kill_one_busy_worker).run()
+    assert killed, "no worker was busy when streams were committed: nothing was killed"
+    assert comparable(report) == comparable(local_report)
+    assert report["worker_deaths"] == []  # the scheduler ran its stream again elsewhere: not the stream's doing
+
+
+def test_fuzz_on_a_scheduler_from_the_command_line(tmp_path, cluster):
+    """The CLI connects to a scheduler named by DIFFTEST_DASK_SCHEDULER; a bad address or
+    a missing one is one line, exit 2."""
+    lc, client = cluster
+    client.wait_for_workers(2, timeout=120)
+    env = clean_env(DIFFTEST_DASK_SCHEDULER=lc.scheduler_address)
+    args = ["fuzz", "--no-progress", "--streams", "3", "--ops-per-stream", "200", "--seed", "5",
+            "--shrink-budget", "0.5", "--executor", "dask"]
+    proc = run_difftest(*args, "--out", str(tmp_path / "out"), env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["streams"] == 3 and report["timing"]["workers"] == 2 and report["timing"]["executor"] == "dask"
+    bad = run_difftest(*args, "--out", str(tmp_path / "bad"), "--scheduler", "tcp://127.0.0.1:9",
+                       env=clean_env(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s"), cwd=tmp_path)
+    assert bad.returncode == 2 and "cannot reach a Dask scheduler" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    none = run_difftest(*args, "--out", str(tmp_path / "none"), env=clean_env(), cwd=tmp_path)
+    assert none.returncode == 2 and "needs --scheduler" in none.stderr
+
+
+def test_a_stream_that_kills_every_worker_is_attributed_as_locally(tmp_path, own_cluster):
+    """The scheduler gives up on a stream after it killed 4 workers; the campaign then
+    names the backend as it does for a local worker's death: the same report."""
+    lc, _ = own_cluster
+    plugins = Path(__file__).parent / "plugins"  # broken_backends.py: uploaded to the workers
+    args = ["-p", "broken_backends", "fuzz", "--no-progress", "--backends", "alpha-ref,bug-exit,bug-protect-raises",
+            "--streams", "1", "--ops-per-stream", "200", "--seed", "3", "--shrink-budget", "0", "--workers", "2"]
+    local = run_difftest(*args, "--out", str(tmp_path / "local"), env=clean_env([plugins]), cwd=tmp_path)
+    dask = run_difftest(*args, "--out", str(tmp_path / "dask"), "--executor", "dask", "--scheduler",
+                        lc.scheduler_address, env=clean_env([plugins]), cwd=tmp_path)
+    assert local.returncode == dask.returncode == 1, local.stderr + dask.stderr
+    reports = [json.loads((tmp_path / out / "report.json").read_text()) for out in ("local", "dask")]
+    for report in reports:
+        assert report["worker_deaths"] == [{"stream": 0, "seed": unit_seed(3, 0), "backends": ["bug-exit"],
+                                            "killed_by_watchdog": []}]
+        for d in report["divergences"]:
+            d["first"].pop("traceback", None)  # names the plugin's file where each process has it
+    assert comparable(reports[1]) == comparable(reports[0])
+    assert {d["signature"] for d in reports[0]["divergences"]} == {
+        "crash:bug-exit:stream:worker:worker-died", "crash:bug-protect-raises:protect:exception:RuntimeError"}
+
+
+def test_a_task_stuck_in_c_code_is_ended_by_the_watchdog_and_attributed(tmp_path, own_cluster):
+    """``time.sleep`` for ever: neither the alarm nor its thread stand-in reaches it.  The
+    watchdog cancels the task and ends its worker process; the stream is then isolated
+    and the backend named, a hang of class worker-killed; the others' findings are kept."""
+    lc, _ = own_cluster
+    plugins = Path(__file__).parent / "plugins"
+    proc = run_difftest("-p", "misbehaving_backends", "fuzz", "--no-progress", "--out", str(tmp_path / "out"),
+                        "--backends", "alpha-ref,arm32-leaky,mis-sleep", "--streams", "1", "--ops-per-stream", "300",
+                        "--seed", "4", "--shrink-budget", "0", "--stream-timeout", "0.3", "--executor", "dask",
+                        "--scheduler", lc.scheduler_address, env=clean_env([plugins]), cwd=tmp_path, timeout=180)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["worker_deaths"] == [{"stream": 0, "seed": unit_seed(4, 0), "backends": ["mis-sleep"],
+                                        "killed_by_watchdog": ["mis-sleep"]}]
+    by_backend = {d["backend"]: d for d in report["divergences"]}
+    assert (by_backend["mis-sleep"]["kind"], by_backend["mis-sleep"]["class"]) == ("hang", "worker-killed")
+    assert by_backend["arm32-leaky"]["kind"] == "resource"  # the leak in the same stream is kept
+    assert report["streams"] == 1 and report["ops"] == 300
