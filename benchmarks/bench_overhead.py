@@ -127,7 +127,7 @@ def run_bare(specs: Sequence[Any], stream: Stream) -> None:
 # -- workloads ------------------------------------------------------------------------------
 
 def campaign_streams(host: PluginHost, seed: int, n: int, ops: int) -> list[Stream]:
-    from difftest.campaign import unit_seed
+    from difftest.units import unit_seed
 
     gen = host.registry.generators["random"]
     return [gen.generate(unit_seed(seed, k), ops, 8192) for k in range(n)]
@@ -197,7 +197,7 @@ def cpu(fn: Callable[[], Any]) -> float:
 def build_harnesses(host: PluginHost, checkpoint_every: int = 1000) -> tuple[Any, Any, Any]:
     """(specs, default harness, precise harness), the default built as ``difftest fuzz``
     builds it from its default options."""
-    from difftest.campaign import CampaignConfig, _worker_env
+    from difftest.units import CampaignConfig, _worker_env
     from difftest.harness import Harness
 
     names = tuple(host.registry.default_backends())
