@@ -131,7 +131,7 @@ def campaign_streams(host: PluginHost, seed: int, n: int, ops: int, pressure: bo
     """The first ``n`` streams of ``difftest fuzz --seed seed``; with ``pressure`` False,
     the same streams with the random generator's pressure dimension off (no stream driven
     to the pool's edge: the streams of before that dimension existed)."""
-    from difftest.campaign import unit_seed
+    from difftest.units import unit_seed
 
     gen = host.registry.generators["random"]
     extra = {} if pressure else {"pressure": False}
@@ -202,7 +202,7 @@ def cpu(fn: Callable[[], Any]) -> float:
 def build_harnesses(host: PluginHost, checkpoint_every: int = 1000) -> tuple[Any, Any, Any]:
     """(specs, default harness, precise harness), the default built as ``difftest fuzz``
     builds it from its default options."""
-    from difftest.campaign import CampaignConfig, _worker_env
+    from difftest.units import CampaignConfig, _worker_env
     from difftest.harness import Harness
 
     names = tuple(host.registry.default_backends())

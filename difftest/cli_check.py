@@ -18,7 +18,8 @@ import click
 from tabulate import tabulate
 
 from difftest import streams
-from difftest.campaign import Campaign, CampaignConfig, local_process_pool, parse_duration
+from difftest.campaign import Campaign
+from difftest.units import CampaignConfig, local_process_pool, parse_duration
 from difftest.cli_base import Context, cli, pass_ctx
 from difftest.conformance import (
     CHECK_FORMAT,

@@ -16,20 +16,12 @@ import click
 
 from difftest.baseline import load_baseline
 from difftest.features import warnings
-from difftest.campaign import (
-    JOURNAL,
-    Campaign,
-    local_process_pool,
-    CampaignConfig,
-    merge_runs,
-    parse_duration,
-    parse_shard,
-    read_campaign_meta,
-)
+from difftest.campaign import JOURNAL, Campaign, merge_runs, read_campaign_meta
 from difftest.cli_base import Context, cli, pass_ctx, progress_bar
 from difftest.cli_run import split_names
 from difftest.cli_streams import generator_options
 from difftest.cluster import ENV_SCHEDULER
+from difftest.units import CampaignConfig, local_process_pool, parse_duration, parse_shard
 from difftest.corpus import Corpus
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput, NothingToRun, Terminated
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE

@@ -38,7 +38,7 @@ def shrink_cmd(ctx: Context, file: str, output: str, signature: str | None, back
     bad file, an unknown backend, a signature FILE does not show, or a stream that breaks a
     VM rule (see --no-vm-legality).
     """
-    from difftest.campaign import parse_duration
+    from difftest.units import parse_duration
     from difftest.shrink import shrink
 
     budget = parse_duration(budget_text)  # the same 30s|5m|8h as fuzz --budget

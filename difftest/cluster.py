@@ -12,7 +12,7 @@ on and that executor lacks:
   campaign's watchdog times a task from its start, not from its submission;
 - a worker that dies running a task: the scheduler runs the task again on another worker
   by itself (``distributed.scheduler.allowed-failures`` times); past that the future
-  fails with ``campaign.WorkerLost`` and the campaign isolates that stream as it does a
+  fails with ``units.WorkerLost`` and the campaign isolates that stream as it does a
   dead local worker (the culprit is named by running it alone, then per backend);
 - ``abandon(futures)``: the watchdog's way to end a hung task: the task is cancelled and
   its worker restarted by its nanny (a worker without a nanny is left running it).
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from difftest import __version__
-from difftest.campaign import EXIT_ORPHANED as EXIT_ABANDONED, WorkerLost
+from difftest.units import EXIT_ORPHANED as EXIT_ABANDONED, WorkerLost
 from difftest.errors import BadInput, short
 
 ENV_SCHEDULER = "DIFFTEST_DASK_SCHEDULER"

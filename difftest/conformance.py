@@ -529,7 +529,7 @@ def _worker_registry(plugins: tuple[str, ...]) -> Registry:
     """In a worker: the registry of ``plugins``, loaded once per process."""
     if plugins not in _REGISTRIES:
         from difftest import interrupts
-        from difftest.campaign import _stdout_to_stderr
+        from difftest.units import _stdout_to_stderr
         from difftest.plugins import PluginHost
 
         interrupts.install()
@@ -585,7 +585,7 @@ def probe(task: ProbeTask) -> Probe:
 def probe_isolated(task: ProbeTask, executor_factory: Callable[[int], Any]) -> Probe:
     """``probe`` each backend in a worker of its own (so that one that ends or hangs its
     process is named); the first problem, or what they all measured."""
-    from difftest.campaign import run_alone
+    from difftest.units import run_alone
 
     limit = WORKER_START + task.time_limit + WORKER_GRACE
     boot, caps = 0, ()
@@ -634,7 +634,7 @@ def run_battery_isolated(task: BatteryTask, executor_factory: Callable[[int], An
     import time
     from concurrent.futures.process import BrokenProcessPool
 
-    from difftest.campaign import kill_workers
+    from difftest.units import kill_workers
 
     rows: dict[str, CheckResult] = {}
     todo = list(task.checks)
@@ -701,7 +701,7 @@ def first_in_reproducers(task: ReproducerTask) -> dict[str, Divergence]:
 def firsts_isolated(task: ReproducerTask, executor_factory: Callable[[int], Any]) -> dict[str, Divergence]:
     """``first_in_reproducers`` in a worker of its own ({} when the worker dies or hangs:
     the rows then show the campaign's first sighting)."""
-    from difftest.campaign import run_alone
+    from difftest.units import run_alone
 
     limit = WORKER_START + len(task.entries) * (task.time_limit + WORKER_GRACE)
     found, fate = run_alone(executor_factory, task, first_in_reproducers, limit)

@@ -45,7 +45,7 @@ WORKER_DEATHS = ("worker-died", "worker-killed")  # classes of the divergence of
 class PlotTask:
     """What a worker needs to record the plots' data."""
 
-    config: Any  # difftest.campaign.CampaignConfig
+    config: Any  # difftest.units.CampaignConfig
     stream: int  # the long stream's k
     recipe: Any  # its difftest.feedback.Recipe, or None
     backends: tuple[str, ...]  # the lanes traced: the campaign's, less those that killed a worker
@@ -123,7 +123,7 @@ def buckets(values: Sequence[int], step: int, how: Callable[[Sequence[int]], int
 def _traced(task: PlotTask, stream: Any) -> tuple[Any, dict[str, Any]]:
     """Run ``stream`` (cut to LONG_STREAM_MAX_OPS) on the task's backends with the trace on:
     (the run's result, the record's common fields: ops, step, reference, lanes)."""
-    from difftest.campaign import out_of_memory_ops, worker_registry
+    from difftest.units import out_of_memory_ops, worker_registry
     from difftest.harness import Harness
 
     if not task.backends:
@@ -166,7 +166,7 @@ def _traced(task: PlotTask, stream: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def _long_stream(task: PlotTask) -> dict[str, Any] | None:
-    from difftest.campaign import make_stream, unit_seed
+    from difftest.units import make_stream, unit_seed
 
     _, common = _traced(task, make_stream(task.config, task.stream, task.recipe))
     return {"stream": task.stream, "seed": unit_seed(task.config.seed, task.stream), **common}
@@ -216,7 +216,7 @@ def _reproducer(task: PlotTask, signature: str, backend: str, oom: bool, doc: di
 
 
 def _coverage(task: PlotTask) -> dict[str, Any] | None:
-    from difftest.campaign import make_stream
+    from difftest.units import make_stream
     from difftest.coverage import stream_stats
 
     total: dict[str, Any] = {"streams": 0, "ops": 0, "op_kinds": {}, "depth": {}}

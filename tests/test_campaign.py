@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cliutil import CONSOLE_SCRIPT, clean_env, run_difftest
-from difftest.campaign import parse_duration, parse_shard, unit_seed
+from difftest.units import parse_duration, parse_shard, unit_seed
 from difftest.errors import BadInput
 from difftest.streams import load
 

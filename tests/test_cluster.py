@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cliutil import clean_env, run_difftest
-from difftest.campaign import Campaign, CampaignConfig, unit_seed
+from difftest.campaign import Campaign, CampaignConfig
+from difftest.units import unit_seed
 
 distributed = pytest.importorskip("distributed")
 

@@ -545,7 +545,8 @@ def test_the_recorded_plot_data_is_the_campaigns_trace(real_run, real_report):
     coverage counts the ops of the streams run."""
     from collections import Counter
 
-    from difftest.campaign import read_campaign_meta, unit_seed
+    from difftest.campaign import read_campaign_meta
+    from difftest.units import unit_seed
     from difftest.harness import Harness
     from difftest.plugins import PluginHost
 
@@ -731,7 +732,7 @@ class _SlowClock:
 
 
 def test_a_campaigns_shrink_is_the_same_on_a_loaded_machine(monkeypatch):
-    from difftest import campaign as C
+    from difftest import units as C
     from difftest import shrink as S
 
     config = C.CampaignConfig(backends=("alpha-ref", "arm32-leaky", "arm32-refcount"), reference="alpha-ref",
@@ -755,7 +756,7 @@ class _StalledClock(_SlowClock):
 
 
 def test_a_shrink_stopped_by_its_time_ceiling_says_so(monkeypatch):
-    from difftest import campaign as C
+    from difftest import units as C
     from difftest import shrink as S
 
     config = C.CampaignConfig(backends=("alpha-ref", "arm32-leaky"), reference="alpha-ref", seed=11,
