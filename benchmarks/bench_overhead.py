@@ -1,7 +1,7 @@
 """The harness's overhead over the backends' own work, and its per-op cost as the address
 space grows with heavily shared pages.
 
-    python benchmarks/bench_overhead.py [--streams 10] [--ops 2000] [--repeats 5] [--seed 1]
+    python benchmarks/bench_overhead.py [--streams 10] [--ops 2000] [--repeats 5] [--seed 1] [--no-pressure]
 
 Three ways of running the same ops on the same backends (the default set):
 
@@ -11,7 +11,8 @@ Three ways of running the same ops on the same backends (the default set):
 * ``precise``: ``Harness.run`` with backend invariants after every op (``--invariants per-op``).
 
 Workloads: the first ``--streams`` streams of a campaign (``random`` generator, seeds as
-``difftest fuzz --seed S`` derives them, ``--ops`` each), and a *shared-pages* stream: a
+``difftest fuzz --seed S`` derives them, ``--ops`` each; ``--no-pressure``: the same with
+the generator's memory-pressure dimension off), and a *shared-pages* stream: a
 prefix maps N pages (N = 10 or 10,000) in 4 pmaps, ~600 mappings per data page at
 10,000, then a suffix of single-page ops (enter, access, protect, extract, remove, unwire)
 that maps those same shared pages and keeps at most 16 live mappings of its own.  The
@@ -126,11 +127,15 @@ def run_bare(specs: Sequence[Any], stream: Stream) -> None:
 
 # -- workloads ------------------------------------------------------------------------------
 
-def campaign_streams(host: PluginHost, seed: int, n: int, ops: int) -> list[Stream]:
+def campaign_streams(host: PluginHost, seed: int, n: int, ops: int, pressure: bool = True) -> list[Stream]:
+    """The first ``n`` streams of ``difftest fuzz --seed seed``; with ``pressure`` False,
+    the same streams with the random generator's pressure dimension off (no stream driven
+    to the pool's edge: the streams of before that dimension existed)."""
     from difftest.units import unit_seed
 
     gen = host.registry.generators["random"]
-    return [gen.generate(unit_seed(seed, k), ops, 8192) for k in range(n)]
+    extra = {} if pressure else {"pressure": False}
+    return [gen.generate(unit_seed(seed, k), ops, 8192, **extra) for k in range(n)]
 
 
 PMAPS = 4
@@ -230,13 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip-precise", action="store_true", help="leave out the precise path")
+    ap.add_argument("--no-pressure", action="store_true",
+                    help="campaign streams with the random generator's memory-pressure dimension off "
+                         "(lighter streams: no ENOMEM, fewer page-table frames moving)")
     ap.add_argument("--json", metavar="FILE", help="also write the medians as JSON to FILE")
     args = ap.parse_args(argv)
 
     host = PluginHost()
     host.load()
     specs, default, precise = build_harnesses(host)
-    streams = campaign_streams(host, args.seed, args.streams, args.ops)
+    streams = campaign_streams(host, args.seed, args.streams, args.ops, pressure=not args.no_pressure)
     n_ops = sum(len(s.ops) for s in streams)
     sizes = (10, 10_000)
     shared = {}
@@ -260,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     med = statistics.median
     us = lambda x: f"{x * 1e6:8.1f}"  # noqa: E731
     print(f"backends: {', '.join(s.name for s in specs)}; {args.repeats} repeats, CPU time, medians")
-    print(f"campaign streams: {args.streams} x {args.ops} ops (random generator, seed {args.seed})")
+    print(f"campaign streams: {args.streams} x {args.ops} ops (random generator, seed {args.seed}"
+          f"{', memory pressure off' if args.no_pressure else ''})")
     print(f"{'mode':10} {'us/op':>8} {'ops/s':>9} {'x bare':>7} {'overhead':>9}  (overhead: (mode - bare) / bare)")
     for mode in modes:
         ratio = med([h / b for h, b in zip(camp[mode], camp["bare"])])

@@ -35,7 +35,7 @@ from __future__ import annotations
 import abc
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Sequence
 
 from difftest.machine import PAGE_SIZE, PhysPool, Tag
 
@@ -290,6 +290,15 @@ class Backend(abc.ABC):
         t = self.walk(pmap, va)
         return None if t is None else (t.pa, t.prot, t.wired)
 
+    def walk_fields_many(self, pmap: int, vas: Sequence[int]) -> list[tuple[int, int, bool] | None]:
+        """``[walk_fields(pmap, va) for va in vas]`` in one call: the harness reads every
+        place a range op touched (remove, protect, collect...) this way.  The default reads
+        through ``walk_fields`` (or, when a subclass changed ``walk`` below it, through
+        ``walk``); a backend may walk its tables once for all of them.  Override as
+        ``walk_fields``."""
+        read = fused_reader(self, "walk_fields")
+        return [read(pmap, va) for va in vas]
+
     def read_counts(self, pmap: int) -> tuple[int, int]:
         """``(pmap_resident_count(pmap), pmap_wired_count(pmap))`` in one call: the harness
         reads both after every op that names ``pmap``.  Override as ``walk_fields``."""
@@ -300,10 +309,25 @@ class Backend(abc.ABC):
         both for every page an op touched.  Override as ``walk_fields``."""
         return self.pmap_is_modified(pa), self.pmap_is_referenced(pa)
 
+    def read_place(self, pmap: int, va: int, pa: int) -> tuple[Any, int, int, bool, bool] | None:
+        """``(walk_fields(pmap, va), *read_counts(pmap), *read_attributes(pa))`` in one
+        call, or None to have the harness make those reads one by one: what it reads after
+        an op that touched one place and one page (enter, access, kenter).  The default makes
+        the three reads (the harness does not call it: it reads one by one then); a backend
+        may read its tables once.  Override as ``walk_fields``."""
+        return (fused_reader(self, "walk_fields")(pmap, va), *fused_reader(self, "read_counts")(pmap),
+                *fused_reader(self, "read_attributes")(pa))
+
     @abc.abstractmethod
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
         """Every valid translation in [sva, eva), in VA order, skipping absent tables
         without visiting their pages (so the cost follows the tables, not the range)."""
+
+    def walk_range_fields(self, pmap: int, sva: int, eva: int) -> dict[int, tuple[int, int, bool]]:
+        """``walk_range(pmap, sva, eva)`` as ``{va: (pa, prot, wired)}``: what a full audit
+        reads of each pmap.  The default calls ``walk_range``; a backend may build the
+        tuples straight from its tables.  Override as ``walk_fields``."""
+        return {va: (t.pa, t.prot, t.wired) for va, t in self.walk_range(pmap, sva, eva)}
 
     def state_snapshot(self) -> object:
         """A comparable value capturing the backend's whole state (tables, pv lists,
@@ -323,6 +347,10 @@ def pool_conservation(backend: Backend) -> list[str]:
 # A fused read -> the plain reads it stands for.
 FUSED_READS = {
     "walk_fields": ("walk",),
+    "walk_fields_many": ("walk", "walk_fields"),
+    "walk_range_fields": ("walk_range",),
+    "read_place": ("walk", "walk_fields", "pmap_resident_count", "pmap_wired_count", "read_counts",
+                   "pmap_is_modified", "pmap_is_referenced", "read_attributes"),
     "read_counts": ("pmap_resident_count", "pmap_wired_count"),
     "read_attributes": ("pmap_is_modified", "pmap_is_referenced"),
 }
@@ -342,6 +370,13 @@ def fused_reader(backend: Backend, name: str) -> Callable[..., Any]:
     if fused is Backend or any(mro.index(owner(plain)) < mro.index(fused) for plain in FUSED_READS[name]):
         return functools.partial(getattr(Backend, name), backend)
     return getattr(backend, name)
+
+
+def own_fused_reader(backend: Backend, name: str) -> Callable[..., Any] | None:
+    """``fused_reader(backend, name)`` where that is the backend's own, else None (for a
+    fused read the harness uses only when a backend has its own)."""
+    read = fused_reader(backend, name)
+    return None if isinstance(read, functools.partial) else read
 
 
 @dataclass(frozen=True)

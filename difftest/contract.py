@@ -21,6 +21,8 @@ from difftest.backend import Geometry
 from difftest.machine import KERNEL_PMAP, PAGE_SIZE, Tag
 from difftest.ops import PROT_R, PROT_W
 
+_PT, _L1 = int(Tag.PT), int(Tag.L1)
+
 # A mapping is a tuple (pa, prot, wired, managed): cheap to build and compare.
 Mapping = tuple[int, int, bool, bool]
 PA, PROT, WIRED, MANAGED = 0, 1, 2, 3
@@ -46,6 +48,8 @@ class ContractState:
         "_top_tag",
         "_top_frames",
         "_top_lazy",
+        "_top_pt",
+        "_top_l1",
         "_lower",
         "need_epoch",
     )
@@ -63,6 +67,8 @@ class ContractState:
         self._top_tag = top.tag
         self._top_frames = top.frames
         self._top_lazy = geometry.top_level == "lazy"
+        self._top_pt = top.frames if top.tag == Tag.PT else 0  # the top level's frames by tag
+        self._top_l1 = top.frames if top.tag == Tag.L1 else 0
         # (span, frames, tag) of each level below the top, and per pmap a count of live
         # mappings per region of that span: len(counter) tables are needed.
         self._lower_levels = tuple((lvl.span, lvl.frames, lvl.tag) for lvl in geometry.levels[1:])
@@ -140,8 +146,12 @@ class ContractState:
             return None
         if not table:
             self.need_epoch += 1  # a lazy top-level table is no longer needed
-        if old[MANAGED]:
-            self._pv_remove(old[PA], pmap, va)
+        if old[MANAGED]:  # out of its page's pv list (inline: every remove comes here)
+            entries = self.pv.get(old[PA])
+            if entries is not None:
+                entries.discard((pmap, va))
+                if not entries:
+                    del self.pv[old[PA]]
         if old[WIRED]:
             self.wired[pmap] -= 1
         # Out of its bucket and its regions (inline: every remove comes here).
@@ -335,15 +345,15 @@ class ContractState:
 
     def needed_pt_l1(self, pmap: int) -> tuple[int, int]:
         """``(needed_frames(pmap, PT), needed_frames(pmap, L1))`` in one call."""
-        if pmap not in self.maps:
+        table = self.maps.get(pmap)
+        if table is None:
             return 0, 0
         lower = self._lower[pmap]
-        pt, l1 = lower.get(Tag.PT, 0), lower.get(Tag.L1, 0)
-        if self.maps[pmap] or not self._top_lazy or pmap == KERNEL_PMAP:
-            if self._top_tag == Tag.PT:
-                pt += self._top_frames
-            elif self._top_tag == Tag.L1:
-                l1 += self._top_frames
+        # (plain int keys: a Tag member's lookup costs more than the dict read)
+        pt, l1 = lower.get(_PT, 0), lower.get(_L1, 0)
+        if table or not self._top_lazy or pmap == KERNEL_PMAP:
+            pt += self._top_pt
+            l1 += self._top_l1
         return pt, l1
 
     def extra_frames_for(self, pmap: int, va: int) -> int:

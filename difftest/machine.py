@@ -42,7 +42,7 @@ class Tag(IntEnum):
         return self.name.lower()
 
 
-_PT, _L1 = int(Tag.PT), int(Tag.L1)
+_FREE, _PT, _L1 = int(Tag.FREE), int(Tag.PT), int(Tag.L1)
 _TAG_BY_CODE = tuple(Tag)  # Tag(code) without the Enum call: audits read thousands
 assert all(tag == code for code, tag in enumerate(_TAG_BY_CODE))
 # For each tag, a bytes.translate table mapping that tag to 1 and every other byte to 0.
@@ -185,7 +185,7 @@ class PhysPool:
 
     @property
     def free_frames(self) -> int:
-        return self._counts[Tag.FREE]
+        return self._counts[_FREE]  # (a plain int index: read on every enter)
 
     def held(self, owner: int, tag: Tag) -> int:
         """Frames tagged ``tag`` allocated on behalf of pmap ``owner``."""
@@ -217,8 +217,20 @@ class PhysPool:
 
     def frames_with(self, tag: Tag, owner: int | None = None) -> list[int]:
         """All frames with ``tag`` (and ``owner``, if given), ascending.  O(phys_pages), at
-        C speed (a translate of the tag bytes and a compress): audits only."""
-        frames = list(compress(range(self.phys_pages), self._tags.translate(_ONE_TAG[tag])))
+        C speed: audits only.  A few frames (page tables, free frames under pressure) are
+        found one by one with ``find``; many with a translate of the tag bytes and a
+        compress (which costs the same whatever the count)."""
+        tags = self._tags
+        code = int(tag)
+        if tags.count(code) * 5 < self.phys_pages:
+            frames = []
+            find = tags.find
+            frame = find(code)
+            while frame >= 0:
+                frames.append(frame)
+                frame = find(code, frame + 1)
+        else:
+            frames = list(compress(range(self.phys_pages), tags.translate(_ONE_TAG[tag])))
         if owner is None:
             return frames
         owners = self._owners

@@ -124,7 +124,7 @@ from __future__ import annotations
 import functools
 from bisect import bisect_left
 from itertools import compress
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from difftest import hookimpl
 from difftest.backend import (
@@ -928,13 +928,53 @@ class AlphaPmap(Backend):
             return None
         return _pte_fields(pte)
 
+    def read_place(self, pmap: int, va: int, pa: int) -> tuple[object, int, int, bool, bool] | None:
+        """walk_fields, read_counts and read_attributes in one call (the harness's read
+        after an op on one place); None for a pmap it does not have."""
+        pm = self.pmaps.get(pmap)
+        if pm is None:
+            return None
+        attrs = self.pvh_attrs[pa >> PAGE_SHIFT]
+        return (self.walk_fields(pmap, va), pm.resident_count, pm.wired_count,
+                bool(attrs & PGA_MODIFIED), bool(attrs & PGA_REFERENCED))
+
+    def walk_fields_many(self, pmap: int, vas: Sequence[int]) -> list[tuple[int, int, bool] | None]:
+        """``walk_fields`` at each of ``vas`` in one call (the harness's read after a range op)."""
+        pm = self.pmaps.get(pmap)
+        l1 = pm.pm_lev1map if pm is not None else None
+        if l1 is None:
+            return [None] * len(vas)
+        ptmem, s1, s2, m2, m3 = self.ptmem, self._s1, self._s2, self._m2, self._m3
+        top = ptmem[l1]
+        out: list[tuple[int, int, bool] | None] = []
+        for va in vas:
+            pte = top[va >> s1]
+            if pte & PG_V:
+                pte = ptmem[pte >> PG_SHIFT][(va >> s2) & m2]
+                if pte & PG_V:
+                    pte = ptmem[pte >> PG_SHIFT][(va >> PAGE_SHIFT) & m3]
+                    if pte & PG_V:
+                        out.append(_pte_fields(pte))
+                        continue
+            out.append(None)
+        return out
+
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
+        for va, pte in self._range_leaves(pmap, sva, eva):
+            yield va, Translation(*_pte_fields(pte))
+
+    def walk_range_fields(self, pmap: int, sva: int, eva: int) -> dict[int, tuple[int, int, bool]]:
+        """``walk_range`` as ``{va: (pa, prot, wired)}`` (the harness's full audit)."""
+        return {va: _pte_fields(pte) for va, pte in self._range_leaves(pmap, sva, eva)}
+
+    def _range_leaves(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, int]]:
+        """(va, PTE) of every valid leaf in [sva, eva), in VA order."""
         if self.audit_memo is not None:  # a full audit: the one scan of the leaves it shares
             leaves = self.live_leaves(pmap)
             for va, pte in leaves[bisect_left(leaves, (sva,)):]:
                 if va >= eva:
                     return
-                yield va, Translation(*_pte_fields(pte))
+                yield va, pte
             return
         pm = self.pmaps.get(pmap)
         if pm is None:
@@ -943,7 +983,7 @@ class AlphaPmap(Backend):
             for i in compress(range(lo, hi), tbl[lo:hi]):  # nonzero PTEs only
                 pte = tbl[i]
                 if pte & PG_V:
-                    yield base + (i << PAGE_SHIFT), Translation(*_pte_fields(pte))
+                    yield base + (i << PAGE_SHIFT), pte
 
     def live_leaves(self, pmap: int) -> list[tuple[int, int]]:
         """(va, PTE) of every valid leaf PTE of ``pmap``, in VA order (what ``walk_range``
@@ -1110,7 +1150,11 @@ def check_refcounts(b: Backend, touched: Touched | None) -> Iterator[str]:
             )
     if touched is None:
         live_frames = {frame for (_p, frame) in tables}
-        for frame, n in enumerate(b.pvh_refcnt):
+        refcnt = b.pvh_refcnt
+        counted = sum(1 for frame in live_frames if 0 <= frame < len(refcnt) and refcnt[frame])
+        if len(refcnt) - refcnt.count(0) == counted:
+            return  # every nonzero count is a table's (counted at C speed)
+        for frame, n in enumerate(refcnt):
             if n and frame not in live_frames:
                 yield f"frame {frame:#x} is in no page table but has reference count {n}"
 

@@ -194,8 +194,15 @@ def check_l1_slots(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
     if touched is None:
         todo = []
         for pm in pmaps.values():
-            regions = {i >> 2 for i in compress(range(L1_ENTRIES), pm.l1)}
-            regions.update(pm.vptpt)
+            l1 = pm.l1
+            # The regions with a slot in use, and those pm_vptpt lists: just the listed
+            # ones when every slot in use lies in them (counted at C speed).
+            used = len(l1) - l1.count(None)
+            if used == sum(4 - l1[r << 2 : (r << 2) + 4].count(None) for r in pm.vptpt):
+                regions = set(pm.vptpt)
+            else:
+                regions = {i >> 2 for i in compress(range(L1_ENTRIES), l1)}
+                regions.update(pm.vptpt)
             todo.extend((pm, region) for region in sorted(regions))
     else:
         todo = []

@@ -64,7 +64,7 @@
 from __future__ import annotations
 
 from itertools import compress
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from difftest.backend import Backend, Geometry, Level, Translation
 from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
@@ -627,7 +627,42 @@ class Arm32Core(Backend):
             return None
         return pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
 
+    def read_place(self, pmap: int, va: int, pa: int) -> tuple[object, int, int, bool, bool] | None:
+        """walk_fields, read_counts and read_attributes in one read (the harness's read
+        after an op on one place); None for a pmap it does not have."""
+        pm = self._pmaps.get(pmap)
+        if pm is None:
+            return None
+        slot = pm.l1[va >> PDSHIFT]
+        pte = self._ptes[slot[0]][(va >> PGSHIFT) & PTE_INDEX_MASK] if slot is not None else 0
+        attrs = self._attrs[pa >> PGSHIFT]
+        return (
+            (pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)) if pte else None,
+            pm.resident, pm.wired, bool(attrs & PT_M), bool(attrs & PT_H),
+        )
+
+    def walk_fields_many(self, pmap: int, vas: Sequence[int]) -> list[tuple[int, int, bool] | None]:
+        """``walk_fields`` at each of ``vas`` in one call (the harness's read after a range op)."""
+        pm = self._pmaps.get(pmap)
+        if pm is None:
+            return [None] * len(vas)
+        l1, ptes = pm.l1, self._ptes
+        out: list[tuple[int, int, bool] | None] = []
+        for va in vas:
+            slot = l1[va >> PDSHIFT]
+            pte = ptes[slot[0]][(va >> PGSHIFT) & PTE_INDEX_MASK] if slot is not None else 0
+            out.append((pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)) if pte else None)
+        return out
+
     def walk_range(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, Translation]]:
+        for va, fields in self._range_fields(pmap, sva, eva):
+            yield va, Translation(*fields)
+
+    def walk_range_fields(self, pmap: int, sva: int, eva: int) -> dict[int, tuple[int, int, bool]]:
+        """``walk_range`` as ``{va: (pa, prot, wired)}`` (the harness's full audit)."""
+        return dict(self._range_fields(pmap, sva, eva))
+
+    def _range_fields(self, pmap: int, sva: int, eva: int) -> Iterator[tuple[int, tuple[int, int, bool]]]:
         pm = self._pmaps.get(pmap)
         if pm is None:
             return
@@ -639,9 +674,7 @@ class Arm32Core(Backend):
                 pt = self._ptes[frame]
                 entries = ((i, pt[i]) for i in compress(range(i0, i1), pt[i0:i1]))
             for i, pte in entries:
-                yield base | (i << PGSHIFT), Translation(
-                    pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED)
-                )
+                yield base | (i << PGSHIFT), (pte & PG_FRAME, (pte >> PTE_SW_SHIFT) & 7, bool(pte & PTE_SW_WIRED))
 
     def live_entries(self, frame: int) -> list[tuple[int, int]]:
         """(index, PTE) of every nonzero PTE of PT frame ``frame``, in order (audits and

@@ -930,3 +930,21 @@ def test_random_stream_matches_the_semantics(variant, seed):
         b.pmap_destroy(p)
         assert held(b, p) == (0, 0)
     assert messages(b) == []
+
+
+def test_refcounts_audit_names_a_count_outside_every_table():
+    """The full table-refcount check finds a reference count on a frame that is in no
+    table (and only then walks every count to name it)."""
+    b = make()
+    b.pmap_create(1)
+    assert enter(b, 1, 0x00400000, PA(0)) == "OK"
+    assert messages(b, None, "alpha-table-refcounts") == []
+    b.pvh_refcnt[0x100] = 2  # a data page counted as if it were a table
+    b.pvh_refcnt[0x101] = -1
+    assert messages(b, None, "alpha-table-refcounts") == [
+        "frame 0x100 is in no page table but has reference count 2",
+        "frame 0x101 is in no page table but has reference count -1",
+    ]
+    b.pvh_refcnt[0x100] = b.pvh_refcnt[0x101] = 0
+    b.pvh_refcnt[3] += 1  # a table's own count off: reported as such, not as outside
+    assert [m for m in messages(b, None, "alpha-table-refcounts") if "in no page table" in m] == []

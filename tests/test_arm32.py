@@ -667,6 +667,20 @@ def test_l1_slots_fires(cls):
 
 
 @pytest.mark.parametrize("cls", BACKENDS)
+def test_l1_slots_audit_finds_a_slot_outside_the_listed_regions(cls):
+    """The full check looks at every region with a slot in use, not only those pm_vptpt
+    lists: a stray slot is named, and so is a listed region whose slots are empty."""
+    pool, b = make(cls)
+    b.pmap_enter(1, 0x00500000, PA1, RW, PROT_NONE, False, False)  # region 1, frame 8
+    assert fired(b, "l1-slots", None) == []
+    b._pmaps[1].l1[41] = (8, 1)  # region 10, listed nowhere
+    assert [m for m in fired(b, "l1-slots", None) if "L1 slots 0x28-0x2b" in m]
+    b._pmaps[1].l1[41] = None
+    b._pmaps[1].l1[4:8] = [None] * 4  # region 1's slots gone, still listed
+    assert any("empty, but pm_vptpt lists PT frame 0x8" in m for m in fired(b, "l1-slots", None))
+
+
+@pytest.mark.parametrize("cls", BACKENDS)
 def test_l1_slots_fires_on_a_frame_of_another_pmap(cls):
     pool, b = make(cls, pmaps=2)
     b.pmap_enter(1, 0x1000, PA1, RW, PROT_NONE, False, False)  # frame 12, pmap 1

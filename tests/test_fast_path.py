@@ -138,6 +138,7 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
     """What the per-op path reads (walk_fields) is walk's translation field for field, and
     an audit's shared scans (audit_memo) give the walks and invariant messages a backend
     gives without them: on real streams, with backends whose invariants break too."""
+    from difftest.backend import Backend
     from difftest.machine import KERNEL_MAX, KERNEL_MIN, USER_MAX, USER_MIN
 
     harness = Harness.from_registry(registry, BUILTINS + ["bug-ptfree", "bug-kpt-free"], "alpha-ref")
@@ -158,13 +159,33 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
                 for pmap in lane.state.pmaps():
                     lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == 0 else (USER_MIN, USER_MAX)
                     plain[pmap] = list(b.walk_range(pmap, lo, hi))
+                    as_fields = {va: (t.pa, t.prot, t.wired) for va, t in plain[pmap]}
+                    assert b.walk_range_fields(pmap, lo, hi) == as_fields == lane.read_range(pmap, lo, hi)
+                    mid = (lo + hi) // 2 & -PAGE_SIZE
+                    assert b.walk_range_fields(pmap, lo, mid) == {va: f for va, f in as_fields.items() if va < mid}
                     for va, t in plain[pmap]:
                         assert b.walk_fields(pmap, va) == (t.pa, t.prot, t.wired)
+                        # the one-place read: the three reads it fuses, its own and the default
+                        for where, page in ((va, t.pa), (va + PAGE_SIZE, t.pa)):
+                            one_by_one = (b.walk_fields(pmap, where), *b.read_counts(pmap), *b.read_attributes(page))
+                            assert b.read_place(pmap, where, page) == one_by_one
+                            assert Backend.read_place(b, pmap, where, page) == one_by_one
                         assert lane.read(pmap, va) == (t.pa, t.prot, t.wired)
                         compared += 1
-                    for va in (lo, (lo + hi) // 2 & -PAGE_SIZE, hi - PAGE_SIZE):
+                    probes = (lo, (lo + hi) // 2 & -PAGE_SIZE, hi - PAGE_SIZE)
+                    for va in probes:
                         t = b.walk(pmap, va)
                         assert b.walk_fields(pmap, va) == (None if t is None else (t.pa, t.prot, t.wired))
+                    # the many-places read (range ops): the same, its own and the default
+                    vas = [va for va, _ in plain[pmap]] + [va + PAGE_SIZE for va, _ in plain[pmap][:8]]
+                    vas += probes
+                    one_by_one = [b.walk_fields(pmap, va) for va in vas]
+                    assert b.walk_fields_many(pmap, vas) == one_by_one
+                    assert lane.read_many(pmap, vas) == one_by_one
+                    assert Backend.walk_fields_many(b, pmap, vas) == one_by_one
+                    assert None in one_by_one or not probes
+                assert b.walk_fields_many(10_000, [USER_MIN, 0x00400000]) == [None, None]  # no such pmap
+                assert b.read_place(10_000, USER_MIN, 0) is None  # no such pmap: read one by one
                 plain_msgs = [list(inv.check(b, None)) for inv in lane.invariants]
                 b.audit_memo = {}
                 try:
@@ -172,6 +193,7 @@ def test_walk_fields_and_audit_views_agree_with_the_plain_reads(registry):
                         lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == 0 else (USER_MIN, USER_MAX)
                         assert list(b.walk_range(pmap, lo, hi)) == walked
                         assert list(b.walk_range(pmap, lo, hi)) == walked  # from the memo
+                        assert b.walk_range_fields(pmap, lo, hi) == Backend.walk_range_fields(b, pmap, lo, hi)
                     shared_msgs = [list(inv.check(b, None)) for inv in lane.invariants]
                 finally:
                     b.audit_memo = None
@@ -187,7 +209,7 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     read (``walk_fields``, ``read_counts``) is read through the plain read it changed,
     so a changed read is never bypassed: its wrong protection is reported at the op, on
     both paths."""
-    from difftest.backend import BackendSpec, Translation, fused_reader
+    from difftest.backend import BackendSpec, Translation, fused_reader, own_fused_reader
     from difftest.ops import PROT_X
     from impls.arm32 import Arm32Refcount
 
@@ -207,9 +229,22 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     from impls.arm32_core import Arm32Core
 
     plain, changed = Plain(PhysPool(64)), WalkShowsExec(PhysPool(64))
-    for name in ("walk_fields", "read_counts", "read_attributes"):  # its own: fast
+    for name in ("walk_fields", "walk_fields_many", "read_counts", "read_attributes"):  # its own: fast
         assert fused_reader(plain, name).__func__ is getattr(Arm32Core, name)
     assert fused_reader(changed, "walk_fields").func is Backend.walk_fields  # through its walk
+    assert fused_reader(changed, "walk_fields_many").func is Backend.walk_fields_many
+    assert fused_reader(changed, "walk_range_fields").__func__ is Arm32Core.walk_range_fields  # walk only
+    # the one-place read only where the backend has its own, never past a changed plain read
+    assert own_fused_reader(plain, "read_place").__func__ is Arm32Core.read_place
+    assert own_fused_reader(changed, "read_place") is None
+
+    class RangeShowsNothing(Arm32Refcount):
+        name = "range-shows-nothing"
+
+        def walk_range(self, pmap, sva, eva):
+            return iter(())
+
+    assert fused_reader(RangeShowsNothing(PhysPool(64)), "walk_range_fields").func is Backend.walk_range_fields
     assert fused_reader(changed, "read_counts").__func__ is Arm32Core.read_counts  # walk only
     sys.path.insert(0, str(PLUGINS))
     try:
@@ -217,6 +252,7 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
     finally:
         sys.path.remove(str(PLUGINS))
     assert fused_reader(RevokeOfOnceWired(PhysPool(64)), "read_counts").func is Backend.read_counts
+    assert own_fused_reader(RevokeOfOnceWired(PhysPool(64)), "read_place") is None
     va, pa = 0x00400000, 0x00200000
     stream = make_stream([Create(), Enter(1, va, pa, PROT_R | PROT_W, 0, False, False), Extract(1, va)])
     specs = [BackendSpec.from_class(Arm32Refcount), BackendSpec.from_class(WalkShowsExec)]
@@ -228,6 +264,18 @@ def test_a_subclass_that_changes_walk_is_read_through_its_walk():
             1, "walk-shows-exec", "prot", "prot-mismatch")
         reports.append(everything(result))
     assert reports[0] == reports[1]
+    # The many-places read of a range op goes through the changed walk too.
+    run = Harness(specs, "arm32-refcount", fast=True).start(stream)
+    for index, op in enumerate(stream.ops):
+        run.step(index, op)
+    lanes = {lane.name: lane for lane in run.lanes}
+    assert lanes["walk-shows-exec"].read_many(1, [va, va + PAGE_SIZE]) == [(pa, PROT_R | PROT_W | PROT_X, False), None]
+    assert lanes["arm32-refcount"].read_many(1, [va, va + PAGE_SIZE]) == [(pa, PROT_R | PROT_W, False), None]
+    # A changed walk_range is what the audit reads: the mapping it hides is reported there.
+    specs = [BackendSpec.from_class(Arm32Refcount), BackendSpec.from_class(RangeShowsNothing)]
+    result = Harness(specs, "arm32-refcount", fast=True).run(stream)
+    assert [(d.op_index, d.backend, d.kind, d.cls, d.location) for d in result.divergences][0] == (
+        2, "range-shows-nothing", "translation", "mapping-missing", f"pmap 1 va {va:#010x}")
 
 
 def test_the_fast_paths_one_gap_a_break_that_heals_before_the_audit():

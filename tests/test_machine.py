@@ -305,3 +305,20 @@ def test_allocation_order_depends_only_on_the_pools_own_history():
     first, second = PhysPool(512), PhysPool(512)
     assert run(first) == run(second)
     assert first.snapshot() == second.snapshot()
+
+
+def test_frames_with_finds_few_and_many_frames_alike():
+    """frames_with finds a rare tag one frame at a time and a common one in one sweep: both
+    give every frame of the tag, ascending, as reading each frame's tag does."""
+    pool = PhysPool(100)
+    pool.reserve_data([7, 50, 99])
+    pts = [pool.alloc(Tag.PT, owner=1 + i % 3) for i in range(60)]  # many PT frames
+    pool.alloc(Tag.L1, owner=2)  # one L1 frame
+    for frame in pts[::4]:  # and a free list in pieces
+        pool.free(frame, Tag.PT)
+    for tag in Tag:
+        expected = [f for f in range(100) if pool.tag_of(f) == tag]
+        assert pool.frames_with(tag) == expected, tag
+        assert pool.frames_with(tag, owner=2) == [f for f in expected if pool.owner_of(f) == 2]
+    counts = {tag: pool.count(tag) for tag in Tag}
+    assert counts[Tag.PT] * 5 >= 100 and 0 < counts[Tag.L1] * 5 < 100 and counts[Tag.META] == 0  # both ways
