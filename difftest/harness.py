@@ -1016,7 +1016,7 @@ class StreamRun:
         if helds == wants and not open_:
             return  # the common case: exactly what the geometry needs, nothing open
         keeps = pmap == KERNEL_PMAP and lane.backend.keeps_kernel_page_tables
-        for (tag, fld, short), held, want in zip(_FRAME_FIELDS, helds, wants):
+        for (tag, fld, level), held, want in zip(_FRAME_FIELDS, helds, wants):
             key = (pmap, tag)
             if held == want or (keeps and held > want):
                 if open_:
@@ -1027,8 +1027,8 @@ class StreamRun:
             lane.resource_open.add(key)
             rel = ">" if held > want else "<"
             alive = "" if pmap in lane.state.maps else " (destroyed)"
-            divs.append(self._div(lane, index, op, "resource", fld, f"{short}-frames-held{rel}needed",
-                                  f"pmap {pmap}{alive} holds {held} {short.upper()} frames, its live mappings need {want}",
+            divs.append(self._div(lane, index, op, "resource", fld, f"{level}-frames-held{rel}needed",
+                                  f"pmap {pmap}{alive} holds {held} {level.upper()} frames, its live mappings need {want}",
                                   location=_loc(pmap)))
 
     def _check_pool(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> None:
