@@ -361,15 +361,22 @@ def fused_reader(backend: Backend, name: str) -> Callable[..., Any]:
     own, unless a class below the one that defines it overrides one of the plain reads it
     stands for (then Backend's default, built on those reads): a changed plain read is
     never bypassed."""
-    mro = type(backend).__mro__
+    if _default_fused_read(type(backend), name):
+        return functools.partial(getattr(Backend, name), backend)
+    return getattr(backend, name)
+
+
+@functools.lru_cache(maxsize=None)
+def _default_fused_read(cls: type, name: str) -> bool:
+    """Whether ``cls`` must use Backend's default of the fused read ``name`` (a property of
+    the class alone, so decided once: Backend's defaults ask on every call)."""
+    mro = cls.__mro__
 
     def owner(attr: str) -> type:
         return next((c for c in mro if attr in c.__dict__), Backend)
 
     fused = owner(name)
-    if fused is Backend or any(mro.index(owner(plain)) < mro.index(fused) for plain in FUSED_READS[name]):
-        return functools.partial(getattr(Backend, name), backend)
-    return getattr(backend, name)
+    return fused is Backend or any(mro.index(owner(plain)) < mro.index(fused) for plain in FUSED_READS[name])
 
 
 def own_fused_reader(backend: Backend, name: str) -> Callable[..., Any] | None:

@@ -214,20 +214,14 @@ def _objects(items: Any, checks: dict[str, Check], where: str) -> str | None:
 
 def _entry_problem(e: dict[str, Any], where: str) -> str | None:
     problem = _fields(e, ENTRY, where)
+    # "first" is checked whenever present (null is a damage); the others may be null.
+    for key, shape, present in (("reproducer_ref", REPRODUCER_REF, e.get("reproducer_ref") is not None),
+                                ("first", FIRST, "first" in e),
+                                ("first_stream", FIRST_STREAM, e.get("first_stream") is not None)):
+        if not problem and present:
+            problem = _fields(e[key], shape, f"{where}.{key}")
     if problem:
         return problem
-    if e.get("reproducer_ref") is not None:
-        problem = _fields(e["reproducer_ref"], REPRODUCER_REF, f"{where}.reproducer_ref")
-        if problem:
-            return problem
-    if "first" in e:
-        problem = _fields(e["first"], FIRST, f"{where}.first")
-        if problem:
-            return problem
-    if e.get("first_stream") is not None:
-        problem = _fields(e["first_stream"], FIRST_STREAM, f"{where}.first_stream")
-        if problem:
-            return problem
     return _stream_problem(e.get("reproducer"), f"{where}.reproducer")
 
 
