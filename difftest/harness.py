@@ -511,7 +511,9 @@ class StreamRun:
             self.current_lane = lane
             lane.result = None
             try:
-                observe(lane, index, op, divs, handler(self, lane, index, op, divs))
+                touched = handler(self, lane, index, op, divs)
+                if touched is not None:  # (None: the handler observed its op itself)
+                    observe(lane, index, op, divs, touched)
             except LaneStopped:
                 pass
             except OutOfMemory as exc:  # from an op that cannot fail for want of memory
@@ -609,9 +611,10 @@ class StreamRun:
 
     # One handler per op kind (step calls it for each lane): the backend call and the
     # judging of its result; the op's effect on the expected state is the contract
-    # model's (ContractState).  It returns what the op touched, for _observe.
+    # model's (ContractState).  It returns what the op touched, for _observe (or None
+    # where it observed that itself: an enter in its common case).
 
-    def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step:
+    def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step | None:
         st, pool = lane.state, lane.pool
         pmap, va = op.pmap, op.va
         pas = st.enter_pages(pmap, va, op.pa)
@@ -650,17 +653,39 @@ class StreamRun:
             divs.append(self._div(lane, index, op, "result", "result", "bad-enter-result",
                                   f"pmap_enter returned {short(res)}", location=_loc(pmap, va)))
             self._follow_backend(lane, index, op, divs, pmap, va, pas)
+            return ([(pmap, va)], pas, (pmap,), _NO_KEYS)
+        if len(pas) == 1 and lane.read_place is not None and not lane.count_offsets and not self.per_op_invariants:
+            # What _observe does for this step in its common case, without building the
+            # step: one read of the place, its pmap's counters and its page.
+            try:
+                if self._place_as_contract(lane, st.maps[pmap], pmap, va, op.pa):
+                    self._frames_moved(lane, index, op, divs, pmap)
+                    if len(pool.violations) > lane.violations_seen:
+                        self._check_pool(lane, index, op, divs)
+                    return None  # observed
+            except LaneStopped:
+                raise
+            except BaseException as exc:
+                self._observe_raised(lane, index, op, divs, exc)
         return ([(pmap, va)], pas, (pmap,), _NO_KEYS)
 
     def _remove(self, lane: Lane, index: int, op: Remove, divs: list[Divergence]) -> _Step:
-        vas, pas = lane.state.remove(op.pmap, op.sva, op.eva)
-        self._call(lane, index, op, divs, lane.backend.pmap_remove, op.pmap, op.sva, op.eva)
-        return (_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,), _NO_KEYS)
+        pmap, sva, eva = op.pmap, op.sva, op.eva
+        vas, pas = lane.state.remove(pmap, sva, eva)
+        try:  # (called directly, not through _call: a fifth of a campaign's ops are removes)
+            lane.backend.pmap_remove(pmap, sva, eva)
+        except BaseException as exc:
+            self._raised(lane, index, op, divs, exc)
+        return (_range_places(pmap, sva, eva, vas), pas, (pmap,), _NO_KEYS)
 
     def _protect(self, lane: Lane, index: int, op: Protect, divs: list[Divergence]) -> _Step:
-        vas, pas = lane.state.protect(op.pmap, op.sva, op.eva, op.prot)
-        self._call(lane, index, op, divs, lane.backend.pmap_protect, op.pmap, op.sva, op.eva, op.prot)
-        return (_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,), _NO_KEYS)
+        pmap, sva, eva = op.pmap, op.sva, op.eva
+        vas, pas = lane.state.protect(pmap, sva, eva, op.prot)
+        try:
+            lane.backend.pmap_protect(pmap, sva, eva, op.prot)
+        except BaseException as exc:
+            self._raised(lane, index, op, divs, exc)
+        return (_range_places(pmap, sva, eva, vas), pas, (pmap,), _NO_KEYS)
 
     def _access(self, lane: Lane, index: int, op: Access, divs: list[Divergence]) -> _Step:
         pmap, va = op.pmap, op.va
@@ -729,7 +754,7 @@ class StreamRun:
     def _kremove(self, lane: Lane, index: int, op: KRemove, divs: list[Divergence]) -> _Step:
         vas = lane.state.kremove(op.va, op.size)
         self._call(lane, index, op, divs, lane.backend.pmap_kremove, op.va, op.size)
-        return (_with_edges(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,), _NO_KEYS)
+        return (_range_places(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,), _NO_KEYS)
 
     def _create(self, lane: Lane, index: int, op: Create, divs: list[Divergence]) -> _Step:
         pmap = self.next_pmap - 1
@@ -774,33 +799,31 @@ class StreamRun:
             st = lane.state
             maps = st.maps
             tainted = None
-            # One place, its page and its pmap's counters (enter, access, kenter: one page),
-            # read in one backend call where the backend has one: when all are as the
-            # contract says nothing is left to judge of them; else they are read again one
-            # by one below and judged as always (the reads do not change anything).
+            # One place, its page and its pmap's counters (access, kenter: one page), read
+            # in one backend call where the backend has one: when all are as the contract
+            # says nothing is left to judge of them; else they are read again one by one
+            # below and judged as always (the reads do not change anything).
             done = False
             if lane.read_place is not None and len(pas) == 1 and len(keys) == 1 and not optional \
-                    and not lane.count_offsets:
+                    and not lane.count_offsets and type(keys) is not _Places:
                 pmap, va = keys[0]
                 table = maps.get(pmap)
                 if table is not None and pmaps == (pmap,):
                     for pa in pas:
-                        try:
-                            place = lane.read_place(pmap, va, pa)
-                        except BaseException as exc:
-                            if not _backend_fault(exc):
-                                raise
-                            place = None
-                        if place is not None:
-                            got, resident, wired_count, got_mod, got_ref = place
-                            exp = table.get(va)
-                            want_mod = pa in st.mod
-                            done = ((got == exp[:3] if exp is not None else got is None)
-                                    and resident == len(table) and wired_count == st.wired[pmap]
-                                    and (got_mod is want_mod or got_mod == want_mod)
-                                    and not (got_ref and pa not in st.ref))
+                        done = self._place_as_contract(lane, table, pmap, va, pa)
             if done:
                 pass
+            elif type(keys) is _Places:
+                # The places of a range op, all in one pmap: read in one backend call and
+                # compared in one go; judged by _check_keys only where one differs.
+                pmap = keys.pmap
+                gots = lane.read_many(pmap, keys)  # type: ignore[misc]
+                table = maps.get(pmap)
+                get = table.get if table is not None else _NO_KEYS_GET
+                exps = [(m := get(va)) and m[:3] for va in keys]
+                if gots != exps:  # judged where they differ (elsewhere _check_keys finds nothing)
+                    differ = {(pmap, va): got for va, got, exp in zip(keys, gots, exps) if got != exp}
+                    tainted = self._check_keys(lane, index, op, divs, list(differ), optional, got_map=differ)
             elif len(keys) == 1 and not optional:
                 # One place (enter, access, extract, unwire, kenter): compared inline, and
                 # judged by _check_keys only when it differs.
@@ -819,8 +842,8 @@ class StreamRun:
                 pmap = keys[0][0]
                 vas = [va for p, va in keys if p == pmap]
                 if len(vas) == len(keys):
-                    # The places of one pmap (every range op): read in one backend call
-                    # and compared in one go; judged by _check_keys only if one differs.
+                    # The places of one pmap (collect, the empty before a destroy, a page's
+                    # mappings in one pmap): as a range op's.
                     gots = lane.read_many(pmap, vas)  # type: ignore[misc]
                     table = maps.get(pmap)
                     get = table.get if table is not None else _NO_KEYS_GET
@@ -845,42 +868,72 @@ class StreamRun:
                     if got_ref and pa not in ref:
                         self._judge_referenced(lane, index, op, divs, pa, got_ref, query=False)
             wired = st.wired
-            pool = lane.pool
             counts = lane.counts
-            frames_seen = lane.frames_seen
-            seen = (pool.allocs + pool.frees, st.need_epoch)
             for pmap in pmaps:
                 # The counters in their common case inline: as the contract says, nothing
                 # about them open.
                 table = maps.get(pmap)
                 if not done and table is not None and (lane.count_offsets or counts(pmap) != (len(table), wired[pmap])):  # type: ignore[misc]
                     self._check_counts(lane, index, op, divs, pmap)
-                # The frames: judged again only if a frame was allocated or freed, or the
-                # frames needed may have changed, since they were last judged (exact: held
-                # frames move only by alloc and free).
-                if frames_seen.get(pmap) != seen:
-                    frames_seen[pmap] = seen
-                    # _check_frames would find nothing when the frames are as needed and
-                    # nothing is open, or when they are what it last judged.
-                    held, want = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
-                    if (lane.resource_open or held != want) and lane.frames_judged.get(pmap) != (held, want):
-                        self._check_frames(lane, index, op, divs, pmap)
-            if len(pool.violations) > lane.violations_seen:
+                self._frames_moved(lane, index, op, divs, pmap)
+            if len(lane.pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
-                touched = Touched(frozenset(pmaps), tuple(keys), frozenset(pas))
+                touched = Touched(frozenset(pmaps), tuple(keys.keys() if type(keys) is _Places else keys),
+                                  frozenset(pas))
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
             raise
         except BaseException as exc:
+            self._observe_raised(lane, index, op, divs, exc)
+
+    def _observe_raised(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
+        """Observing the backend raised ``exc``: a crash (the lane stops), unless it is the
+        harness's own control flow."""
+        if not _backend_fault(exc):
+            raise exc
+        divs.append(
+            self._div(lane, index, op, "crash", "observe", type(exc).__name__,
+                      f"observing the backend raised {type(exc).__name__}: {exc}",
+                      traceback=tb.format_exc())
+        )
+        self._stop(lane, f"crashed while observed after op {index}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _place_as_contract(lane: Lane, table: dict[int, Any], pmap: int, va: int, pa: int) -> bool:
+        """One backend call (its own ``read_place``) shows the mapping at (pmap, va), the
+        pmap's counters and page ``pa``'s attributes all as the contract says: nothing of
+        them is left to judge.  False: they are to be read one by one and judged."""
+        try:
+            place = lane.read_place(pmap, va, pa)  # type: ignore[misc]
+        except BaseException as exc:
             if not _backend_fault(exc):
                 raise
-            divs.append(
-                self._div(lane, index, op, "crash", "observe", type(exc).__name__,
-                          f"observing the backend raised {type(exc).__name__}: {exc}",
-                          traceback=tb.format_exc())
-            )
-            self._stop(lane, f"crashed while observed after op {index}: {type(exc).__name__}: {exc}")
+            return False
+        if place is None:
+            return False
+        got, resident, wired_count, got_mod, got_ref = place
+        st = lane.state
+        exp = table.get(va)
+        want_mod = pa in st.mod
+        return ((got == exp[:3] if exp is not None else got is None)
+                and resident == len(table) and wired_count == st.wired[pmap]
+                and (got_mod is want_mod or got_mod == want_mod)
+                and not (got_ref and pa not in st.ref))
+
+    def _frames_moved(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
+        """The frames ``pmap`` holds against those its mappings need: judged again only if
+        a frame was allocated or freed, or the frames needed may have changed, since they
+        were last judged (exact: held frames move only by alloc and free)."""
+        pool, st = lane.pool, lane.state
+        seen = (pool.allocs + pool.frees, st.need_epoch)
+        if lane.frames_seen.get(pmap) != seen:
+            lane.frames_seen[pmap] = seen
+            # _check_frames would find nothing when the frames are as needed and nothing
+            # is open, or when they are what it last judged.
+            held, want = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
+            if (lane.resource_open or held != want) and lane.frames_judged.get(pmap) != (held, want):
+                self._check_frames(lane, index, op, divs, pmap)
 
     def _resync_attributes(self, lane: Lane, pas: set[int]) -> None:
         st = lane.state
@@ -1248,7 +1301,7 @@ _ATTRIBUTE_OPS = {
     ClearReference: ("pmap_clear_reference", False, True), IsReferenced: ("pmap_is_referenced", False, False),
 }
 
-_HANDLERS: dict[type, Callable[..., _Step]] = {
+_HANDLERS: dict[type, Callable[..., _Step | None]] = {
     Enter: StreamRun._enter, Remove: StreamRun._remove, Protect: StreamRun._protect,
     Access: StreamRun._access, Extract: StreamRun._extract, Unwire: StreamRun._unwire,
     PageProtect: StreamRun._page_protect, Collect: StreamRun._collect,
@@ -1269,15 +1322,31 @@ class _AuditOp:
         self.index = index
 
 
-def _with_edges(pmap: int, sva: int, eva: int, vas: list[int]) -> list[tuple[int, int]]:
-    """The keys a range op touches, plus the page just before ``sva`` and the page at
-    ``eva`` (inside the pmap's range): an op that goes one page too far is caught there."""
+class _Places(list):
+    """The VAs, in one pmap, that a range op touched: a step's keys without a (pmap, va)
+    tuple per place (read in one backend call, compared in one go; the keys of the places
+    that differ are built only then)."""
+
+    __slots__ = ("pmap",)
+
+    def keys(self) -> list[tuple[int, int]]:
+        pmap = self.pmap
+        return [(pmap, va) for va in self]
+
+
+def _range_places(pmap: int, sva: int, eva: int, vas: list[int]) -> _Places:
+    """The places a range op touches: its mappings, plus the page just before ``sva`` and
+    the page at ``eva`` (inside the pmap's range): an op that goes one page too far is
+    caught there."""
     lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == KERNEL_PMAP else (USER_MIN, USER_MAX)
-    keys = [(pmap, sva - PAGE_SIZE)] if sva - PAGE_SIZE >= lo else []
-    keys.extend((pmap, va) for va in vas)
+    places = _Places()
+    places.pmap = pmap
+    if sva - PAGE_SIZE >= lo:
+        places.append(sva - PAGE_SIZE)
+    places.extend(vas)
     if eva < hi:
-        keys.append((pmap, eva))
-    return keys
+        places.append(eva)
+    return places
 
 
 def _loc(pmap: int, va: int | None = None) -> str:
