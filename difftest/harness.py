@@ -148,9 +148,9 @@ class Lane:
     count_offsets: dict[tuple[int, str], int] = field(default_factory=dict)
     resource_open: set[tuple[int, int]] = field(default_factory=set)
     invariant_open: set[tuple[str, str]] = field(default_factory=set)
-    # pmap -> (pool allocs + frees, contract need_epoch) when its frames were last read:
-    # while neither moved, held and needed frames are what they were.
-    frames_seen: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # pmap -> pool allocs + frees + contract need_epoch when its frames were last read: all
+    # three only grow, so while the sum stays, held and needed frames are what they were.
+    frames_seen: dict[int, int] = field(default_factory=dict)
     # pmap -> ((held PT, L1), (needed PT, L1)) when _check_frames last judged it: the same
     # numbers again get the same verdict (only _check_frames changes what is open for it).
     frames_judged: dict[int, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
@@ -169,9 +169,10 @@ class Lane:
     counts: Callable[[int], tuple[int, int]] | None = None
     attributes: Callable[[int], tuple[bool, bool]] | None = None
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    name: str = field(init=False)  # the backend's (spec.name, read on every judged op)
+
+    def __post_init__(self) -> None:
+        self.name = self.spec.name
 
 
 # What one op touched in one lane, the places to observe afterwards: (keys (pmap, va),
@@ -488,13 +489,14 @@ class StreamRun:
             # Stream-level bookkeeping, once per op even when a hang makes us come back.
             self.stream_index = index
             self.destroy_frees = False
-            if isinstance(op, Create):
+            kind = type(op)  # (ops are final dataclasses: the loader makes only these)
+            if kind is Create:
                 pmap = self.next_pmap
                 self.next_pmap += 1
                 self.refs[pmap] = 1
-            elif isinstance(op, Reference):
+            elif kind is Reference:
                 self.refs[op.pmap] += 1
-            elif isinstance(op, Destroy):
+            elif kind is Destroy:
                 self.refs[op.pmap] -= 1
                 self.destroy_frees = self.refs[op.pmap] == 0
         found = self.pending
@@ -659,7 +661,8 @@ class StreamRun:
             # step: one read of the place, its pmap's counters and its page.
             try:
                 if self._place_as_contract(lane, st.maps[pmap], pmap, va, op.pa):
-                    self._frames_moved(lane, index, op, divs, pmap)
+                    if lane.frames_seen.get(pmap) != pool.allocs + pool.frees + st.need_epoch:
+                        self._frames_moved(lane, index, op, divs, pmap)
                     if len(pool.violations) > lane.violations_seen:
                         self._check_pool(lane, index, op, divs)
                     return None  # observed
@@ -926,7 +929,7 @@ class StreamRun:
         a frame was allocated or freed, or the frames needed may have changed, since they
         were last judged (exact: held frames move only by alloc and free)."""
         pool, st = lane.pool, lane.state
-        seen = (pool.allocs + pool.frees, st.need_epoch)
+        seen = pool.allocs + pool.frees + st.need_epoch
         if lane.frames_seen.get(pmap) != seen:
             lane.frames_seen[pmap] = seen
             # _check_frames would find nothing when the frames are as needed and nothing
@@ -1064,7 +1067,7 @@ class StreamRun:
         open_ = lane.resource_open
         helds = pool.held_pt_l1(pmap)
         wants = st.needed_pt_l1(pmap)
-        lane.frames_seen[pmap] = (pool.allocs + pool.frees, st.need_epoch)
+        lane.frames_seen[pmap] = pool.allocs + pool.frees + st.need_epoch
         lane.frames_judged[pmap] = (helds, wants)
         if helds == wants and not open_:
             return  # the common case: exactly what the geometry needs, nothing open
