@@ -391,9 +391,10 @@ class ContractState:
             extra += self._top_frames
         if va // self._leaf_span not in self.leaves[pmap]:
             extra += self._leaf_frames
-        for (span, frames, _), counter in zip(self._upper_levels, self._regions[pmap]):
-            if va // span not in counter:
-                extra += frames
+        if self._upper_levels:
+            for (span, frames, _), counter in zip(self._upper_levels, self._regions[pmap]):
+                if va // span not in counter:
+                    extra += frames
         return extra
 
     def create_frames(self) -> int:

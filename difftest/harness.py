@@ -936,7 +936,7 @@ class StreamRun:
             # is open, or when they are what it last judged.
             held, want = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
             if (lane.resource_open or held != want) and lane.frames_judged.get(pmap) != (held, want):
-                self._check_frames(lane, index, op, divs, pmap)
+                self._check_frames(lane, index, op, divs, pmap, held, want)
 
     def _resync_attributes(self, lane: Lane, pas: set[int]) -> None:
         st = lane.state
@@ -1059,14 +1059,17 @@ class StreamRun:
                     divs.append(self._div(lane, index, op, "accounting", fld, cls,
                                           f"{fld} is {got}, the tables hold {want}", location=_loc(pmap)))
 
-    def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
+    def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int,
+                      helds: tuple[int, int] | None = None, wants: tuple[int, int] | None = None) -> None:
+        """Frames ``pmap`` holds (``helds``: PT, L1, read now if not given) against those its
+        live mappings need (``wants``)."""
         pool = lane.pool
         st = lane.state
         # A backend that never frees the kernel's page-table pages may hold more of them
         # than the live kernel mappings need (an allowance), never fewer.
         open_ = lane.resource_open
-        helds = pool.held_pt_l1(pmap)
-        wants = st.needed_pt_l1(pmap)
+        if helds is None or wants is None:
+            helds, wants = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
         lane.frames_seen[pmap] = pool.allocs + pool.frees + st.need_epoch
         lane.frames_judged[pmap] = (helds, wants)
         if helds == wants and not open_:
