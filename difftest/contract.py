@@ -156,7 +156,11 @@ class ContractState:
                         self.need_epoch += 1
         table[va] = mapping
         if mapping[MANAGED]:
-            self.pv.setdefault(mapping[PA], set()).add((pmap, va))
+            entries = self.pv.get(mapping[PA])
+            if entries is None:
+                self.pv[mapping[PA]] = {(pmap, va)}
+            else:
+                entries.add((pmap, va))
         if mapping[WIRED]:
             self.wired[pmap] += 1
 
@@ -245,10 +249,11 @@ class ContractState:
         table = self.maps[pmap]
         return {table[va][PA] for va in vas if table[va][MANAGED]}
 
-    def enter_pages(self, pmap: int, va: int, pa: int) -> set[int]:
-        """Pages an enter at (pmap, va) touches: the new one and a managed one it replaces."""
+    def enter_replaces(self, pmap: int, va: int, pa: int) -> int | None:
+        """The other page an enter of ``pa`` at (pmap, va) touches: the managed page of a
+        mapping it replaces, if that is not ``pa`` (an enter touches ``pa`` and that)."""
         old = self.maps[pmap].get(va)
-        return {pa, old[PA]} if old is not None and old[MANAGED] else {pa}
+        return old[PA] if old is not None and old[MANAGED] and old[PA] != pa else None
 
     def enter(self, pmap: int, va: int, pa: int, prot: int, access: int, wired: bool) -> None:
         """A successful pmap_enter: the mapping, and the attributes ``access`` seeds."""

@@ -618,8 +618,8 @@ class StreamRun:
 
     def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step | None:
         st, pool = lane.state, lane.pool
-        pmap, va = op.pmap, op.va
-        pas = st.enter_pages(pmap, va, op.pa)
+        pmap, va, pa = op.pmap, op.va, op.pa
+        replaced = st.enter_replaces(pmap, va, pa)  # the op touches pa and this page
         # The state is unchanged until st.enter below, so the frames a legitimate ENOMEM
         # or panic needs are worked out only when one happens.
         free_before = pool.free_frames
@@ -654,9 +654,10 @@ class StreamRun:
         else:
             divs.append(self._div(lane, index, op, "result", "result", "bad-enter-result",
                                   f"pmap_enter returned {short(res)}", location=_loc(pmap, va)))
+            pas = {pa} if replaced is None else {pa, replaced}
             self._follow_backend(lane, index, op, divs, pmap, va, pas)
             return ([(pmap, va)], pas, (pmap,), _NO_KEYS)
-        if len(pas) == 1 and lane.read_place is not None and not lane.count_offsets and not self.per_op_invariants:
+        if replaced is None and lane.read_place is not None and not lane.count_offsets and not self.per_op_invariants:
             # What _observe does for this step in its common case, without building the
             # step: one read of the place, its pmap's counters and its page.
             try:
@@ -670,7 +671,7 @@ class StreamRun:
                 raise
             except BaseException as exc:
                 self._observe_raised(lane, index, op, divs, exc)
-        return ([(pmap, va)], pas, (pmap,), _NO_KEYS)
+        return ([(pmap, va)], {pa} if replaced is None else {pa, replaced}, (pmap,), _NO_KEYS)
 
     def _remove(self, lane: Lane, index: int, op: Remove, divs: list[Divergence]) -> _Step:
         pmap, sva, eva = op.pmap, op.sva, op.eva
