@@ -280,10 +280,12 @@ class ContractState:
         """pmap_remove: managed mappings in [sva, eva) go.  Returns (VAs with a mapping in
         the range, managed or not; their managed pages)."""
         vas = self.in_range(pmap, sva, eva)
-        pas = self.pages_of(pmap, vas)
+        pas = set()
         table = self.maps[pmap]
         for va in vas:
-            if table[va][MANAGED]:
+            m = table[va]
+            if m[MANAGED]:
+                pas.add(m[PA])
                 self.delete(pmap, va)
         return vas, pas
 
@@ -325,15 +327,16 @@ class ContractState:
                     self.delete(*key)
         return keys, optional
 
-    def collect(self, pmap: int) -> tuple[list[tuple[int, int]], set[int], frozenset[tuple[int, int]]]:
-        """pmap_collect may forget any non-wired managed user mapping: (the pmap's mappings,
-        their pages, the ones it may forget).  The state follows the backend afterwards."""
+    def collect(self, pmap: int) -> tuple[list[int], set[int], frozenset[int]]:
+        """pmap_collect may forget any non-wired managed user mapping: (the VAs of the
+        pmap's mappings, their pages, the VAs of the ones it may forget).  The state
+        follows the backend afterwards."""
         if pmap == KERNEL_PMAP:
             return [], set(), frozenset()
         table = self.maps[pmap]
         vas = sorted(table)
-        optional = frozenset((pmap, va) for va in vas if table[va][MANAGED] and not table[va][WIRED])
-        return [(pmap, va) for va in vas], self.pages_of(pmap, vas), optional
+        optional = frozenset(va for va in vas if table[va][MANAGED] and not table[va][WIRED])
+        return vas, self.pages_of(pmap, vas), optional
 
     def kenter(self, va: int, pa: int, prot: int) -> set[int]:
         """pmap_kenter_pa: an unmanaged wired kernel mapping.  Returns the managed page it
@@ -351,13 +354,14 @@ class ContractState:
                 self.delete(KERNEL_PMAP, v)
         return vas
 
-    def empty(self, pmap: int) -> tuple[list[tuple[int, int]], set[int]]:
-        """What the VM layer removes before the last destroy: every mapping of ``pmap``."""
+    def empty(self, pmap: int) -> tuple[list[int], set[int]]:
+        """What the VM layer removes before the last destroy: every mapping of ``pmap``.
+        Returns (their VAs, their managed pages)."""
         vas = sorted(self.maps[pmap])
         pas = self.pages_of(pmap, vas)
         for va in vas:
             self.delete(pmap, va)
-        return [(pmap, va) for va in vas], pas
+        return vas, pas
 
     # -- needed page-table frames ----------------------------------------------------------
 

@@ -732,9 +732,9 @@ class StreamRun:
         return (keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(optional))
 
     def _collect(self, lane: Lane, index: int, op: Collect, divs: list[Divergence]) -> _Step:
-        keys, pas, optional = lane.state.collect(op.pmap)
+        vas, pas, optional = lane.state.collect(op.pmap)
         self._call(lane, index, op, divs, lane.backend.pmap_collect, op.pmap)
-        return (keys, pas, (op.pmap,), optional)
+        return (_Places.of(op.pmap, vas, optional), pas, (op.pmap,), _NO_KEYS)
 
     def _page_attribute(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> _Step:
         method, modified, clears = _ATTRIBUTE_OPS[type(op)]
@@ -777,9 +777,9 @@ class StreamRun:
             return ([], set(), (), _NO_KEYS)
         # At the last reference the pmap must be empty: the VM layer (here, the harness)
         # removes what is left first (MODEL §3).
-        keys, pas = lane.state.empty(pmap)
+        vas, pas = lane.state.empty(pmap)
         self._call(lane, index, op, divs, lane.backend.pmap_remove, pmap, USER_MIN, USER_MAX)
-        self._observe(lane, index, op, divs, (keys, pas, (), _NO_KEYS))
+        self._observe(lane, index, op, divs, (_Places.of(pmap, vas), pas, (), _NO_KEYS))
         self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
         lane.state.forget_pmap(pmap)
         return ([], set(), (pmap,), _NO_KEYS)
@@ -826,8 +826,19 @@ class StreamRun:
                 get = table.get if table is not None else _NO_KEYS_GET
                 exps = [(m := get(va)) and m[:3] for va in keys]
                 if gots != exps:  # judged where they differ (elsewhere _check_keys finds nothing)
-                    differ = {(pmap, va): got for va, got, exp in zip(keys, gots, exps) if got != exp}
-                    tainted = self._check_keys(lane, index, op, divs, list(differ), optional, got_map=differ)
+                    may_drop = keys.optional
+                    differ = {}
+                    dropped = []  # what _check_keys would allow as forgotten, in one go
+                    for va, got, exp in zip(keys, gots, exps):
+                        if got != exp:
+                            if got is None and va in may_drop:
+                                dropped.append(va)
+                            else:
+                                differ[(pmap, va)] = got
+                    if dropped:
+                        self._forgotten(lane, index, op, pmap, dropped)
+                    if differ:
+                        tainted = self._check_keys(lane, index, op, divs, list(differ), got_map=differ)
             elif len(keys) == 1 and not optional:
                 # One place (enter, access, extract, unwire, kenter): compared inline, and
                 # judged by _check_keys only when it differs.
@@ -977,8 +988,7 @@ class StreamRun:
                 if exp is None:
                     continue
                 if key in optional:
-                    st.delete(pmap, va)
-                    self._allow(lane, index, "forgotten", lambda: f"{_loc(pmap, va)} after {op.name}")
+                    self._forgotten(lane, index, op, pmap, [va])
                     continue
                 cls = "wired-mapping-missing" if exp[WIRED] else "mapping-missing"
                 divs.append(self._div(lane, index, op, "translation", "mapping", cls,
@@ -1282,6 +1292,20 @@ class StreamRun:
                           op_kind=op.name, field=fld, cls=cls, message=message, location=location,
                           traceback=traceback)
 
+    def _forgotten(self, lane: Lane, index: int, op: Op, pmap: int, vas: Sequence[int]) -> None:
+        """The backend dropped the mappings at ``vas`` where the contract lets it (collect,
+        a wired mapping under page_protect(none)): the state follows it, and each is an
+        allowed difference, counted (the first few kept as examples)."""
+        st = lane.state
+        for va in vas:
+            st.delete(pmap, va)
+        key = (lane.name, "forgotten")
+        counts = self.result.allowed_counts
+        before = counts[key]
+        counts[key] = before + len(vas)
+        for va in vas[:max(0, ALLOWED_EXAMPLES - before)]:
+            self.result.allowed.append(Allowed("forgotten", lane.name, index, f"{_loc(pmap, va)} after {op.name}"))
+
     def _allow(self, lane: Lane, index: int, kind: str, detail: str | Callable[[], str]) -> None:
         """Count an allowed difference; keep the first few as examples.  ``detail`` may be
         a function: the text is then built only for a kept example (hundreds of ENOMEMs
@@ -1330,11 +1354,19 @@ class _AuditOp:
 
 
 class _Places(list):
-    """The VAs, in one pmap, that a range op touched: a step's keys without a (pmap, va)
-    tuple per place (read in one backend call, compared in one go; the keys of the places
-    that differ are built only then)."""
+    """The VAs, in one pmap, that an op touched (a range op, collect, the empty before a
+    destroy): a step's keys without a (pmap, va) tuple per place (read in one backend
+    call, compared in one go; the keys of the places that differ are built only then).
+    ``optional``: the VAs among them whose mapping the backend may keep or drop."""
 
-    __slots__ = ("pmap",)
+    __slots__ = ("pmap", "optional")
+
+    @classmethod
+    def of(cls, pmap: int, vas: Iterable[int], optional: frozenset[int] = frozenset()) -> "_Places":
+        places = cls(vas)
+        places.pmap = pmap
+        places.optional = optional
+        return places
 
     def keys(self) -> list[tuple[int, int]]:
         pmap = self.pmap
@@ -1346,8 +1378,7 @@ def _range_places(pmap: int, sva: int, eva: int, vas: list[int]) -> _Places:
     the page at ``eva`` (inside the pmap's range): an op that goes one page too far is
     caught there."""
     lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == KERNEL_PMAP else (USER_MIN, USER_MAX)
-    places = _Places()
-    places.pmap = pmap
+    places = _Places.of(pmap, ())
     if sva - PAGE_SIZE >= lo:
         places.append(sva - PAGE_SIZE)
     places.extend(vas)
