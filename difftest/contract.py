@@ -124,36 +124,44 @@ class ContractState:
         table = self.maps[pmap]
         old = table.get(va)
         if old is not None:
+            # A place already mapped: its regions stay; its wired count and pv entry follow.
+            if old[WIRED] and not mapping[WIRED]:
+                self.wired[pmap] -= 1
+            elif mapping[WIRED] and not old[WIRED]:
+                self.wired[pmap] += 1
+            table[va] = mapping
+            if old[MANAGED] and mapping[MANAGED] and old[PA] == mapping[PA]:
+                return  # the same page (a protect, an unwire): its pv entry stays
             if old[MANAGED]:
                 self._pv_remove(old[PA], pmap, va)
-            if old[WIRED]:
-                self.wired[pmap] -= 1
-        else:
-            # A new place: in its leaf region, and a count in its region of every level
-            # between (inline: every enter comes here).
-            if not table:
-                self.need_epoch += 1  # a lazy top-level table is needed now
-            leaves = self.leaves[pmap]
-            key = va // self._leaf_span
-            leaf = leaves.get(key)
-            if leaf is None:  # a new leaf table
-                leaves[key] = {va}
-                frames = self._leaf_frames
-                if frames:
-                    lower = self._lower[pmap]
-                    lower[self._leaf_tag] = lower.get(self._leaf_tag, 0) + frames
-                    self.need_epoch += 1
-            else:
-                leaf.add(va)
-            if self._upper_levels:
+            if mapping[MANAGED]:
+                self.pv.setdefault(mapping[PA], set()).add((pmap, va))
+            return
+        # A new place: in its leaf region, and a count in its region of every level
+        # between (inline: every enter comes here).
+        if not table:
+            self.need_epoch += 1  # a lazy top-level table is needed now
+        leaves = self.leaves[pmap]
+        key = va // self._leaf_span
+        leaf = leaves.get(key)
+        if leaf is None:  # a new leaf table
+            leaves[key] = {va}
+            frames = self._leaf_frames
+            if frames:
                 lower = self._lower[pmap]
-                for (span, frames, tag), counter in zip(self._upper_levels, self._regions[pmap]):
-                    key = va // span
-                    n = counter.get(key, 0)
-                    counter[key] = n + 1
-                    if not n:  # a new table of this level
-                        lower[tag] = lower.get(tag, 0) + frames
-                        self.need_epoch += 1
+                lower[self._leaf_tag] = lower.get(self._leaf_tag, 0) + frames
+                self.need_epoch += 1
+        else:
+            leaf.add(va)
+        if self._upper_levels:
+            lower = self._lower[pmap]
+            for (span, frames, tag), counter in zip(self._upper_levels, self._regions[pmap]):
+                key = va // span
+                n = counter.get(key, 0)
+                counter[key] = n + 1
+                if not n:  # a new table of this level
+                    lower[tag] = lower.get(tag, 0) + frames
+                    self.need_epoch += 1
         table[va] = mapping
         if mapping[MANAGED]:
             entries = self.pv.get(mapping[PA])

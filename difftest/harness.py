@@ -49,7 +49,8 @@ import signal
 import threading
 import time
 import traceback as tb
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -854,20 +855,20 @@ class StreamRun:
                 if not same:
                     tainted = self._check_keys(lane, index, op, divs, keys, got_map={key: got})
             elif keys:
-                pmap = keys[0][0]
-                vas = [va for p, va in keys if p == pmap]
-                if len(vas) == len(keys):
-                    # The places of one pmap (collect, the empty before a destroy, a page's
-                    # mappings in one pmap): as a range op's.
+                # A page's mappings (page_protect, clearing an attribute): the places of
+                # each pmap read in one backend call and compared in one go; judged by
+                # _check_keys, in their order, only where they differ.
+                differ = {}
+                for pmap, group in groupby(keys, itemgetter(0)):
+                    vas = [va for _, va in group]
                     gots = lane.read_many(pmap, vas)  # type: ignore[misc]
                     table = maps.get(pmap)
                     get = table.get if table is not None else _NO_KEYS_GET
                     exps = [(m := get(va)) and m[:3] for va in vas]
-                    if gots != exps:  # judged where they differ (elsewhere _check_keys finds nothing)
-                        differ = {key: got for key, got, exp in zip(keys, gots, exps) if got != exp}
-                        tainted = self._check_keys(lane, index, op, divs, list(differ), optional, got_map=differ)
-                else:
-                    tainted = self._check_keys(lane, index, op, divs, keys, optional)
+                    if gots != exps:
+                        differ.update(((pmap, va), got) for va, got, exp in zip(vas, gots, exps) if got != exp)
+                if differ:
+                    tainted = self._check_keys(lane, index, op, divs, list(differ), optional, got_map=differ)
             if tainted:
                 # A mapping that pointed at the wrong page moved this op's REF/MOD effects
                 # with it: follow the backend on those pages instead of reporting them.
@@ -1202,11 +1203,15 @@ class StreamRun:
             divs.append(self._div(lane, index, op, "resource", "pool", "not-conserved", msg))
         self._check_pool(lane, index, op, divs)
         attributes = lane.attributes
+        mod, ref = st.mod, st.ref
         for frame in self.named_frames:
             pa = frame * PAGE_SIZE
             modified, referenced = attributes(pa)  # type: ignore[misc]
-            self._judge_modified(lane, index, op, divs, pa, modified, query=False)
-            self._judge_referenced(lane, index, op, divs, pa, referenced, query=False)
+            want = pa in mod  # (judged only where they differ: the judges find nothing else)
+            if modified is not want and modified != want:
+                self._judge_modified(lane, index, op, divs, pa, modified, query=False)
+            if referenced and pa not in ref:
+                self._judge_referenced(lane, index, op, divs, pa, referenced, query=False)
         if lane.invariants:
             self._check_invariants(lane, index, op, divs, None)
 
