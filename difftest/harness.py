@@ -182,6 +182,7 @@ class Lane:
 _Step = tuple[Sequence[tuple[int, int]], "set[int] | frozenset[int]", tuple[int, ...], frozenset[tuple[int, int]]]
 _NO_KEYS: frozenset[tuple[int, int]] = frozenset()
 _NO_KEYS_GET = {}.get  # the reads of a pmap with no table: nothing anywhere
+_NO_VAS: frozenset[int] = frozenset()
 
 
 class Harness:
@@ -1367,7 +1368,7 @@ class _Places(list):
     __slots__ = ("pmap", "optional")
 
     @classmethod
-    def of(cls, pmap: int, vas: Iterable[int], optional: frozenset[int] = frozenset()) -> "_Places":
+    def of(cls, pmap: int, vas: Iterable[int], optional: frozenset[int] = frozenset()) -> _Places:
         places = cls(vas)
         places.pmap = pmap
         places.optional = optional
@@ -1383,7 +1384,9 @@ def _range_places(pmap: int, sva: int, eva: int, vas: list[int]) -> _Places:
     the page at ``eva`` (inside the pmap's range): an op that goes one page too far is
     caught there."""
     lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == KERNEL_PMAP else (USER_MIN, USER_MAX)
-    places = _Places.of(pmap, ())
+    places = _Places()  # (not _Places.of: a fifth of a campaign's ops come here)
+    places.pmap = pmap
+    places.optional = _NO_VAS
     if sva - PAGE_SIZE >= lo:
         places.append(sva - PAGE_SIZE)
     places.extend(vas)
