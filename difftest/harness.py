@@ -29,12 +29,15 @@ per-op``; the test ``test_the_fast_paths_one_gap_a_break_that_heals_before_the_a
 Closing it needs the invariants after every op, which is what the fast path saves.
 
 The per-op reads go through one backend call per place, pmap and page (``walk_fields``,
-``read_counts``, ``read_attributes``: ``fused_reader``), one for all the places of a range
-op (``walk_fields_many``), and one for the place, pmap and page of a one-place op where the
-backend has its own ``read_place``; a pmap's frames are read again only
-when the pool allocated or freed a frame or the frames its mappings need may have changed
-since they were last read.  A full audit gives the backend ``audit_memo``, so that its
-walks and invariants share one scan of its tables.
+``read_counts``, ``read_attributes``: ``fused_reader``), one for all the places of one pmap
+that an op touched (``walk_fields_many``: a range op's, collect's, a page's mappings pmap
+by pmap), and one for the place, pmap and page of a one-place op where the backend has its
+own ``read_place`` (an enter does that read in its handler, the common case of most
+streams' commonest op); a pmap's frames are read again only when the pool allocated or
+freed a frame or the frames its mappings need may have changed since they were last read.
+Places that read as the contract says are compared in one go and never judged one by one;
+the judging code runs only where something differs.  A full audit gives the backend
+``audit_memo``, so that its walks and invariants share one scan of its tables.
 
 Differences are classified (MODEL.md §5) and then attributed across lanes: whether the
 reference and the majority agree with the contract where this backend does not.  After a
