@@ -813,8 +813,9 @@ class StreamRun:
             # says nothing is left to judge of them; else they are read again one by one
             # below and judged as always (the reads do not change anything).
             done = False
-            if lane.read_place is not None and len(pas) == 1 and len(keys) == 1 and not optional \
-                    and not lane.count_offsets and type(keys) is not _Places:
+            places = type(keys) is _Places
+            if not places and lane.read_place is not None and len(pas) == 1 and len(keys) == 1 \
+                    and not optional and not lane.count_offsets:
                 pmap, va = keys[0]
                 table = maps.get(pmap)
                 if table is not None and pmaps == (pmap,):
@@ -822,7 +823,7 @@ class StreamRun:
                         done = self._place_as_contract(lane, table, pmap, va, pa)
             if done:
                 pass
-            elif type(keys) is _Places:
+            elif places:
                 # The places of a range op, all in one pmap: read in one backend call and
                 # compared in one go; judged by _check_keys only where one differs.
                 pmap = keys.pmap
@@ -899,8 +900,7 @@ class StreamRun:
             if len(lane.pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
-                touched = Touched(frozenset(pmaps), tuple(keys.keys() if type(keys) is _Places else keys),
-                                  frozenset(pas))
+                touched = Touched(frozenset(pmaps), tuple(keys.keys() if places else keys), frozenset(pas))
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
             raise
