@@ -667,7 +667,7 @@ class StreamRun:
             # step: one read of the place, its pmap's counters and its page.
             try:
                 if self._place_as_contract(lane, st.maps[pmap], pmap, va, op.pa):
-                    if lane.frames_seen.get(pmap) != pool.allocs + pool.frees + st.need_epoch:
+                    if lane.frames_seen.get(pmap) != pool.allocs + pool.frees + st.need_epoch:  # (its stamp)
                         self._frames_moved(lane, index, op, divs, pmap)
                     if len(pool.violations) > lane.violations_seen:
                         self._check_pool(lane, index, op, divs)
@@ -890,14 +890,17 @@ class StreamRun:
                         self._judge_referenced(lane, index, op, divs, pa, got_ref, query=False)
             wired = st.wired
             counts = lane.counts
+            pool = lane.pool
+            frames_seen = lane.frames_seen
             for pmap in pmaps:
                 # The counters in their common case inline: as the contract says, nothing
                 # about them open.
                 table = maps.get(pmap)
                 if not done and table is not None and (lane.count_offsets or counts(pmap) != (len(table), wired[pmap])):  # type: ignore[misc]
                     self._check_counts(lane, index, op, divs, pmap)
-                self._frames_moved(lane, index, op, divs, pmap)
-            if len(lane.pool.violations) > lane.violations_seen:
+                if frames_seen.get(pmap) != pool.allocs + pool.frees + st.need_epoch:  # (_frames_moved's stamp)
+                    self._frames_moved(lane, index, op, divs, pmap)
+            if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
                 touched = Touched(frozenset(pmaps), tuple(keys.keys() if places else keys), frozenset(pas))
