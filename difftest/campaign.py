@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -111,6 +111,26 @@ class SignatureRecord:
         return Member(signature=self.signature, first=self.first, first_k=self.first_k, first_seed=self.first_seed,
                       head=self.head, explained_by=self.first.get("explained_by"), reproducer=self.reproducer,
                       reproducer_ops=self.reproducer_ops)
+
+
+SIGNATURE_RECORD_FIELDS = tuple(f.name for f in fields(SignatureRecord))
+
+
+def json_with_stream(doc: dict[str, Any], key: str, stream_text: str | None, indent: int) -> str:
+    """``json.dumps(doc, indent=indent)``, but with ``doc[key]``, a stream document, written
+    as ``stream_text``, its stream file's text (``streams.dumps``: one op a line): the same
+    JSON value, encoded at C speed once rather than by the indenting encoder for every op."""
+    if stream_text is None:
+        return json.dumps(doc, indent=indent, allow_nan=False)
+    marker = json.dumps(_STREAM_MARK)
+    text = json.dumps({**doc, key: _STREAM_MARK}, indent=indent, allow_nan=False)
+    at = text.index(marker)  # the marker cannot occur in the other values: see _STREAM_MARK
+    return text[:at] + stream_text.rstrip("\n") + text[at + len(marker):]
+
+
+# Stands for the stream while the rest of a document is encoded: with the process id and a
+# random part, no value of a campaign's records holds it.
+_STREAM_MARK = f"\x00stream {os.getpid()} {os.urandom(8).hex()}\x00"
 
 
 @dataclass
@@ -215,6 +235,12 @@ class Campaign:
         self.corpus = corpus
         self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
         self.plots: dict[str, Any] | None = None  # what the reports' plots draw (difftest/plotdata.py)
+        # stream k -> its statistics, taken by the worker that ran it, for the streams the
+        # plots' coverage may count (the first ones run): the plot step need not generate them
+        self._stream_stats: dict[int, dict[str, Any]] = {}
+        self._whole_stream: tuple[int, dict[str, Any], int] | None = None  # (k, stream k as JSON, its ops)
+        self._stream_text: tuple[dict[str, Any], str] | None = None  # (a reproducer, its stream file text)
+        self._stats_asked: list[int] = []  # streams whose statistics are (or were) known or asked
         self._committed_set: set[int] = set()
         self.signatures = SignatureTable()  # the journal's numbering of signatures
         self.segments = 0  # closed journal segments
@@ -409,20 +435,32 @@ class Campaign:
         atomic_write_text(self.out / JOURNAL, "")
 
     def _write_divergence(self, rec: SignatureRecord) -> None:
+        doc = {name: getattr(rec, name) for name in SIGNATURE_RECORD_FIELDS}  # to_json() without its deep copy
         atomic_write_text(self.out / "divergences" / f"{slug(rec.signature)}.json",
-                          json.dumps(rec.to_json(), indent=2, allow_nan=False))
+                          json_with_stream(doc, "reproducer", self._reproducer_text(rec), indent=2))
 
     def _write_corpus(self, rec: SignatureRecord) -> None:
         doc = {"signature": rec.signature, "first_k": rec.first_k, "reproducer": rec.reproducer,
                "shrink_error": rec.shrink_error, "head": rec.head}
+        text = self._reproducer_text(rec)
         # *.record.json and *.stream.json: `difftest validate corpus/*.stream.json` takes
         # the stream files alone.
         atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.record.json",
-                          json.dumps(doc, indent=1, allow_nan=False))
-        if rec.reproducer is not None:
+                          json_with_stream(doc, "reproducer", text, indent=1))
+        if text is not None:
             # The reproducer as a plain stream file, for `difftest replay`.
-            atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.stream.json",
-                              streams.dumps(streams.stream_from_json(rec.reproducer)))
+            atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.stream.json", text)
+
+    def _reproducer_text(self, rec: SignatureRecord) -> str | None:
+        """``rec``'s reproducer as a stream file's text (``streams.dumps``), checked as a
+        stream and encoded once per reproducer (signatures of one stream share it when
+        it is the whole stream)."""
+        doc = rec.reproducer
+        if doc is None:
+            return None
+        if self._stream_text is None or self._stream_text[0] is not doc:
+            self._stream_text = (doc, streams.dumps(streams.stream_from_json(doc)))
+        return self._stream_text[1]
 
     def _append_journal(self, entry: dict[str, Any]) -> None:
         if self._journal is None:
@@ -452,6 +490,8 @@ class Campaign:
             entry["oom"] = dict(sorted(res.out_of_memory.items()))
         if res.backends is not None:
             entry["backends"] = list(res.backends)
+        if res.stats is not None:
+            self._stream_stats[res.k] = res.stats
         entry.update(self._commit_coverage(res))
         self._append_journal(entry)
         self._in_commit = False
@@ -465,6 +505,18 @@ class Campaign:
             self.feedback.commit(res.k, res.features)
             fields.update({key: v for key, v in recipe.journal().items() if v is not None})
         return fields
+
+    def _ask_stats(self, k: int) -> bool:
+        """Whether stream k's worker should take its statistics: while k may be among the
+        first streams run, those the plots' coverage counts (``plotdata.coverage_units``)."""
+        from difftest.plotdata import coverage_count
+
+        n = coverage_count(self.config.ops_per_stream)
+        asked = self._stats_asked
+        if len(asked) >= n and k > asked[n - 1]:
+            return False
+        bisect.insort(asked, k)
+        return True
 
     def _recipe(self, k: int) -> Recipe | None:
         return None if self.feedback is None else self.feedback.recipe_for(k)
@@ -506,6 +558,7 @@ class Campaign:
         units = (k for k in config.units() if k not in done)
         deadline = None if self.budget is None else time.monotonic() + max(0.0, self.budget - self.prior_elapsed)
         children_before = {c.pid for c in multiprocessing.active_children()}
+        self._stats_asked = sorted(self.committed)  # a resumed campaign's: regenerated if counted
         executor = self.executor_factory(self.workers)
         pending: dict[cf.Future, int] = {}
         buffer: dict[int, UnitResult] = {}
@@ -529,7 +582,8 @@ class Campaign:
                     if k is None:
                         exhausted = sched.finished()
                         break
-                    pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k)))] = k
+                    pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k),
+                                                               stats=self._ask_stats(k)))] = k
                     bisect.insort(submitted, k)
                 if not pending and (exhausted or not sched.held):
                     break
@@ -637,7 +691,7 @@ class Campaign:
         from difftest import plotdata
 
         task = plotdata.make_task(self.config, self.records.values(), self.committed, self._culprits(),
-                                  self._recipe)
+                                  self._recipe, self._stream_stats)
         if task is None:
             return
         # Twice a stream's limit (the long stream, the coverage's streams generated again),
@@ -741,9 +795,14 @@ class Campaign:
             self._enforce_deadlines(executor, {})
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
-        stream = make_stream(self.config, rec.first_k, self._recipe(rec.first_k))
-        rec.reproducer = streams.stream_to_json(stream)
-        rec.reproducer_ops = len(stream)
+        """``rec``'s reproducer is its first stream, whole (generated once for all the
+        signatures first seen in it: they are committed together)."""
+        if self._whole_stream is None or self._whole_stream[0] != rec.first_k:
+            stream = make_stream(self.config, rec.first_k, self._recipe(rec.first_k))
+            doc = streams.stream_to_json(stream)
+            self._whole_stream = (rec.first_k, doc, len(stream))
+            self._stream_text = (doc, streams.dumps(stream))  # what _reproducer_text would make of doc
+        _, rec.reproducer, rec.reproducer_ops = self._whole_stream
         rec.shrink_error = why
         self._write_corpus(rec)
         self._write_divergence(rec)

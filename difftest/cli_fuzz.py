@@ -17,9 +17,7 @@ import click
 from difftest.baseline import load_baseline
 from difftest.features import warnings
 from difftest.campaign import JOURNAL, Campaign, merge_runs, read_campaign_meta
-from difftest.cli_base import Context, cli, pass_ctx, progress_bar
-from difftest.cli_run import split_names
-from difftest.cli_streams import generator_options
+from difftest.cli_base import Context, cli, generator_options, pass_ctx, progress_bar, split_names
 from difftest.cluster import ENV_SCHEDULER
 from difftest.units import CampaignConfig, local_process_pool, parse_duration, parse_shard
 from difftest.corpus import Corpus

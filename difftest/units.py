@@ -153,6 +153,7 @@ class UnitTask:
     k: int
     backends: tuple[str, ...] | None = None  # a subset, when finding which backend kills a worker
     recipe: Recipe | None = None  # with feedback: how stream k is made
+    stats: bool = False  # also take the stream's statistics (difftest.coverage.stream_stats)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class UnitResult:
     # backend -> the op at which it ran out of memory in this stream
     out_of_memory: dict[str, int] = field(default_factory=dict)
     backends: tuple[str, ...] | None = None  # the backends run, when not all of the campaign's
+    stats: dict[str, Any] | None = None  # stream_stats of the stream, when the task asked
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,10 @@ def run_unit(task: UnitTask) -> UnitResult:
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
                      out_of_memory=out_of_memory_ops(result), backends=task.backends,
                      features=sorted(recorder.features(stream)))
+    if task.stats:  # for the plots' coverage, which then need not generate the stream again
+        from difftest.coverage import stream_stats
+
+        out.stats = stream_stats(stream)
     findings = [(d, None) for d in result.divergences] + survival_findings(result, out.out_of_memory)
     for d, explained_by in findings:
         if d.signature in out.hits:
