@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from difftest import __version__, streams
+from difftest import __version__, plotdata, streams
 from difftest.bugs import Member, group, representative, streams_hit
 from difftest.baseline import match_bug, match_known
 from difftest.corpus import Corpus, slug
@@ -241,6 +241,7 @@ class Campaign:
         self._whole_stream: tuple[int, dict[str, Any], int] | None = None  # (k, stream k as JSON, its ops)
         self._stream_text: tuple[dict[str, Any], str] | None = None  # (a reproducer, its stream file text)
         self._stats_asked: list[int] = []  # streams whose statistics are (or were) known or asked
+        self._traced_runs: dict[int, Any] = {}  # stream k -> its run with the trace on (the plots')
         self._committed_set: set[int] = set()
         self.signatures = SignatureTable()  # the journal's numbering of signatures
         self.segments = 0  # closed journal segments
@@ -492,6 +493,8 @@ class Campaign:
             entry["backends"] = list(res.backends)
         if res.stats is not None:
             self._stream_stats[res.k] = res.stats
+        if res.traced is not None:
+            self._traced_runs[res.k] = res.traced
         entry.update(self._commit_coverage(res))
         self._append_journal(entry)
         self._in_commit = False
@@ -509,9 +512,7 @@ class Campaign:
     def _ask_stats(self, k: int) -> bool:
         """Whether stream k's worker should take its statistics: while k may be among the
         first streams run, those the plots' coverage counts (``plotdata.coverage_units``)."""
-        from difftest.plotdata import coverage_count
-
-        n = coverage_count(self.config.ops_per_stream)
+        n = plotdata.coverage_count(self.config.ops_per_stream)
         asked = self._stats_asked
         if len(asked) >= n and k > asked[n - 1]:
             return False
@@ -559,6 +560,9 @@ class Campaign:
         deadline = None if self.budget is None else time.monotonic() + max(0.0, self.budget - self.prior_elapsed)
         children_before = {c.pid for c in multiprocessing.active_children()}
         self._stats_asked = sorted(self.committed)  # a resumed campaign's: regenerated if counted
+        # The campaign's first stream is run with the trace on: the plot step's long stream
+        # is most often that one (the first divergence's), and need not be run again.
+        traced = next(iter(config.units()), None) if self.config.ops_per_stream <= plotdata.LONG_STREAM_MAX_OPS else None
         executor = self.executor_factory(self.workers)
         pending: dict[cf.Future, int] = {}
         buffer: dict[int, UnitResult] = {}
@@ -583,7 +587,7 @@ class Campaign:
                         exhausted = sched.finished()
                         break
                     pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k),
-                                                               stats=self._ask_stats(k)))] = k
+                                                               stats=self._ask_stats(k), trace=k == traced))] = k
                     bisect.insort(submitted, k)
                 if not pending and (exhausted or not sched.held):
                     break
@@ -688,10 +692,8 @@ class Campaign:
     def _record_plots(self, executor: cf.Executor) -> None:
         """Record the data the reports' plots draw (``difftest.plotdata``) in one worker,
         under the watchdog; a worker that dies or hangs leaves a note instead."""
-        from difftest import plotdata
-
         task = plotdata.make_task(self.config, self.records.values(), self.committed, self._culprits(),
-                                  self._recipe, self._stream_stats)
+                                  self._recipe, self._stream_stats, self._traced_runs)
         if task is None:
             return
         # Twice a stream's limit (the long stream, the coverage's streams generated again),
@@ -1023,10 +1025,9 @@ def build_campaign_report(
 def _read_plots(out: Path, strict: bool) -> dict[str, Any] | None:
     """``OUT/plots.json`` as the campaign wrote it (None: not written).  A damaged one is
     bad input when ``strict`` (read for a merge); a resumed campaign writes it anew."""
-    from difftest.plotdata import PLOTS_FILE
     from difftest.report_shape import plots_problem
 
-    path = out / PLOTS_FILE
+    path = out / plotdata.PLOTS_FILE
     if not path.exists():
         return None
     try:
@@ -1117,8 +1118,6 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
-    from difftest import plotdata
-
     plots = plotdata.merge(shard_plots, plotdata.representative_stream(merged.values(), seen), owners)
     report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival,
                                    coverage=tally.to_report(streams_run), plots=plots)

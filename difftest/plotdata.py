@@ -55,6 +55,9 @@ class PlotTask:
     # (k, difftest.coverage.stream_stats of stream k) for the coverage's streams whose
     # statistics the campaign's workers took when they ran them: not generated again here
     stats: tuple[tuple[int, dict[str, Any]], ...] = ()
+    # (k, its run with the trace on) for streams whose worker ran them traced already
+    # (``difftest.units.run_unit``): not run again here when the lanes are the same
+    traced: tuple[tuple[int, Any], ...] = ()
 
 
 def representative_stream(records: Iterable[Any], committed: Iterable[int]) -> int | None:
@@ -82,8 +85,10 @@ def coverage_units(committed: Iterable[int], ops_per_stream: int) -> list[int]:
 
 
 def make_task(config: Any, records: Iterable[Any], committed: Sequence[int], culprits: set[str],
-              recipe: Callable[[int], Any], stats: dict[int, dict[str, Any]] | None = None) -> PlotTask | None:
-    """The plot step's task; ``stats``: stream k -> its ``stream_stats``, those known."""
+              recipe: Callable[[int], Any], stats: dict[int, dict[str, Any]] | None = None,
+              traced: dict[int, Any] | None = None) -> PlotTask | None:
+    """The plot step's task; ``stats``: stream k -> its ``stream_stats``, those known;
+    ``traced``: stream k -> its run with the trace on, those known."""
     records = list(records)
     k = representative_stream(records, committed)
     if k is None:
@@ -97,7 +102,8 @@ def make_task(config: Any, records: Iterable[Any], committed: Sequence[int], cul
                         and rec.first.get("class") not in WORKER_DEATHS)
     units = coverage_units(committed, config.ops_per_stream)
     known = tuple((j, (stats or {})[j]) for j in units if j in (stats or {}))
-    return PlotTask(config, k, recipe(k), backends, tuple((j, recipe(j)) for j in units), reproducers, known)
+    return PlotTask(config, k, recipe(k), backends, tuple((j, recipe(j)) for j in units), reproducers, known,
+                    tuple(sorted((traced or {}).items(), key=lambda kv: kv[0])))
 
 
 def not_recorded(why: str) -> dict[str, Any]:
@@ -111,6 +117,13 @@ def record(task: PlotTask) -> dict[str, Any]:
     # A run is a function of its stream: a reproducer that is a whole stream (shrinking
     # off, or a survival finding) is the long stream itself, run once.
     runs: dict[Any, Any] = {}
+    for _, result in task.traced:
+        # A worker's traced run of a campaign stream is this step's run of it when it ran
+        # the same lanes with the same reference (no backend has since killed a worker).
+        total = len(result.stream.ops)
+        if list(result.backends) == list(task.backends) and result.reference == _reference(task) \
+                and total <= LONG_STREAM_MAX_OPS:
+            runs[_run_key(result.stream, total)] = (result, _common(task, result, result.stream, total))
 
     def guarded(what: str, make: Callable[[], Any]) -> Any:
         try:
@@ -141,23 +154,40 @@ def _traced(task: PlotTask, stream: Any, runs: dict[Any, Any]) -> tuple[Any, dic
     total = len(stream.ops)
     if total > LONG_STREAM_MAX_OPS:
         stream = stream.replace(ops=stream.ops[:LONG_STREAM_MAX_OPS])
-    key = (tuple(stream.ops), stream.phys_pages, stream.free_frames, total)
+    key = _run_key(stream, total)
     if key not in runs:
         runs[key] = _trace_run(task, stream, total)
     return runs[key]
 
 
+def _run_key(stream: Any, total: int) -> tuple[Any, ...]:
+    """What a traced run depends on besides the task: the ops run, the machine, the length
+    of the stream they were cut from."""
+    return (tuple(stream.ops), stream.phys_pages, stream.free_frames, total)
+
+
+def _reference(task: PlotTask) -> str:
+    config = task.config
+    return config.reference if config.reference in task.backends else task.backends[0]
+
+
 def _trace_run(task: PlotTask, stream: Any, total: int) -> tuple[Any, dict[str, Any]]:
-    from difftest.units import out_of_memory_ops, worker_registry
+    from difftest.units import worker_registry
     from difftest.harness import Harness
 
     config = task.config
-    reference = config.reference if config.reference in task.backends else task.backends[0]
-    harness = Harness.from_registry(worker_registry(config), task.backends, reference, trace=True,
+    harness = Harness.from_registry(worker_registry(config), task.backends, _reference(task), trace=True,
                                     checkpoint_every=config.checkpoint_every,
                                     invariants_per_op=config.invariants == "per-op",
                                     fast=config.invariants == "auto")
     result = harness.run(stream, time_limit=config.stream_timeout)
+    return result, _common(task, result, stream, total)
+
+
+def _common(task: PlotTask, result: Any, stream: Any, total: int) -> dict[str, Any]:
+    """A traced run's fields of the record: ops, step, reference, the lanes' series."""
+    from difftest.units import out_of_memory_ops
+
     died = out_of_memory_ops(result)
     n = len(stream.ops)
     step = max(1, -(-n // SERIES_POINTS))
@@ -181,14 +211,16 @@ def _trace_run(task: PlotTask, stream: Any, total: int) -> tuple[Any, dict[str, 
             "excess": max(over, default=0), "freed_total": sum(freed),
             "out_of_memory": died.get(name), "stopped": result.stopped.get(name),
         })
-    return result, {"ops": n, "ops_total": total, "step": step, "reference": result.reference,
-                    "divergences": len(result.divergences), "lanes": lanes}
+    return {"ops": n, "ops_total": total, "step": step, "reference": result.reference,
+            "divergences": len(result.divergences), "lanes": lanes}
 
 
 def _long_stream(task: PlotTask, runs: dict[Any, Any]) -> dict[str, Any] | None:
     from difftest.units import make_stream, unit_seed
 
-    _, common = _traced(task, make_stream(task.config, task.stream, task.recipe), runs)
+    ran = dict(task.traced).get(task.stream)
+    stream = ran.stream if ran is not None else make_stream(task.config, task.stream, task.recipe)
+    _, common = _traced(task, stream, runs)
     return {"stream": task.stream, "seed": unit_seed(task.config.seed, task.stream), **common}
 
 

@@ -154,6 +154,7 @@ class UnitTask:
     backends: tuple[str, ...] | None = None  # a subset, when finding which backend kills a worker
     recipe: Recipe | None = None  # with feedback: how stream k is made
     stats: bool = False  # also take the stream's statistics (difftest.coverage.stream_stats)
+    trace: bool = False  # run it with the harness's trace on, and return the run (for difftest.plotdata)
 
 
 @dataclass
@@ -170,6 +171,7 @@ class UnitResult:
     out_of_memory: dict[str, int] = field(default_factory=dict)
     backends: tuple[str, ...] | None = None  # the backends run, when not all of the campaign's
     stats: dict[str, Any] | None = None  # stream_stats of the stream, when the task asked
+    traced: Any = None  # the traced run (a RunResult), when the task asked
 
 
 @dataclass(frozen=True)
@@ -203,13 +205,13 @@ class CorpusTask:
 _WORKER_CACHE: dict[Any, Any] = {}
 
 
-def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None):
+def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None, trace: bool = False):
     """The plugin host and harness for a config, built once per worker process."""
     from difftest.harness import Harness
     from difftest.plugins import PluginHost
 
     key = (config.plugins, backends or config.backends, config.reference, config.checkpoint_every,
-           config.invariants)
+           config.invariants, trace)
     env = _WORKER_CACHE.get(key)
     if env is None:
         interrupts.install()
@@ -224,7 +226,7 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None)
         harness = Harness.from_registry(host.registry, names, reference,
                                         checkpoint_every=config.checkpoint_every,
                                         invariants_per_op=config.invariants == "per-op",
-                                        fast=config.invariants == "auto")
+                                        fast=config.invariants == "auto", trace=trace)
         gen = host.registry.generators.get(config.generator)
         if gen is None:
             raise BadInput(f"unknown generator {config.generator!r}")
@@ -264,7 +266,7 @@ def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) ->
 
 def run_unit(task: UnitTask) -> UnitResult:
     """Generate stream k and run it: executed in a worker process."""
-    harness, gen = _worker_env(task.config, task.backends)
+    harness, gen = _worker_env(task.config, task.backends, task.trace)
     config = task.config
     seed = unit_seed(config.seed, task.k)
     stream = make_stream(config, task.k, task.recipe)
@@ -274,6 +276,8 @@ def run_unit(task: UnitTask) -> UnitResult:
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
                      out_of_memory=out_of_memory_ops(result), backends=task.backends,
                      features=sorted(recorder.features(stream)))
+    if task.trace:  # the plot step then need not run it again
+        out.traced = result
     if task.stats:  # for the plots' coverage, which then need not generate the stream again
         from difftest.coverage import stream_stats
 

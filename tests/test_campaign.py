@@ -368,9 +368,10 @@ def test_the_executor_is_pluggable(tmp_path):
 
 def test_what_a_campaign_writes_is_what_it_recorded(tmp_path):
     """Each whole-stream reproducer is generated, run and encoded once however many
-    signatures it stands for, and the plot step reuses the workers' stream statistics:
-    what is written is still exactly the records, and the plots equal a plot step that
-    generates every stream again and traces each reproducer on its own."""
+    signatures it stands for, and the plot step reuses the workers' stream statistics and
+    their traced run of the first stream: what is written is still exactly the records,
+    and the plots equal a plot step that generates and runs every stream again and traces
+    each reproducer on its own."""
     import copy
 
     from difftest import plotdata, streams
@@ -394,8 +395,9 @@ def test_what_a_campaign_writes_is_what_it_recorded(tmp_path):
             "shrink_error": "shrinking disabled", "head": None}
         assert (out / "corpus" / f"{name}.stream.json").read_text() == \
             streams.dumps(streams.stream_from_json(rec.reproducer))
+    assert sorted(camp._traced_runs) == [0] and camp._stream_stats  # what the plot step was given
     task = plotdata.make_task(camp.config, camp.records.values(), camp.committed, set(), camp._recipe)
-    assert task.stats == ()  # every coverage stream generated again
+    assert task.stats == () and task.traced == ()  # every stream generated and run again
     assert plotdata.record(task) == report["plots"]
     for signature, backend, oom, doc in task.reproducers:  # each traced on its own
         alone = plotdata._reproducer(task, signature, backend, oom, copy.deepcopy(doc), {})
