@@ -798,9 +798,12 @@ class Campaign:
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
         """``rec``'s reproducer is its first stream, whole (generated once for all the
-        signatures first seen in it: they are committed together)."""
+        signatures first seen in it: they are committed together; not at all when its
+        worker sent it back)."""
         if self._whole_stream is None or self._whole_stream[0] != rec.first_k:
-            stream = make_stream(self.config, rec.first_k, self._recipe(rec.first_k))
+            ran = self._traced_runs.get(rec.first_k)  # the first stream came back with its run
+            stream = ran.stream if ran is not None else make_stream(self.config, rec.first_k,
+                                                                    self._recipe(rec.first_k))
             doc = streams.stream_to_json(stream)
             self._whole_stream = (rec.first_k, doc, len(stream))
             self._stream_text = (doc, streams.dumps(stream))  # what _reproducer_text would make of doc
