@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from difftest import interrupts, streams
 from difftest.bugs import head_of
+from difftest.coverage import stream_stats
 from difftest.divergence import Divergence
 from difftest.errors import BadInput
 from difftest.features import recorder_for
@@ -273,15 +274,14 @@ def run_unit(task: UnitTask) -> UnitResult:
     recorder = recorder_for(harness)
     recorder.start()
     result = harness.run(stream, time_limit=config.stream_timeout)
+    stats = stream_stats(stream)  # for its features, and maybe the plots' coverage
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
                      out_of_memory=out_of_memory_ops(result), backends=task.backends,
-                     features=sorted(recorder.features(stream)))
+                     features=sorted(recorder.features(stream, stats)))
     if task.trace:  # the plot step then need not run it again
         out.traced = result
     if task.stats:  # for the plots' coverage, which then need not generate the stream again
-        from difftest.coverage import stream_stats
-
-        out.stats = stream_stats(stream)
+        out.stats = stats
     findings = [(d, None) for d in result.divergences] + survival_findings(result, out.out_of_memory)
     for d, explained_by in findings:
         if d.signature in out.hits:
