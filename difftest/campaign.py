@@ -116,21 +116,21 @@ class SignatureRecord:
 SIGNATURE_RECORD_FIELDS = tuple(f.name for f in fields(SignatureRecord))
 
 
-def json_with_stream(doc: dict[str, Any], key: str, stream_text: str | None, indent: int) -> str:
-    """``json.dumps(doc, indent=indent)``, but with ``doc[key]``, a stream document, written
-    as ``stream_text``, its stream file's text (``streams.dumps``: one op a line): the same
-    JSON value, encoded at C speed once rather than by the indenting encoder for every op."""
-    if stream_text is None:
-        return json.dumps(doc, indent=indent, allow_nan=False)
-    marker = json.dumps(_STREAM_MARK)
-    text = json.dumps({**doc, key: _STREAM_MARK}, indent=indent, allow_nan=False)
-    at = text.index(marker)  # the marker cannot occur in the other values: see _STREAM_MARK
-    return text[:at] + stream_text.rstrip("\n") + text[at + len(marker):]
+def stream_texts(report: dict[str, Any]) -> dict[int, str]:
+    """The reproducers of a report (``bugs`` and ``divergences``) that are stream documents,
+    by ``id``: their ``streams.dumps_doc`` texts, for ``streams.json_with_streams``."""
+    texts: dict[int, str] = {}
+    for entry in [*report.get("bugs", ()), *report.get("divergences", ())]:
+        doc = entry.get("reproducer")
+        if isinstance(doc, dict) and id(doc) not in texts and tuple(doc) == streams.DOC_KEYS \
+                and isinstance(doc["ops"], list):
+            texts[id(doc)] = streams.dumps_doc(doc)
+    return texts
 
 
-# Stands for the stream while the rest of a document is encoded: with the process id and a
-# random part, no value of a campaign's records holds it.
-_STREAM_MARK = f"\x00stream {os.getpid()} {os.urandom(8).hex()}\x00"
+def report_text(report: dict[str, Any]) -> str:
+    """``report.json``'s text: ``json.dumps(report, indent=2)``, its reproducers one op a line."""
+    return streams.json_with_streams(report, 2, stream_texts(report))
 
 
 @dataclass
@@ -438,19 +438,25 @@ class Campaign:
     def _write_divergence(self, rec: SignatureRecord) -> None:
         doc = {name: getattr(rec, name) for name in SIGNATURE_RECORD_FIELDS}  # to_json() without its deep copy
         atomic_write_text(self.out / "divergences" / f"{slug(rec.signature)}.json",
-                          json_with_stream(doc, "reproducer", self._reproducer_text(rec), indent=2))
+                          self._with_reproducer(doc, rec, indent=2))
 
     def _write_corpus(self, rec: SignatureRecord) -> None:
         doc = {"signature": rec.signature, "first_k": rec.first_k, "reproducer": rec.reproducer,
                "shrink_error": rec.shrink_error, "head": rec.head}
-        text = self._reproducer_text(rec)
         # *.record.json and *.stream.json: `difftest validate corpus/*.stream.json` takes
         # the stream files alone.
         atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.record.json",
-                          json_with_stream(doc, "reproducer", text, indent=1))
+                          self._with_reproducer(doc, rec, indent=1))
+        text = self._reproducer_text(rec)
         if text is not None:
             # The reproducer as a plain stream file, for `difftest replay`.
             atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.stream.json", text)
+
+    def _with_reproducer(self, doc: dict[str, Any], rec: SignatureRecord, indent: int) -> str:
+        """``doc`` (which holds ``rec.reproducer``) as indented JSON, the reproducer in its
+        stream file's text."""
+        text = self._reproducer_text(rec)
+        return streams.json_with_streams(doc, indent, {} if text is None else {id(rec.reproducer): text})
 
     def _reproducer_text(self, rec: SignatureRecord) -> str | None:
         """``rec``'s reproducer as a stream file's text (``streams.dumps``), checked as a
@@ -806,7 +812,7 @@ class Campaign:
                                                                     self._recipe(rec.first_k))
             doc = streams.stream_to_json(stream)
             self._whole_stream = (rec.first_k, doc, len(stream))
-            self._stream_text = (doc, streams.dumps(stream))  # what _reproducer_text would make of doc
+            self._stream_text = (doc, streams.dumps_doc(doc))  # what _reproducer_text would make of doc
         _, rec.reproducer, rec.reproducer_ops = self._whole_stream
         rec.shrink_error = why
         self._write_corpus(rec)
@@ -1127,7 +1133,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     if missing:  # not the unsharded campaign's report: say what it lacks
         report["campaign"]["shard"] = "+".join(str(i) for i in sorted(shards)) + f"/{base.shard_count}"
         report["campaign"]["shards_missing"] = missing
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
+    atomic_write_text(out / "report.json", report_text(report))
     return report
 
 

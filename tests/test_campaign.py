@@ -375,7 +375,7 @@ def test_what_a_campaign_writes_is_what_it_recorded(tmp_path):
     import copy
 
     from difftest import plotdata, streams
-    from difftest.campaign import Campaign
+    from difftest.campaign import Campaign, report_text
     from difftest.corpus import slug
 
     out = tmp_path / "out"
@@ -395,6 +395,8 @@ def test_what_a_campaign_writes_is_what_it_recorded(tmp_path):
             "shrink_error": "shrinking disabled", "head": None}
         assert (out / "corpus" / f"{name}.stream.json").read_text() == \
             streams.dumps(streams.stream_from_json(rec.reproducer))
+    text = report_text(report)  # report.json: its reproducers written one op a line
+    assert json.loads(text) == report and text.count('"ops": [\n  {"op": "create"}') >= 2
     assert sorted(camp._traced_runs) == [0] and camp._stream_stats  # what the plot step was given
     task = plotdata.make_task(camp.config, camp.records.values(), camp.committed, set(), camp._recipe)
     assert task.stats == () and task.traced == ()  # every stream generated and run again
