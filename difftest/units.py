@@ -206,32 +206,45 @@ class CorpusTask:
 _WORKER_CACHE: dict[Any, Any] = {}
 
 
-def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None, trace: bool = False):
-    """The plugin host and harness for a config, built once per worker process."""
-    from difftest.harness import Harness
+def _worker_host(config: CampaignConfig) -> Any:
+    """The plugin host of a config's plugins, loaded once per process (a worker's first
+    task also sets up its signals and stdout, before any plugin code runs)."""
     from difftest.plugins import PluginHost
+
+    host = _WORKER_CACHE.get(("host", config.plugins))
+    if host is None:
+        interrupts.install()
+        _stdout_to_stderr()
+        host = PluginHost()
+        host.load(config.plugins)
+        _WORKER_CACHE[("host", config.plugins)] = host
+    return host
+
+
+def _generator(config: CampaignConfig) -> Any:
+    """The config's stream generator (a ``GeneratorSpec``)."""
+    gen = _worker_host(config).registry.generators.get(config.generator)
+    if gen is None:
+        raise BadInput(f"unknown generator {config.generator!r}")
+    return gen
+
+
+def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None, trace: bool = False):
+    """The harness and generator for a config, built once per worker process."""
+    from difftest.harness import Harness
 
     key = (config.plugins, backends or config.backends, config.reference, config.checkpoint_every,
            config.invariants, trace)
     env = _WORKER_CACHE.get(key)
     if env is None:
-        interrupts.install()
-        _stdout_to_stderr()
-        host = _WORKER_CACHE.get(("host", config.plugins))
-        if host is None:
-            host = PluginHost()
-            host.load(config.plugins)
-            _WORKER_CACHE[("host", config.plugins)] = host
+        host = _worker_host(config)
         names = backends or config.backends
         reference = config.reference if config.reference in names else names[0]
         harness = Harness.from_registry(host.registry, names, reference,
                                         checkpoint_every=config.checkpoint_every,
                                         invariants_per_op=config.invariants == "per-op",
                                         fast=config.invariants == "auto", trace=trace)
-        gen = host.registry.generators.get(config.generator)
-        if gen is None:
-            raise BadInput(f"unknown generator {config.generator!r}")
-        env = (harness, gen)
+        env = (harness, _generator(config))
         _WORKER_CACHE[key] = env
     return env
 
@@ -247,13 +260,12 @@ def _stdout_to_stderr() -> None:
 
 def worker_registry(config: CampaignConfig) -> Any:
     """In a worker: the plugin registry of a config (its host loaded once per process)."""
-    _worker_env(config)
-    return _WORKER_CACHE[("host", config.plugins)].registry
+    return _worker_host(config).registry
 
 
 def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) -> Stream:
     """Stream k: the generator's, or with feedback the mutant its recipe says."""
-    _, gen = _worker_env(config)
+    gen = _generator(config)
 
     def fresh(j: int) -> Stream:
         return config.generate(gen, unit_seed(config.seed, j))
