@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -113,7 +113,7 @@ class SignatureRecord:
                       reproducer_ops=self.reproducer_ops)
 
 
-SIGNATURE_RECORD_FIELDS = tuple(f.name for f in fields(SignatureRecord))
+SIGNATURE_RECORD_FIELDS = tuple(f.name for f in dataclass_fields(SignatureRecord))
 
 
 def stream_texts(report: dict[str, Any]) -> dict[int, str]:
@@ -568,7 +568,8 @@ class Campaign:
         self._stats_asked = sorted(self.committed)  # a resumed campaign's: regenerated if counted
         # The campaign's first stream is run with the trace on: the plot step's long stream
         # is most often that one (the first divergence's), and need not be run again.
-        traced = next(iter(config.units()), None) if self.config.ops_per_stream <= plotdata.LONG_STREAM_MAX_OPS else None
+        traced = next(iter(config.units()), None) if config.ops_per_stream <= plotdata.LONG_STREAM_MAX_OPS \
+            else None
         executor = self.executor_factory(self.workers)
         pending: dict[cf.Future, int] = {}
         buffer: dict[int, UnitResult] = {}

@@ -135,7 +135,8 @@ def record(task: PlotTask) -> dict[str, Any]:
     out["long_stream"] = guarded("the long stream", lambda: _long_stream(task, runs))
     out["coverage"] = guarded("coverage", lambda: _coverage(task))
     for signature, backend, oom, doc in task.reproducers:
-        traced = guarded(f"the reproducer of {signature}", lambda: _reproducer(task, signature, backend, oom, doc, runs))
+        traced = guarded(f"the reproducer of {signature}",
+                         lambda: _reproducer(task, signature, backend, oom, doc, runs))
         if traced is not None:
             out["reproducers"][signature] = traced
     return out
