@@ -290,7 +290,9 @@ def run_unit(task: UnitTask) -> UnitResult:
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
                      out_of_memory=out_of_memory_ops(result), backends=task.backends,
                      features=sorted(recorder.features(stream, stats)))
-    if task.trace:  # the plot step then need not run it again
+    if task.trace and type(stream) is Stream and type(stream.ops) is tuple:
+        # The plot step then need not run it again (a plain stream in memory: it travels
+        # back with the result; a file's lazily read ops, or a plugin's own kind, do not).
         out.traced = result
     if task.stats:  # for the plots' coverage, which then need not generate the stream again
         out.stats = stats
