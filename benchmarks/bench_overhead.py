@@ -31,6 +31,7 @@ ratios are taken repeat by repeat and then their median.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import statistics
@@ -227,12 +228,17 @@ def fuzz_worker(default: Any) -> Any:
     recorder = FeatureRecorder()
     harness = Harness([recorder.instrument(spec) for spec in default.specs], default.reference,
                       default.invariants, default.checkpoint_every, fast=default.fast)
+    # (older trees' features() take the stream alone and compute its statistics inside)
+    given_stats = len(inspect.signature(recorder.features).parameters) > 1
 
     class Worker:
         def __call__(self, stream: Stream) -> Any:
             recorder.start()
             result = harness.run(stream)
-            recorder.features(stream, stream_stats(stream))
+            if given_stats:
+                recorder.features(stream, stream_stats(stream))
+            else:
+                recorder.features(stream)
             return result
 
         def start(self, stream: Stream) -> Any:  # the per-op path (the shared-pages suffix)
