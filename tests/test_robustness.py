@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,6 +339,15 @@ def _appended(d: Path, line: str) -> None:
         f.write(line)
 
 
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> Path:
+    """A one-stream campaign that finished cleanly: the damage tests each damage a copy."""
+    tmp = tmp_path_factory.mktemp("clean")
+    proc = builtin_campaign(tmp, "out", "--streams", "1")
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "out"
+
+
 @pytest.mark.parametrize("damage, words", [
     (lambda d: _unsummarised(d, b'{"k": 0}\n'), "journal.jsonl:1: record lacks"),
     (lambda d: _unsummarised(d, b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
@@ -348,9 +358,8 @@ def _appended(d: Path, line: str) -> None:
     (lambda d: (d / "summary.json").write_text("{garbage"), "summary.json: not a campaign summary"),
     (lambda d: (d / "corpus" / "junk.record.json").write_text("{garbage"), "junk.record.json: not a corpus record"),
 ])
-def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, damage, words):
-    proc = builtin_campaign(tmp_path, "out", "--streams", "1")
-    assert proc.returncode == 0, proc.stderr
+def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, clean_run, damage, words):
+    shutil.copytree(clean_run, tmp_path / "out")  # a damaged copy of its own
     damage(tmp_path / "out")
     for command in (["merge", str(tmp_path / "out"), "--out", str(tmp_path / "m")],
                     ["fuzz", "--no-progress", "--resume", str(tmp_path / "out")]):
@@ -625,8 +634,6 @@ def test_the_plot_data_step_is_watched_like_any_task(tmp_path):
     (("coverage",), [], "plots.coverage"),
 ])
 def test_merge_refuses_a_damaged_plots_file_naming_it(tmp_path, real_run, path, bad, field):
-    import shutil
-
     shutil.copytree(real_run, tmp_path / "s0")
     plots = json.loads((tmp_path / "s0" / "plots.json").read_text())
     (tmp_path / "s0" / "plots.json").write_text(json.dumps(_set(plots, path, bad)))
