@@ -4,7 +4,8 @@ difftest plugin) changes no outcome.  Child processes get the same through
 ``cliutil.clean_env``; the tests of discovery itself ask for it explicitly.
 
 Under pytest-xdist (README's test command: ``-n 2``) the tests are dealt to the workers
-one at a time, slow ones first, except the modules of ``ONE_WORKER_MODULES``."""
+one at a time, slow ones first; a test class's tests go to one worker together, and so do
+the modules of ``ONE_WORKER_MODULES``."""
 
 from __future__ import annotations
 
@@ -49,16 +50,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """``-n N`` (``--dist load``): xdist's scope scheduler, a scope being a test of its own
-    or a whole module of ``ONE_WORKER_MODULES`` (those first: the largest units).  Any
-    other ``--dist`` is xdist's."""
+    """``-n N`` (``--dist load``): xdist's scope scheduler, a scope being a test of its own,
+    a test class (its tests may share a class fixture) or a whole module of
+    ``ONE_WORKER_MODULES`` (the largest units go first).  Any other ``--dist`` is xdist's."""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class OneWorkerModules(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return module if module in ONE_WORKER_MODULES else nodeid
+            module, _, rest = nodeid.partition("::")
+            if module in ONE_WORKER_MODULES:
+                return module
+            name = rest.split("[", 1)[0]  # a parameter's id may hold "::"
+            return f"{module}::{name.split('::', 1)[0]}" if "::" in name else nodeid
 
     return OneWorkerModules(config, log)
