@@ -139,7 +139,8 @@ def needed_pt_frames(geometry: Geometry, vas: Iterable[int], pmap_alive: bool = 
     For every level below the top: one table per distinct region of that level's span
     holding a live mapping.  The top level: one table while the pmap lives (``create``)
     or while it has any mapping (``lazy``).  This is the reference count for the leak check;
-    the harness keeps the same numbers incrementally (``difftest.resources``).
+    the harness keeps the same numbers incrementally (``ContractState``, held to this by
+    ``tests/test_contract.py``).
     """
     vas = list(vas)
     needed: dict[Tag, int] = {}

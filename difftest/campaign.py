@@ -31,11 +31,11 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from difftest import __version__, streams
+from difftest import __version__, plotdata, streams
 from difftest.bugs import Member, group, representative, streams_hit
 from difftest.baseline import match_bug, match_known
 from difftest.corpus import Corpus, slug
@@ -111,6 +111,26 @@ class SignatureRecord:
         return Member(signature=self.signature, first=self.first, first_k=self.first_k, first_seed=self.first_seed,
                       head=self.head, explained_by=self.first.get("explained_by"), reproducer=self.reproducer,
                       reproducer_ops=self.reproducer_ops)
+
+
+SIGNATURE_RECORD_FIELDS = tuple(f.name for f in dataclass_fields(SignatureRecord))
+
+
+def stream_texts(report: dict[str, Any]) -> dict[int, str]:
+    """The reproducers of a report (``bugs`` and ``divergences``) that are stream documents,
+    by ``id``: their ``streams.dumps_doc`` texts, for ``streams.json_with_streams``."""
+    texts: dict[int, str] = {}
+    for entry in [*report.get("bugs", ()), *report.get("divergences", ())]:
+        doc = entry.get("reproducer")
+        if isinstance(doc, dict) and id(doc) not in texts and tuple(doc) == streams.DOC_KEYS \
+                and isinstance(doc["ops"], list):
+            texts[id(doc)] = streams.dumps_doc(doc)
+    return texts
+
+
+def report_text(report: dict[str, Any]) -> str:
+    """``report.json``'s text: ``json.dumps(report, indent=2)``, its reproducers one op a line."""
+    return streams.json_with_streams(report, 2, stream_texts(report))
 
 
 @dataclass
@@ -215,6 +235,13 @@ class Campaign:
         self.corpus = corpus
         self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
         self.plots: dict[str, Any] | None = None  # what the reports' plots draw (difftest/plotdata.py)
+        # stream k -> its statistics, taken by the worker that ran it, for the streams the
+        # plots' coverage may count (the first ones run): the plot step need not generate them
+        self._stream_stats: dict[int, dict[str, Any]] = {}
+        self._whole_stream: tuple[int, dict[str, Any], int] | None = None  # (k, stream k as JSON, its ops)
+        self._stream_text: tuple[dict[str, Any], str] | None = None  # (a reproducer, its stream file text)
+        self._stats_asked: list[int] = []  # streams whose statistics are (or were) known or asked
+        self._traced_runs: dict[int, Any] = {}  # stream k -> its run with the trace on (the plots')
         self._committed_set: set[int] = set()
         self.signatures = SignatureTable()  # the journal's numbering of signatures
         self.segments = 0  # closed journal segments
@@ -409,8 +436,9 @@ class Campaign:
         atomic_write_text(self.out / JOURNAL, "")
 
     def _write_divergence(self, rec: SignatureRecord) -> None:
+        doc = {name: getattr(rec, name) for name in SIGNATURE_RECORD_FIELDS}  # to_json() without its deep copy
         atomic_write_text(self.out / "divergences" / f"{slug(rec.signature)}.json",
-                          json.dumps(rec.to_json(), indent=2, allow_nan=False))
+                          self._with_reproducer(doc, rec, indent=2))
 
     def _write_corpus(self, rec: SignatureRecord) -> None:
         doc = {"signature": rec.signature, "first_k": rec.first_k, "reproducer": rec.reproducer,
@@ -418,11 +446,28 @@ class Campaign:
         # *.record.json and *.stream.json: `difftest validate corpus/*.stream.json` takes
         # the stream files alone.
         atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.record.json",
-                          json.dumps(doc, indent=1, allow_nan=False))
-        if rec.reproducer is not None:
+                          self._with_reproducer(doc, rec, indent=1))
+        text = self._reproducer_text(rec)
+        if text is not None:
             # The reproducer as a plain stream file, for `difftest replay`.
-            atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.stream.json",
-                              streams.dumps(streams.stream_from_json(rec.reproducer)))
+            atomic_write_text(self.out / "corpus" / f"{slug(rec.signature)}.stream.json", text)
+
+    def _with_reproducer(self, doc: dict[str, Any], rec: SignatureRecord, indent: int) -> str:
+        """``doc`` (which holds ``rec.reproducer``) as indented JSON, the reproducer in its
+        stream file's text."""
+        text = self._reproducer_text(rec)
+        return streams.json_with_streams(doc, indent, {} if text is None else {id(rec.reproducer): text})
+
+    def _reproducer_text(self, rec: SignatureRecord) -> str | None:
+        """``rec``'s reproducer as a stream file's text (``streams.dumps``), checked as a
+        stream and encoded once per reproducer (signatures of one stream share it when
+        it is the whole stream)."""
+        doc = rec.reproducer
+        if doc is None:
+            return None
+        if self._stream_text is None or self._stream_text[0] is not doc:
+            self._stream_text = (doc, streams.dumps(streams.stream_from_json(doc)))
+        return self._stream_text[1]
 
     def _append_journal(self, entry: dict[str, Any]) -> None:
         if self._journal is None:
@@ -452,6 +497,10 @@ class Campaign:
             entry["oom"] = dict(sorted(res.out_of_memory.items()))
         if res.backends is not None:
             entry["backends"] = list(res.backends)
+        if res.stats is not None:
+            self._stream_stats[res.k] = res.stats
+        if res.traced is not None:
+            self._traced_runs[res.k] = res.traced
         entry.update(self._commit_coverage(res))
         self._append_journal(entry)
         self._in_commit = False
@@ -465,6 +514,16 @@ class Campaign:
             self.feedback.commit(res.k, res.features)
             fields.update({key: v for key, v in recipe.journal().items() if v is not None})
         return fields
+
+    def _ask_stats(self, k: int) -> bool:
+        """Whether stream k's worker should take its statistics: while k may be among the
+        first streams run, those the plots' coverage counts (``plotdata.coverage_units``)."""
+        n = plotdata.coverage_count(self.config.ops_per_stream)
+        asked = self._stats_asked
+        if len(asked) >= n and k > asked[n - 1]:
+            return False
+        bisect.insort(asked, k)
+        return True
 
     def _recipe(self, k: int) -> Recipe | None:
         return None if self.feedback is None else self.feedback.recipe_for(k)
@@ -506,6 +565,11 @@ class Campaign:
         units = (k for k in config.units() if k not in done)
         deadline = None if self.budget is None else time.monotonic() + max(0.0, self.budget - self.prior_elapsed)
         children_before = {c.pid for c in multiprocessing.active_children()}
+        self._stats_asked = sorted(self.committed)  # a resumed campaign's: regenerated if counted
+        # The campaign's first stream is run with the trace on: the plot step's long stream
+        # is most often that one (the first divergence's), and need not be run again.
+        traced = next(iter(config.units()), None) if config.ops_per_stream <= plotdata.LONG_STREAM_MAX_OPS \
+            else None
         executor = self.executor_factory(self.workers)
         pending: dict[cf.Future, int] = {}
         buffer: dict[int, UnitResult] = {}
@@ -529,7 +593,8 @@ class Campaign:
                     if k is None:
                         exhausted = sched.finished()
                         break
-                    pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k)))] = k
+                    pending[executor.submit(run_unit, UnitTask(config, k, recipe=self._recipe(k),
+                                                               stats=self._ask_stats(k), trace=k == traced))] = k
                     bisect.insort(submitted, k)
                 if not pending and (exhausted or not sched.held):
                     break
@@ -634,10 +699,8 @@ class Campaign:
     def _record_plots(self, executor: cf.Executor) -> None:
         """Record the data the reports' plots draw (``difftest.plotdata``) in one worker,
         under the watchdog; a worker that dies or hangs leaves a note instead."""
-        from difftest import plotdata
-
         task = plotdata.make_task(self.config, self.records.values(), self.committed, self._culprits(),
-                                  self._recipe)
+                                  self._recipe, self._stream_stats, self._traced_runs)
         if task is None:
             return
         # Twice a stream's limit (the long stream, the coverage's streams generated again),
@@ -741,9 +804,17 @@ class Campaign:
             self._enforce_deadlines(executor, {})
 
     def _finish_without_shrink(self, rec: SignatureRecord, why: str) -> None:
-        stream = make_stream(self.config, rec.first_k, self._recipe(rec.first_k))
-        rec.reproducer = streams.stream_to_json(stream)
-        rec.reproducer_ops = len(stream)
+        """``rec``'s reproducer is its first stream, whole (generated once for all the
+        signatures first seen in it: they are committed together; not at all when its
+        worker sent it back)."""
+        if self._whole_stream is None or self._whole_stream[0] != rec.first_k:
+            ran = self._traced_runs.get(rec.first_k)  # the first stream came back with its run
+            stream = ran.stream if ran is not None else make_stream(self.config, rec.first_k,
+                                                                    self._recipe(rec.first_k))
+            doc = streams.stream_to_json(stream)
+            self._whole_stream = (rec.first_k, doc, len(stream))
+            self._stream_text = (doc, streams.dumps_doc(doc))  # what _reproducer_text would make of doc
+        _, rec.reproducer, rec.reproducer_ops = self._whole_stream
         rec.shrink_error = why
         self._write_corpus(rec)
         self._write_divergence(rec)
@@ -964,10 +1035,9 @@ def build_campaign_report(
 def _read_plots(out: Path, strict: bool) -> dict[str, Any] | None:
     """``OUT/plots.json`` as the campaign wrote it (None: not written).  A damaged one is
     bad input when ``strict`` (read for a merge); a resumed campaign writes it anew."""
-    from difftest.plotdata import PLOTS_FILE
     from difftest.report_shape import plots_problem
 
-    path = out / PLOTS_FILE
+    path = out / plotdata.PLOTS_FILE
     if not path.exists():
         return None
     try:
@@ -1058,15 +1128,13 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             atomic_write_text(out / "corpus" / f"{slug(rec.signature)}.stream.json",
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
-    from difftest import plotdata
-
     plots = plotdata.merge(shard_plots, plotdata.representative_stream(merged.values(), seen), owners)
     report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival,
                                    coverage=tally.to_report(streams_run), plots=plots)
     if missing:  # not the unsharded campaign's report: say what it lacks
         report["campaign"]["shard"] = "+".join(str(i) for i in sorted(shards)) + f"/{base.shard_count}"
         report["campaign"]["shards_missing"] = missing
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
+    atomic_write_text(out / "report.json", report_text(report))
     return report
 
 

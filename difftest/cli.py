@@ -13,9 +13,9 @@ from typing import Sequence
 
 import click
 
-# The command group and every subcommand (each module registers its own on ``cli``).
+# The command group (each subcommand's module registers it on ``cli`` when the group first
+# needs it: cli_base.PluginOptionGroup.LAZY).
 from difftest import interrupts
-from difftest import cli_check, cli_fuzz, cli_import, cli_report, cli_run, cli_shrink, cli_streams  # noqa: F401
 from difftest.cli_base import Context, cli, pass_ctx, styled, use_color  # noqa: F401
 from difftest.errors import (
     EXIT_INTERNAL,

@@ -1,7 +1,8 @@
 """The ``difftest`` command group, its shared context and the basic commands.
 
 Subcommands in other modules (``cli_run``, ``cli_fuzz``, ...) register on ``cli`` from
-here; ``difftest.cli`` imports them all and holds the entry point.
+here when the group imports them (``PluginOptionGroup.LAZY``); ``difftest.cli`` holds the
+entry point.
 
 Commands return their exit code; ``difftest.cli.main`` maps errors to codes.
 """
@@ -14,10 +15,9 @@ import sys
 from typing import Any, Sequence
 
 import click
-from tabulate import tabulate
 
 from difftest import __version__
-from difftest.errors import EXIT_OK
+from difftest.errors import EXIT_OK, BadInput
 from difftest.plugins import PluginHost
 
 
@@ -45,6 +45,34 @@ def progress_bar(total: int | None, unit: str, **kwargs: Any):
     return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100,
                 nrows=None if sized else 24, leave=False,
                 colour=None if os.environ.get("NO_COLOR") else "green", **kwargs)
+
+
+def split_names(values: Sequence[str]) -> list[str]:
+    """``--backends a,b --backends c`` -> ``[a, b, c]``."""
+    names: list[str] = []
+    for value in values:
+        names.extend(n.strip() for n in value.split(",") if n.strip())
+    return names
+
+
+def generator_options(spec, args: Sequence[str]) -> dict[str, str]:
+    """``--NAME VALUE`` / ``--NAME=VALUE`` arguments click did not know -> the generator's
+    own options (``GeneratorSpec.options``) as keywords; anything else is a usage error."""
+    known = {name: name.replace("-", "_") for name, _ in spec.options}
+    takes = ", ".join(f"--{name}" for name in known) or "no options of its own"
+    out: dict[str, str] = {}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name not in known:
+            raise BadInput(f"no such option: {arg} (generator {spec.name!r} takes {takes})")
+        if not eq:
+            if not rest:
+                raise BadInput(f"option --{name} needs a value")
+            value = rest.pop(0)
+        out[known[name]] = value
+    return out
 
 
 class Context:
@@ -84,11 +112,32 @@ def _plugins_after_command(ctx: click.Context, param: click.Parameter, value: tu
 
 class PluginOptionGroup(click.Group):
     """The command group: every subcommand also takes ``-p/--plugin`` after its name
-    (``difftest fuzz -p mymod``), as ``pytest`` users expect."""
+    (``difftest fuzz -p mymod``), as ``pytest`` users expect.
+
+    Subcommands are imported when first named (``LAZY``): ``difftest fuzz`` does not
+    import what ``check-backend`` or ``report`` need, and neither does a campaign's worker
+    process (it imports the entry point's module again)."""
+
+    #: subcommand -> the module that registers it on ``cli``
+    LAZY = {"check-backend": "difftest.cli_check", "new-backend": "difftest.cli_check",
+            "fuzz": "difftest.cli_fuzz", "merge": "difftest.cli_fuzz", "import": "difftest.cli_import",
+            "report": "difftest.cli_report", "replay": "difftest.cli_run", "shrink": "difftest.cli_shrink",
+            "streams": "difftest.cli_streams"}
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         _add_plugin_option(self)
         return super().make_context(*args, **kwargs)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.LAZY:
+            import importlib
+
+            importlib.import_module(self.LAZY[cmd_name])  # registers it on cli
+            _add_plugin_option(self)
+        return self.commands.get(cmd_name)
 
 
 def _add_plugin_option(group: click.Group) -> None:
@@ -146,6 +195,8 @@ def backends_cmd(ctx: Context, as_json: bool) -> int:
          _plugin_text(s.plugin, s.distribution)]
         for s in specs
     ]
+    from tabulate import tabulate
+
     click.echo(tabulate(rows, headers=["name", "description", "geometry", "default", "plugin"],
                         tablefmt="simple"))
     return EXIT_OK

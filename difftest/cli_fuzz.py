@@ -16,10 +16,8 @@ import click
 
 from difftest.baseline import load_baseline
 from difftest.features import warnings
-from difftest.campaign import JOURNAL, Campaign, merge_runs, read_campaign_meta
-from difftest.cli_base import Context, cli, pass_ctx, progress_bar
-from difftest.cli_run import split_names
-from difftest.cli_streams import generator_options
+from difftest.campaign import JOURNAL, Campaign, merge_runs, read_campaign_meta, report_text
+from difftest.cli_base import Context, cli, generator_options, pass_ctx, progress_bar, split_names
 from difftest.cluster import ENV_SCHEDULER
 from difftest.units import CampaignConfig, local_process_pool, parse_duration, parse_shard
 from difftest.corpus import Corpus
@@ -260,7 +258,8 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         from difftest.lifecycle import compare
 
         report = {**report, "lifecycle": compare(report, before, previous_label=str(previous))}
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False))
+    text = report_text(report)
+    atomic_write_text(out_dir / "report.json", text)
     for fmt in report_formats:
         spec = registry.reporters[fmt]
         target = out_dir / f"report{spec.extension}"
@@ -274,7 +273,7 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
         call_writer(spec.write, report, buf, registry=registry, run_dir=out_dir)
         atomic_write_text(target, buf.getvalue())
     if as_json:
-        click.echo(json.dumps(report, indent=2, allow_nan=False))
+        click.echo(text)
     else:
         print_summary(report, out_dir)
         cov = report.get("coverage") or {}

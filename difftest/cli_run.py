@@ -9,26 +9,17 @@ import sys
 from typing import Sequence
 
 import click
-from tabulate import tabulate
 
 from difftest import streams
 from difftest.bugs import head_key
 from difftest.baseline import load_baseline, match_bug
-from difftest.cli_base import Context, cli, pass_ctx, progress_bar
+from difftest.cli_base import Context, cli, pass_ctx, progress_bar, split_names  # noqa: F401
 from difftest.divergence import KnownDivergence, RunResult
 from difftest.errors import EXIT_DIVERGENCES, EXIT_OK, BadInput
 from difftest.harness import DEFAULT_CHECKPOINT_EVERY, Harness
 from difftest.ops import Op
 from difftest.report import report_from_runs
 from difftest.streams import Stream
-
-
-def split_names(values: Sequence[str]) -> list[str]:
-    """``--backends a,b --backends c`` -> ``[a, b, c]``."""
-    names: list[str] = []
-    for value in values:
-        names.extend(n.strip() for n in value.split(",") if n.strip())
-    return names
 
 
 def make_harness(ctx: Context, backends: Sequence[str], reference: str | None, **kwargs) -> Harness:
@@ -45,6 +36,8 @@ def divergence_table(report: dict, max_width: int = 48) -> str:
         rows.append([first["op_index"], _clip(first["op"], 60), entry["kind"], entry["backend"],
                      _clip(entry["class"], 32), entry["events"], *obs])
     headers = ["op", "operation", "kind", "backend", "class", "n", *backends]
+    from tabulate import tabulate
+
     return tabulate(rows, headers=headers, tablefmt="simple")
 
 

@@ -7,11 +7,9 @@ import time
 from typing import Any, Sequence
 
 import click
-from tabulate import tabulate
 
 from difftest import streams
-from difftest.cli_base import Context, cli, pass_ctx
-from difftest.cli_run import split_names
+from difftest.cli_base import Context, cli, generator_options, pass_ctx, split_names  # noqa: F401
 from difftest.coverage import BACKEND_FIELDS, DEPTH_FIELDS, coverage, merge_stats
 from difftest.errors import EXIT_OK, BadInput
 from difftest.machine import DEFAULT_PHYS_PAGES
@@ -30,26 +28,6 @@ def _generator(ctx: Context, name: str):
         known = ", ".join(sorted(gens)) or "none"
         raise BadInput(f"unknown generator {name!r} (registered: {known})")
     return spec
-
-
-def generator_options(spec, args: Sequence[str]) -> dict[str, str]:
-    """``--NAME VALUE`` / ``--NAME=VALUE`` arguments click did not know -> the generator's
-    own options (``GeneratorSpec.options``) as keywords; anything else is a usage error."""
-    known = {name: name.replace("-", "_") for name, _ in spec.options}
-    takes = ", ".join(f"--{name}" for name in known) or "no options of its own"
-    out: dict[str, str] = {}
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if name not in known:
-            raise BadInput(f"no such option: {arg} (generator {spec.name!r} takes {takes})")
-        if not eq:
-            if not rest:
-                raise BadInput(f"option --{name} needs a value")
-            value = rest.pop(0)
-        out[known[name]] = value
-    return out
 
 
 def generate_stream(ctx: Context, name: str, seed: int, n_ops: int, phys_pages: int,
@@ -151,6 +129,8 @@ def _specs(ctx: Context, names: Sequence[str]):
 
 def render_stats(doc: dict[str, Any], names: Sequence[str]) -> str:
     """Tables (tabulate ``simple``): op kinds, depth counters, per-backend pools."""
+    from tabulate import tabulate
+
     out = []
     ops = doc.get("ops", 0)
     head = f"{len(names)} stream(s), {ops} ops" if len(names) > 1 else f"{names[0]}: {ops} ops"

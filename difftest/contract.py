@@ -27,7 +27,7 @@ _PT, _L1 = int(Tag.PT), int(Tag.L1)
 Mapping = tuple[int, int, bool, bool]
 PA, PROT, WIRED, MANAGED = 0, 1, 2, 3
 
-_BUCKET_SHIFT = 22  # 4 MiB buckets for range queries, whatever the geometry
+_INDEX_SPAN = 1 << 22  # regions indexing a geometry with no level below its top (4 MiB)
 _PROBE_LIMIT = 32 * PAGE_SIZE  # ranges up to this size are probed page by page
 
 
@@ -37,13 +37,16 @@ class ContractState:
     __slots__ = (
         "geometry",
         "maps",
-        "buckets",
+        "leaves",
         "pv",
         "mod",
         "ref",
         "wired",
         "refs",
-        "_lower_levels",
+        "_upper_levels",
+        "_leaf_span",
+        "_leaf_frames",
+        "_leaf_tag",
         "_regions",
         "_top_tag",
         "_top_frames",
@@ -57,7 +60,6 @@ class ContractState:
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geometry
         self.maps: dict[int, dict[int, Mapping]] = {KERNEL_PMAP: {}}
-        self.buckets: dict[int, dict[int, set[int]]] = {KERNEL_PMAP: {}}
         self.pv: dict[int, set[tuple[int, int]]] = {}  # pa -> {(pmap, va)} of managed mappings
         self.mod: set[int] = set()  # pages whose MOD the contract fixes as set
         self.ref: set[int] = set()  # pages that may read as referenced
@@ -69,10 +71,17 @@ class ContractState:
         self._top_lazy = geometry.top_level == "lazy"
         self._top_pt = top.frames if top.tag == Tag.PT else 0  # the top level's frames by tag
         self._top_l1 = top.frames if top.tag == Tag.L1 else 0
-        # (span, frames, tag) of each level below the top, and per pmap a count of live
-        # mappings per region of that span: len(counter) tables are needed.
-        self._lower_levels = tuple((lvl.span, lvl.frames, lvl.tag) for lvl in geometry.levels[1:])
-        self._regions: dict[int, list[dict[int, int]]] = {KERNEL_PMAP: [{} for _ in self._lower_levels]}
+        # The lowest level's tables (the leaves): per pmap, the VAs of its live mappings by
+        # region of that level's span.  len(leaves) tables are needed, and the same sets
+        # answer range queries at a cost that follows the mappings, not the range.  A
+        # geometry with nothing below its top level indexes 4 MiB regions needing no frames.
+        lower = [(lvl.span, lvl.frames, int(lvl.tag)) for lvl in geometry.levels[1:]]
+        self._leaf_span, self._leaf_frames, self._leaf_tag = lower.pop() if lower else (_INDEX_SPAN, 0, 0)
+        self.leaves: dict[int, dict[int, set[int]]] = {KERNEL_PMAP: {}}
+        # (span, frames, tag) of each level between the top and the leaves, and per pmap a
+        # count of live mappings per region of that span: len(counter) tables are needed.
+        self._upper_levels = tuple(lower)
+        self._regions: dict[int, list[dict[int, int]]] = {KERNEL_PMAP: [{} for _ in self._upper_levels]}
         # pmap -> {tag: frames its lower-level tables need}, kept as regions fill and empty
         self._lower: dict[int, dict[int, int]] = {KERNEL_PMAP: {}}
         # Moves whenever the frames some pmap needs may have changed (a table needed or no
@@ -84,10 +93,10 @@ class ContractState:
 
     def create(self, pmap: int) -> None:
         self.maps[pmap] = {}
-        self.buckets[pmap] = {}
+        self.leaves[pmap] = {}
         self.wired[pmap] = 0
         self.refs[pmap] = 1
-        self._regions[pmap] = [{} for _ in self._lower_levels]
+        self._regions[pmap] = [{} for _ in self._upper_levels]
         self._lower[pmap] = {}
         self.need_epoch += 1
 
@@ -95,7 +104,7 @@ class ContractState:
         """The pmap died (its mappings were removed before)."""
         for va in list(self.maps[pmap]):
             self.delete(pmap, va)
-        del self.maps[pmap], self.buckets[pmap], self.wired[pmap], self.refs[pmap], self._regions[pmap]
+        del self.maps[pmap], self.leaves[pmap], self.wired[pmap], self.refs[pmap], self._regions[pmap]
         del self._lower[pmap]
         self.need_epoch += 1
 
@@ -115,18 +124,38 @@ class ContractState:
         table = self.maps[pmap]
         old = table.get(va)
         if old is not None:
+            # A place already mapped: its regions stay; its wired count and pv entry follow.
+            if old[WIRED] and not mapping[WIRED]:
+                self.wired[pmap] -= 1
+            elif mapping[WIRED] and not old[WIRED]:
+                self.wired[pmap] += 1
+            table[va] = mapping
+            if old[MANAGED] and mapping[MANAGED] and old[PA] == mapping[PA]:
+                return  # the same page (a protect, an unwire): its pv entry stays
             if old[MANAGED]:
                 self._pv_remove(old[PA], pmap, va)
-            if old[WIRED]:
-                self.wired[pmap] -= 1
+            if mapping[MANAGED]:
+                self.pv.setdefault(mapping[PA], set()).add((pmap, va))
+            return
+        # A new place: in its leaf region, and a count in its region of every level
+        # between (inline: every enter comes here).
+        if not table:
+            self.need_epoch += 1  # a lazy top-level table is needed now
+        leaves = self.leaves[pmap]
+        key = va // self._leaf_span
+        leaf = leaves.get(key)
+        if leaf is None:  # a new leaf table
+            leaves[key] = {va}
+            frames = self._leaf_frames
+            if frames:
+                lower = self._lower[pmap]
+                lower[self._leaf_tag] = lower.get(self._leaf_tag, 0) + frames
+                self.need_epoch += 1
         else:
-            # A new place: its bucket, and a count in its region of every lower level
-            # (inline: every enter comes here).
-            if not table:
-                self.need_epoch += 1  # a lazy top-level table is needed now
-            self.buckets[pmap].setdefault(va >> _BUCKET_SHIFT, set()).add(va)
+            leaf.add(va)
+        if self._upper_levels:
             lower = self._lower[pmap]
-            for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
+            for (span, frames, tag), counter in zip(self._upper_levels, self._regions[pmap]):
                 key = va // span
                 n = counter.get(key, 0)
                 counter[key] = n + 1
@@ -135,7 +164,11 @@ class ContractState:
                     self.need_epoch += 1
         table[va] = mapping
         if mapping[MANAGED]:
-            self.pv.setdefault(mapping[PA], set()).add((pmap, va))
+            entries = self.pv.get(mapping[PA])
+            if entries is None:
+                self.pv[mapping[PA]] = {(pmap, va)}
+            else:
+                entries.add((pmap, va))
         if mapping[WIRED]:
             self.wired[pmap] += 1
 
@@ -154,23 +187,27 @@ class ContractState:
                     del self.pv[old[PA]]
         if old[WIRED]:
             self.wired[pmap] -= 1
-        # Out of its bucket and its regions (inline: every remove comes here).
-        buckets = self.buckets[pmap]
-        bkey = va >> _BUCKET_SHIFT
-        bucket = buckets[bkey]
-        bucket.discard(va)
-        if not bucket:
-            del buckets[bkey]
-        lower = self._lower[pmap]
-        for (span, frames, tag), counter in zip(self._lower_levels, self._regions[pmap]):
-            key = va // span
-            left = counter[key] - 1
-            if left:
-                counter[key] = left
-            else:
-                del counter[key]
-                lower[tag] -= frames
+        # Out of its leaf region and its regions between (inline: every remove comes here).
+        leaves = self.leaves[pmap]
+        key = va // self._leaf_span
+        leaf = leaves[key]
+        leaf.discard(va)
+        if not leaf:  # a leaf table no longer needed
+            del leaves[key]
+            if self._leaf_frames:
+                self._lower[pmap][self._leaf_tag] -= self._leaf_frames
                 self.need_epoch += 1
+        if self._upper_levels:
+            lower = self._lower[pmap]
+            for (span, frames, tag), counter in zip(self._upper_levels, self._regions[pmap]):
+                key = va // span
+                left = counter[key] - 1
+                if left:
+                    counter[key] = left
+                else:
+                    del counter[key]
+                    lower[tag] -= frames
+                    self.need_epoch += 1
         return old
 
     def _pv_remove(self, pa: int, pmap: int, va: int) -> None:
@@ -183,16 +220,17 @@ class ContractState:
     def in_range(self, pmap: int, sva: int, eva: int) -> list[int]:
         """VAs with a mapping in [sva, eva), sorted.  Cost follows the mappings, not the range."""
         if eva - sva <= _PROBE_LIMIT:
-            # A few pages: look each up rather than scan the buckets they fall in.
+            # A few pages: look each up rather than scan the leaf regions they fall in.
             table = self.maps[pmap]
             return [va for va in range(sva, eva, PAGE_SIZE) if va in table]
-        buckets = self.buckets[pmap]
-        lo, hi = sva >> _BUCKET_SHIFT, (eva - 1) >> _BUCKET_SHIFT
-        if hi - lo + 1 <= len(buckets):
-            keys: Iterable[int] = (k for k in range(lo, hi + 1) if k in buckets)
+        leaves = self.leaves[pmap]
+        span = self._leaf_span
+        lo, hi = sva // span, (eva - 1) // span
+        if hi - lo + 1 <= len(leaves):
+            keys: Iterable[int] = (k for k in range(lo, hi + 1) if k in leaves)
         else:
-            keys = (k for k in buckets if lo <= k <= hi)
-        out = [va for k in keys for va in buckets[k] if sva <= va < eva]
+            keys = (k for k in leaves if lo <= k <= hi)
+        out = [va for k in keys for va in leaves[k] if sva <= va < eva]
         out.sort()
         return out
 
@@ -219,10 +257,11 @@ class ContractState:
         table = self.maps[pmap]
         return {table[va][PA] for va in vas if table[va][MANAGED]}
 
-    def enter_pages(self, pmap: int, va: int, pa: int) -> set[int]:
-        """Pages an enter at (pmap, va) touches: the new one and a managed one it replaces."""
+    def enter_replaces(self, pmap: int, va: int, pa: int) -> int | None:
+        """The other page an enter of ``pa`` at (pmap, va) touches: the managed page of a
+        mapping it replaces, if that is not ``pa`` (an enter touches ``pa`` and that)."""
         old = self.maps[pmap].get(va)
-        return {pa, old[PA]} if old is not None and old[MANAGED] else {pa}
+        return old[PA] if old is not None and old[MANAGED] and old[PA] != pa else None
 
     def enter(self, pmap: int, va: int, pa: int, prot: int, access: int, wired: bool) -> None:
         """A successful pmap_enter: the mapping, and the attributes ``access`` seeds."""
@@ -249,10 +288,12 @@ class ContractState:
         """pmap_remove: managed mappings in [sva, eva) go.  Returns (VAs with a mapping in
         the range, managed or not; their managed pages)."""
         vas = self.in_range(pmap, sva, eva)
-        pas = self.pages_of(pmap, vas)
+        pas = set()
         table = self.maps[pmap]
         for va in vas:
-            if table[va][MANAGED]:
+            m = table[va]
+            if m[MANAGED]:
+                pas.add(m[PA])
                 self.delete(pmap, va)
         return vas, pas
 
@@ -294,15 +335,16 @@ class ContractState:
                     self.delete(*key)
         return keys, optional
 
-    def collect(self, pmap: int) -> tuple[list[tuple[int, int]], set[int], frozenset[tuple[int, int]]]:
-        """pmap_collect may forget any non-wired managed user mapping: (the pmap's mappings,
-        their pages, the ones it may forget).  The state follows the backend afterwards."""
+    def collect(self, pmap: int) -> tuple[list[int], set[int], frozenset[int]]:
+        """pmap_collect may forget any non-wired managed user mapping: (the VAs of the
+        pmap's mappings, their pages, the VAs of the ones it may forget).  The state
+        follows the backend afterwards."""
         if pmap == KERNEL_PMAP:
             return [], set(), frozenset()
         table = self.maps[pmap]
         vas = sorted(table)
-        optional = frozenset((pmap, va) for va in vas if table[va][MANAGED] and not table[va][WIRED])
-        return [(pmap, va) for va in vas], self.pages_of(pmap, vas), optional
+        optional = frozenset(va for va in vas if table[va][MANAGED] and not table[va][WIRED])
+        return vas, self.pages_of(pmap, vas), optional
 
     def kenter(self, va: int, pa: int, prot: int) -> set[int]:
         """pmap_kenter_pa: an unmanaged wired kernel mapping.  Returns the managed page it
@@ -320,13 +362,14 @@ class ContractState:
                 self.delete(KERNEL_PMAP, v)
         return vas
 
-    def empty(self, pmap: int) -> tuple[list[tuple[int, int]], set[int]]:
-        """What the VM layer removes before the last destroy: every mapping of ``pmap``."""
+    def empty(self, pmap: int) -> tuple[list[int], set[int]]:
+        """What the VM layer removes before the last destroy: every mapping of ``pmap``.
+        Returns (their VAs, their managed pages)."""
         vas = sorted(self.maps[pmap])
         pas = self.pages_of(pmap, vas)
         for va in vas:
             self.delete(pmap, va)
-        return [(pmap, va) for va in vas], pas
+        return vas, pas
 
     # -- needed page-table frames ----------------------------------------------------------
 
@@ -363,9 +406,12 @@ class ContractState:
         extra = 0
         if self._top_lazy and not self.maps[pmap] and pmap != KERNEL_PMAP:
             extra += self._top_frames
-        for (span, frames, _), counter in zip(self._lower_levels, self._regions[pmap]):
-            if va // span not in counter:
-                extra += frames
+        if va // self._leaf_span not in self.leaves[pmap]:
+            extra += self._leaf_frames
+        if self._upper_levels:
+            for (span, frames, _), counter in zip(self._upper_levels, self._regions[pmap]):
+                if va // span not in counter:
+                    extra += frames
         return extra
 
     def create_frames(self) -> int:

@@ -163,8 +163,9 @@ class FeatureRecorder:
             except (AttributeError, TypeError):  # __slots__ without __dict__: pool features only
                 return
 
-    def features(self, stream: Stream) -> set[str]:
-        """Everything the stream just run reached: per backend, per stream, health."""
+    def features(self, stream: Stream, stats: dict[str, Any] | None = None) -> set[str]:
+        """Everything the stream just run reached: per backend, per stream, health
+        (``stats``: the stream's ``stream_stats`` when the caller has them already)."""
         out = set(self.extra)
         enomem = pt_freed = False
         for (backend, call, outcome, dpt, dl1), n in self.seen.items():
@@ -181,7 +182,7 @@ class FeatureRecorder:
                 enomem = True
             if dpt < 0:
                 pt_freed = True
-        out.update(stream_features(stream))
+        out.update(stream_features(stream, stats))
         if enomem:
             out.add("health|enomem")
         if pt_freed:
@@ -189,9 +190,10 @@ class FeatureRecorder:
         return out
 
 
-def stream_features(stream: Stream) -> set[str]:
-    """The backend-independent features of a stream (its ops, as the VM sees them)."""
-    stats = stream_stats(stream)
+def stream_features(stream: Stream, stats: dict[str, Any] | None = None) -> set[str]:
+    """The backend-independent features of a stream (its ops, as the VM sees them);
+    ``stats``: its ``stream_stats``, when known."""
+    stats = stream_stats(stream) if stats is None else stats
     depth = stats["depth"]
     out = {f"stream|op|{kind}" for kind in stats["op_kinds"]}
     for name, value in depth.items():

@@ -29,12 +29,15 @@ per-op``; the test ``test_the_fast_paths_one_gap_a_break_that_heals_before_the_a
 Closing it needs the invariants after every op, which is what the fast path saves.
 
 The per-op reads go through one backend call per place, pmap and page (``walk_fields``,
-``read_counts``, ``read_attributes``: ``fused_reader``), one for all the places of a range
-op (``walk_fields_many``), and one for the place, pmap and page of a one-place op where the
-backend has its own ``read_place``; a pmap's frames are read again only
-when the pool allocated or freed a frame or the frames its mappings need may have changed
-since they were last read.  A full audit gives the backend ``audit_memo``, so that its
-walks and invariants share one scan of its tables.
+``read_counts``, ``read_attributes``: ``fused_reader``), one for all the places of one pmap
+that an op touched (``walk_fields_many``: a range op's, collect's, a page's mappings pmap
+by pmap), and one for the place, pmap and page of a one-place op where the backend has its
+own ``read_place`` (an enter does that read in its handler, the common case of most
+streams' commonest op); a pmap's frames are read again only when the pool allocated or
+freed a frame or the frames its mappings need may have changed since they were last read.
+Places that read as the contract says are compared in one go and never judged one by one;
+the judging code runs only where something differs.  A full audit gives the backend
+``audit_memo``, so that its walks and invariants share one scan of its tables.
 
 Differences are classified (MODEL.md §5) and then attributed across lanes: whether the
 reference and the majority agree with the contract where this backend does not.  After a
@@ -49,7 +52,8 @@ import signal
 import threading
 import time
 import traceback as tb
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -148,9 +152,9 @@ class Lane:
     count_offsets: dict[tuple[int, str], int] = field(default_factory=dict)
     resource_open: set[tuple[int, int]] = field(default_factory=set)
     invariant_open: set[tuple[str, str]] = field(default_factory=set)
-    # pmap -> (pool allocs + frees, contract need_epoch) when its frames were last read:
-    # while neither moved, held and needed frames are what they were.
-    frames_seen: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # pmap -> pool allocs + frees + contract need_epoch when its frames were last read: all
+    # three only grow, so while the sum stays, held and needed frames are what they were.
+    frames_seen: dict[int, int] = field(default_factory=dict)
     # pmap -> ((held PT, L1), (needed PT, L1)) when _check_frames last judged it: the same
     # numbers again get the same verdict (only _check_frames changes what is open for it).
     frames_judged: dict[int, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
@@ -169,9 +173,10 @@ class Lane:
     counts: Callable[[int], tuple[int, int]] | None = None
     attributes: Callable[[int], tuple[bool, bool]] | None = None
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    name: str = field(init=False)  # the backend's (spec.name, read on every judged op)
+
+    def __post_init__(self) -> None:
+        self.name = self.spec.name
 
 
 # What one op touched in one lane, the places to observe afterwards: (keys (pmap, va),
@@ -180,6 +185,7 @@ class Lane:
 _Step = tuple[Sequence[tuple[int, int]], "set[int] | frozenset[int]", tuple[int, ...], frozenset[tuple[int, int]]]
 _NO_KEYS: frozenset[tuple[int, int]] = frozenset()
 _NO_KEYS_GET = {}.get  # the reads of a pmap with no table: nothing anywhere
+_NO_VAS: frozenset[int] = frozenset()
 
 
 class Harness:
@@ -488,13 +494,14 @@ class StreamRun:
             # Stream-level bookkeeping, once per op even when a hang makes us come back.
             self.stream_index = index
             self.destroy_frees = False
-            if isinstance(op, Create):
+            kind = type(op)  # (ops are final dataclasses: the loader makes only these)
+            if kind is Create:
                 pmap = self.next_pmap
                 self.next_pmap += 1
                 self.refs[pmap] = 1
-            elif isinstance(op, Reference):
+            elif kind is Reference:
                 self.refs[op.pmap] += 1
-            elif isinstance(op, Destroy):
+            elif kind is Destroy:
                 self.refs[op.pmap] -= 1
                 self.destroy_frees = self.refs[op.pmap] == 0
         found = self.pending
@@ -511,7 +518,9 @@ class StreamRun:
             self.current_lane = lane
             lane.result = None
             try:
-                observe(lane, index, op, divs, handler(self, lane, index, op, divs))
+                touched = handler(self, lane, index, op, divs)
+                if touched is not None:  # (None: the handler observed its op itself)
+                    observe(lane, index, op, divs, touched)
             except LaneStopped:
                 pass
             except OutOfMemory as exc:  # from an op that cannot fail for want of memory
@@ -609,12 +618,13 @@ class StreamRun:
 
     # One handler per op kind (step calls it for each lane): the backend call and the
     # judging of its result; the op's effect on the expected state is the contract
-    # model's (ContractState).  It returns what the op touched, for _observe.
+    # model's (ContractState).  It returns what the op touched, for _observe (or None
+    # where it observed that itself: an enter in its common case).
 
-    def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step:
+    def _enter(self, lane: Lane, index: int, op: Enter, divs: list[Divergence]) -> _Step | None:
         st, pool = lane.state, lane.pool
-        pmap, va = op.pmap, op.va
-        pas = st.enter_pages(pmap, va, op.pa)
+        pmap, va, pa = op.pmap, op.va, op.pa
+        replaced = st.enter_replaces(pmap, va, pa)  # the op touches pa and this page
         # The state is unchanged until st.enter below, so the frames a legitimate ENOMEM
         # or panic needs are worked out only when one happens.
         free_before = pool.free_frames
@@ -649,18 +659,42 @@ class StreamRun:
         else:
             divs.append(self._div(lane, index, op, "result", "result", "bad-enter-result",
                                   f"pmap_enter returned {short(res)}", location=_loc(pmap, va)))
+            pas = {pa} if replaced is None else {pa, replaced}
             self._follow_backend(lane, index, op, divs, pmap, va, pas)
-        return ([(pmap, va)], pas, (pmap,), _NO_KEYS)
+            return ([(pmap, va)], pas, (pmap,), _NO_KEYS)
+        if replaced is None and lane.read_place is not None and not lane.count_offsets and not self.per_op_invariants:
+            # What _observe does for this step in its common case, without building the
+            # step: one read of the place, its pmap's counters and its page.
+            try:
+                if self._place_as_contract(lane, st.maps[pmap], pmap, va, op.pa):
+                    if lane.frames_seen.get(pmap) != pool.allocs + pool.frees + st.need_epoch:  # (its stamp)
+                        self._frames_moved(lane, index, op, divs, pmap)
+                    if len(pool.violations) > lane.violations_seen:
+                        self._check_pool(lane, index, op, divs)
+                    return None  # observed
+            except LaneStopped:
+                raise
+            except BaseException as exc:
+                self._observe_raised(lane, index, op, divs, exc)
+        return ([(pmap, va)], {pa} if replaced is None else {pa, replaced}, (pmap,), _NO_KEYS)
 
     def _remove(self, lane: Lane, index: int, op: Remove, divs: list[Divergence]) -> _Step:
-        vas, pas = lane.state.remove(op.pmap, op.sva, op.eva)
-        self._call(lane, index, op, divs, lane.backend.pmap_remove, op.pmap, op.sva, op.eva)
-        return (_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,), _NO_KEYS)
+        pmap, sva, eva = op.pmap, op.sva, op.eva
+        vas, pas = lane.state.remove(pmap, sva, eva)
+        try:  # (called directly, not through _call: a fifth of a campaign's ops are removes)
+            lane.backend.pmap_remove(pmap, sva, eva)
+        except BaseException as exc:
+            self._raised(lane, index, op, divs, exc)
+        return (_range_places(pmap, sva, eva, vas), pas, (pmap,), _NO_KEYS)
 
     def _protect(self, lane: Lane, index: int, op: Protect, divs: list[Divergence]) -> _Step:
-        vas, pas = lane.state.protect(op.pmap, op.sva, op.eva, op.prot)
-        self._call(lane, index, op, divs, lane.backend.pmap_protect, op.pmap, op.sva, op.eva, op.prot)
-        return (_with_edges(op.pmap, op.sva, op.eva, vas), pas, (op.pmap,), _NO_KEYS)
+        pmap, sva, eva = op.pmap, op.sva, op.eva
+        vas, pas = lane.state.protect(pmap, sva, eva, op.prot)
+        try:
+            lane.backend.pmap_protect(pmap, sva, eva, op.prot)
+        except BaseException as exc:
+            self._raised(lane, index, op, divs, exc)
+        return (_range_places(pmap, sva, eva, vas), pas, (pmap,), _NO_KEYS)
 
     def _access(self, lane: Lane, index: int, op: Access, divs: list[Divergence]) -> _Step:
         pmap, va = op.pmap, op.va
@@ -703,9 +737,9 @@ class StreamRun:
         return (keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(optional))
 
     def _collect(self, lane: Lane, index: int, op: Collect, divs: list[Divergence]) -> _Step:
-        keys, pas, optional = lane.state.collect(op.pmap)
+        vas, pas, optional = lane.state.collect(op.pmap)
         self._call(lane, index, op, divs, lane.backend.pmap_collect, op.pmap)
-        return (keys, pas, (op.pmap,), optional)
+        return (_Places.of(op.pmap, vas, optional), pas, (op.pmap,), _NO_KEYS)
 
     def _page_attribute(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> _Step:
         method, modified, clears = _ATTRIBUTE_OPS[type(op)]
@@ -729,7 +763,7 @@ class StreamRun:
     def _kremove(self, lane: Lane, index: int, op: KRemove, divs: list[Divergence]) -> _Step:
         vas = lane.state.kremove(op.va, op.size)
         self._call(lane, index, op, divs, lane.backend.pmap_kremove, op.va, op.size)
-        return (_with_edges(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,), _NO_KEYS)
+        return (_range_places(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,), _NO_KEYS)
 
     def _create(self, lane: Lane, index: int, op: Create, divs: list[Divergence]) -> _Step:
         pmap = self.next_pmap - 1
@@ -748,9 +782,9 @@ class StreamRun:
             return ([], set(), (), _NO_KEYS)
         # At the last reference the pmap must be empty: the VM layer (here, the harness)
         # removes what is left first (MODEL §3).
-        keys, pas = lane.state.empty(pmap)
+        vas, pas = lane.state.empty(pmap)
         self._call(lane, index, op, divs, lane.backend.pmap_remove, pmap, USER_MIN, USER_MAX)
-        self._observe(lane, index, op, divs, (keys, pas, (), _NO_KEYS))
+        self._observe(lane, index, op, divs, (_Places.of(pmap, vas), pas, (), _NO_KEYS))
         self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
         lane.state.forget_pmap(pmap)
         return ([], set(), (pmap,), _NO_KEYS)
@@ -774,33 +808,43 @@ class StreamRun:
             st = lane.state
             maps = st.maps
             tainted = None
-            # One place, its page and its pmap's counters (enter, access, kenter: one page),
-            # read in one backend call where the backend has one: when all are as the
-            # contract says nothing is left to judge of them; else they are read again one
-            # by one below and judged as always (the reads do not change anything).
+            # One place, its page and its pmap's counters (access, kenter: one page), read
+            # in one backend call where the backend has one: when all are as the contract
+            # says nothing is left to judge of them; else they are read again one by one
+            # below and judged as always (the reads do not change anything).
             done = False
-            if lane.read_place is not None and len(pas) == 1 and len(keys) == 1 and not optional \
-                    and not lane.count_offsets:
+            places = type(keys) is _Places
+            if not places and lane.read_place is not None and len(pas) == 1 and len(keys) == 1 \
+                    and not optional and not lane.count_offsets:
                 pmap, va = keys[0]
                 table = maps.get(pmap)
                 if table is not None and pmaps == (pmap,):
                     for pa in pas:
-                        try:
-                            place = lane.read_place(pmap, va, pa)
-                        except BaseException as exc:
-                            if not _backend_fault(exc):
-                                raise
-                            place = None
-                        if place is not None:
-                            got, resident, wired_count, got_mod, got_ref = place
-                            exp = table.get(va)
-                            want_mod = pa in st.mod
-                            done = ((got == exp[:3] if exp is not None else got is None)
-                                    and resident == len(table) and wired_count == st.wired[pmap]
-                                    and (got_mod is want_mod or got_mod == want_mod)
-                                    and not (got_ref and pa not in st.ref))
+                        done = self._place_as_contract(lane, table, pmap, va, pa)
             if done:
                 pass
+            elif places:
+                # The places of a range op, all in one pmap: read in one backend call and
+                # compared in one go; judged by _check_keys only where one differs.
+                pmap = keys.pmap
+                gots = lane.read_many(pmap, keys)  # type: ignore[misc]
+                table = maps.get(pmap)
+                get = table.get if table is not None else _NO_KEYS_GET
+                exps = [(m := get(va)) and m[:3] for va in keys]
+                if gots != exps:  # judged where they differ (elsewhere _check_keys finds nothing)
+                    may_drop = keys.optional
+                    differ = {}
+                    dropped = []  # what _check_keys would allow as forgotten, in one go
+                    for va, got, exp in zip(keys, gots, exps):
+                        if got != exp:
+                            if got is None and va in may_drop:
+                                dropped.append(va)
+                            else:
+                                differ[(pmap, va)] = got
+                    if dropped:
+                        self._forgotten(lane, index, op, pmap, dropped)
+                    if differ:
+                        tainted = self._check_keys(lane, index, op, divs, list(differ), got_map=differ)
             elif len(keys) == 1 and not optional:
                 # One place (enter, access, extract, unwire, kenter): compared inline, and
                 # judged by _check_keys only when it differs.
@@ -816,20 +860,20 @@ class StreamRun:
                 if not same:
                     tainted = self._check_keys(lane, index, op, divs, keys, got_map={key: got})
             elif keys:
-                pmap = keys[0][0]
-                vas = [va for p, va in keys if p == pmap]
-                if len(vas) == len(keys):
-                    # The places of one pmap (every range op): read in one backend call
-                    # and compared in one go; judged by _check_keys only if one differs.
+                # A page's mappings (page_protect, clearing an attribute): the places of
+                # each pmap read in one backend call and compared in one go; judged by
+                # _check_keys, in their order, only where they differ.
+                differ = {}
+                for pmap, group in groupby(keys, itemgetter(0)):
+                    vas = [va for _, va in group]
                     gots = lane.read_many(pmap, vas)  # type: ignore[misc]
                     table = maps.get(pmap)
                     get = table.get if table is not None else _NO_KEYS_GET
                     exps = [(m := get(va)) and m[:3] for va in vas]
-                    if gots != exps:  # judged where they differ (elsewhere _check_keys finds nothing)
-                        differ = {key: got for key, got, exp in zip(keys, gots, exps) if got != exp}
-                        tainted = self._check_keys(lane, index, op, divs, list(differ), optional, got_map=differ)
-                else:
-                    tainted = self._check_keys(lane, index, op, divs, keys, optional)
+                    if gots != exps:
+                        differ.update(((pmap, va), got) for va, got, exp in zip(vas, gots, exps) if got != exp)
+                if differ:
+                    tainted = self._check_keys(lane, index, op, divs, list(differ), optional, got_map=differ)
             if tainted:
                 # A mapping that pointed at the wrong page moved this op's REF/MOD effects
                 # with it: follow the backend on those pages instead of reporting them.
@@ -845,42 +889,74 @@ class StreamRun:
                     if got_ref and pa not in ref:
                         self._judge_referenced(lane, index, op, divs, pa, got_ref, query=False)
             wired = st.wired
-            pool = lane.pool
             counts = lane.counts
+            pool = lane.pool
             frames_seen = lane.frames_seen
-            seen = (pool.allocs + pool.frees, st.need_epoch)
             for pmap in pmaps:
                 # The counters in their common case inline: as the contract says, nothing
                 # about them open.
                 table = maps.get(pmap)
                 if not done and table is not None and (lane.count_offsets or counts(pmap) != (len(table), wired[pmap])):  # type: ignore[misc]
                     self._check_counts(lane, index, op, divs, pmap)
-                # The frames: judged again only if a frame was allocated or freed, or the
-                # frames needed may have changed, since they were last judged (exact: held
-                # frames move only by alloc and free).
-                if frames_seen.get(pmap) != seen:
-                    frames_seen[pmap] = seen
-                    # _check_frames would find nothing when the frames are as needed and
-                    # nothing is open, or when they are what it last judged.
-                    held, want = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
-                    if (lane.resource_open or held != want) and lane.frames_judged.get(pmap) != (held, want):
-                        self._check_frames(lane, index, op, divs, pmap)
+                if frames_seen.get(pmap) != pool.allocs + pool.frees + st.need_epoch:  # (_frames_moved's stamp)
+                    self._frames_moved(lane, index, op, divs, pmap)
             if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
-                touched = Touched(frozenset(pmaps), tuple(keys), frozenset(pas))
+                touched = Touched(frozenset(pmaps), tuple(keys.keys() if places else keys), frozenset(pas))
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
             raise
         except BaseException as exc:
+            self._observe_raised(lane, index, op, divs, exc)
+
+    def _observe_raised(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
+        """Observing the backend raised ``exc``: a crash (the lane stops), unless it is the
+        harness's own control flow."""
+        if not _backend_fault(exc):
+            raise exc
+        divs.append(
+            self._div(lane, index, op, "crash", "observe", type(exc).__name__,
+                      f"observing the backend raised {type(exc).__name__}: {exc}",
+                      traceback=tb.format_exc())
+        )
+        self._stop(lane, f"crashed while observed after op {index}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _place_as_contract(lane: Lane, table: dict[int, Any], pmap: int, va: int, pa: int) -> bool:
+        """One backend call (its own ``read_place``) shows the mapping at (pmap, va), the
+        pmap's counters and page ``pa``'s attributes all as the contract says: nothing of
+        them is left to judge.  False: they are to be read one by one and judged."""
+        try:
+            place = lane.read_place(pmap, va, pa)  # type: ignore[misc]
+        except BaseException as exc:
             if not _backend_fault(exc):
                 raise
-            divs.append(
-                self._div(lane, index, op, "crash", "observe", type(exc).__name__,
-                          f"observing the backend raised {type(exc).__name__}: {exc}",
-                          traceback=tb.format_exc())
-            )
-            self._stop(lane, f"crashed while observed after op {index}: {type(exc).__name__}: {exc}")
+            return False
+        if place is None:
+            return False
+        got, resident, wired_count, got_mod, got_ref = place
+        st = lane.state
+        exp = table.get(va)
+        want_mod = pa in st.mod
+        return ((got == exp[:3] if exp is not None else got is None)
+                and resident == len(table) and wired_count == st.wired[pmap]
+                and (got_mod is want_mod or got_mod == want_mod)
+                and not (got_ref and pa not in st.ref))
+
+    def _frames_moved(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
+        """The frames ``pmap`` holds against those its mappings need: judged again only if
+        a frame was allocated or freed, or the frames needed may have changed, since they
+        were last judged (exact: held frames move only by alloc and free)."""
+        pool, st = lane.pool, lane.state
+        seen = pool.allocs + pool.frees + st.need_epoch
+        if lane.frames_seen.get(pmap) != seen:
+            lane.frames_seen[pmap] = seen
+            # _check_frames would find nothing when the frames are as needed and nothing
+            # is open, or when they are what it last judged.
+            held, want = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
+            if (lane.resource_open or held != want) and lane.frames_judged.get(pmap) != (held, want):
+                self._check_frames(lane, index, op, divs, pmap, held, want)
 
     def _resync_attributes(self, lane: Lane, pas: set[int]) -> None:
         st = lane.state
@@ -920,8 +996,7 @@ class StreamRun:
                 if exp is None:
                     continue
                 if key in optional:
-                    st.delete(pmap, va)
-                    self._allow(lane, index, "forgotten", lambda: f"{_loc(pmap, va)} after {op.name}")
+                    self._forgotten(lane, index, op, pmap, [va])
                     continue
                 cls = "wired-mapping-missing" if exp[WIRED] else "mapping-missing"
                 divs.append(self._div(lane, index, op, "translation", "mapping", cls,
@@ -1003,15 +1078,18 @@ class StreamRun:
                     divs.append(self._div(lane, index, op, "accounting", fld, cls,
                                           f"{fld} is {got}, the tables hold {want}", location=_loc(pmap)))
 
-    def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
+    def _check_frames(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int,
+                      helds: tuple[int, int] | None = None, wants: tuple[int, int] | None = None) -> None:
+        """Frames ``pmap`` holds (``helds``: PT, L1, read now if not given) against those its
+        live mappings need (``wants``)."""
         pool = lane.pool
         st = lane.state
         # A backend that never frees the kernel's page-table pages may hold more of them
         # than the live kernel mappings need (an allowance), never fewer.
         open_ = lane.resource_open
-        helds = pool.held_pt_l1(pmap)
-        wants = st.needed_pt_l1(pmap)
-        lane.frames_seen[pmap] = (pool.allocs + pool.frees, st.need_epoch)
+        if helds is None or wants is None:
+            helds, wants = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
+        lane.frames_seen[pmap] = pool.allocs + pool.frees + st.need_epoch
         lane.frames_judged[pmap] = (helds, wants)
         if helds == wants and not open_:
             return  # the common case: exactly what the geometry needs, nothing open
@@ -1132,11 +1210,15 @@ class StreamRun:
             divs.append(self._div(lane, index, op, "resource", "pool", "not-conserved", msg))
         self._check_pool(lane, index, op, divs)
         attributes = lane.attributes
+        mod, ref = st.mod, st.ref
         for frame in self.named_frames:
             pa = frame * PAGE_SIZE
             modified, referenced = attributes(pa)  # type: ignore[misc]
-            self._judge_modified(lane, index, op, divs, pa, modified, query=False)
-            self._judge_referenced(lane, index, op, divs, pa, referenced, query=False)
+            want = pa in mod  # (judged only where they differ: the judges find nothing else)
+            if modified is not want and modified != want:
+                self._judge_modified(lane, index, op, divs, pa, modified, query=False)
+            if referenced and pa not in ref:
+                self._judge_referenced(lane, index, op, divs, pa, referenced, query=False)
         if lane.invariants:
             self._check_invariants(lane, index, op, divs, None)
 
@@ -1222,6 +1304,20 @@ class StreamRun:
                           op_kind=op.name, field=fld, cls=cls, message=message, location=location,
                           traceback=traceback)
 
+    def _forgotten(self, lane: Lane, index: int, op: Op, pmap: int, vas: Sequence[int]) -> None:
+        """The backend dropped the mappings at ``vas`` where the contract lets it (collect,
+        a wired mapping under page_protect(none)): the state follows it, and each is an
+        allowed difference, counted (the first few kept as examples)."""
+        st = lane.state
+        for va in vas:
+            st.delete(pmap, va)
+        key = (lane.name, "forgotten")
+        counts = self.result.allowed_counts
+        before = counts[key]
+        counts[key] = before + len(vas)
+        for va in vas[:max(0, ALLOWED_EXAMPLES - before)]:
+            self.result.allowed.append(Allowed("forgotten", lane.name, index, f"{_loc(pmap, va)} after {op.name}"))
+
     def _allow(self, lane: Lane, index: int, kind: str, detail: str | Callable[[], str]) -> None:
         """Count an allowed difference; keep the first few as examples.  ``detail`` may be
         a function: the text is then built only for a kept example (hundreds of ENOMEMs
@@ -1248,7 +1344,7 @@ _ATTRIBUTE_OPS = {
     ClearReference: ("pmap_clear_reference", False, True), IsReferenced: ("pmap_is_referenced", False, False),
 }
 
-_HANDLERS: dict[type, Callable[..., _Step]] = {
+_HANDLERS: dict[type, Callable[..., _Step | None]] = {
     Enter: StreamRun._enter, Remove: StreamRun._remove, Protect: StreamRun._protect,
     Access: StreamRun._access, Extract: StreamRun._extract, Unwire: StreamRun._unwire,
     PageProtect: StreamRun._page_protect, Collect: StreamRun._collect,
@@ -1269,15 +1365,40 @@ class _AuditOp:
         self.index = index
 
 
-def _with_edges(pmap: int, sva: int, eva: int, vas: list[int]) -> list[tuple[int, int]]:
-    """The keys a range op touches, plus the page just before ``sva`` and the page at
-    ``eva`` (inside the pmap's range): an op that goes one page too far is caught there."""
+class _Places(list):
+    """The VAs, in one pmap, that an op touched (a range op, collect, the empty before a
+    destroy): a step's keys without a (pmap, va) tuple per place (read in one backend
+    call, compared in one go; the keys of the places that differ are built only then).
+    ``optional``: the VAs among them whose mapping the backend may keep or drop."""
+
+    __slots__ = ("pmap", "optional")
+
+    @classmethod
+    def of(cls, pmap: int, vas: Iterable[int], optional: frozenset[int] = frozenset()) -> _Places:
+        places = cls(vas)
+        places.pmap = pmap
+        places.optional = optional
+        return places
+
+    def keys(self) -> list[tuple[int, int]]:
+        pmap = self.pmap
+        return [(pmap, va) for va in self]
+
+
+def _range_places(pmap: int, sva: int, eva: int, vas: list[int]) -> _Places:
+    """The places a range op touches: its mappings, plus the page just before ``sva`` and
+    the page at ``eva`` (inside the pmap's range): an op that goes one page too far is
+    caught there."""
     lo, hi = (KERNEL_MIN, KERNEL_MAX) if pmap == KERNEL_PMAP else (USER_MIN, USER_MAX)
-    keys = [(pmap, sva - PAGE_SIZE)] if sva - PAGE_SIZE >= lo else []
-    keys.extend((pmap, va) for va in vas)
+    places = _Places()  # (not _Places.of: a fifth of a campaign's ops come here)
+    places.pmap = pmap
+    places.optional = _NO_VAS
+    if sva - PAGE_SIZE >= lo:
+        places.append(sva - PAGE_SIZE)
+    places.extend(vas)
     if eva < hi:
-        keys.append((pmap, eva))
-    return keys
+        places.append(eva)
+    return places
 
 
 def _loc(pmap: int, va: int | None = None) -> str:

@@ -52,6 +52,12 @@ class PlotTask:
     coverage: tuple[tuple[int, Any], ...]  # (k, recipe) of the streams the coverage counts
     # (signature, its backend, whether it is a survival finding (out-of-memory), its reproducer as JSON)
     reproducers: tuple[tuple[str, str, bool, dict[str, Any]], ...] = ()
+    # (k, difftest.coverage.stream_stats of stream k) for the coverage's streams whose
+    # statistics the campaign's workers took when they ran them: not generated again here
+    stats: tuple[tuple[int, dict[str, Any]], ...] = ()
+    # (k, its run with the trace on) for streams whose worker ran them traced already
+    # (``difftest.units.run_unit``): not run again here when the lanes are the same
+    traced: tuple[tuple[int, Any], ...] = ()
 
 
 def representative_stream(records: Iterable[Any], committed: Iterable[int]) -> int | None:
@@ -68,14 +74,21 @@ def representative_stream(records: Iterable[Any], committed: Iterable[int]) -> i
     return min(committed, default=None)
 
 
+def coverage_count(ops_per_stream: int) -> int:
+    """How many streams the coverage counts at most."""
+    return min(COVERAGE_MAX_STREAMS, max(1, COVERAGE_MAX_OPS // max(1, ops_per_stream)))
+
+
 def coverage_units(committed: Iterable[int], ops_per_stream: int) -> list[int]:
     """The streams the coverage counts: the first ones run, within the bounds."""
-    n = min(COVERAGE_MAX_STREAMS, max(1, COVERAGE_MAX_OPS // max(1, ops_per_stream)))
-    return sorted(committed)[:n]
+    return sorted(committed)[:coverage_count(ops_per_stream)]
 
 
 def make_task(config: Any, records: Iterable[Any], committed: Sequence[int], culprits: set[str],
-              recipe: Callable[[int], Any]) -> PlotTask | None:
+              recipe: Callable[[int], Any], stats: dict[int, dict[str, Any]] | None = None,
+              traced: dict[int, Any] | None = None) -> PlotTask | None:
+    """The plot step's task; ``stats``: stream k -> its ``stream_stats``, those known;
+    ``traced``: stream k -> its run with the trace on, those known."""
     records = list(records)
     k = representative_stream(records, committed)
     if k is None:
@@ -87,8 +100,10 @@ def make_task(config: Any, records: Iterable[Any], committed: Sequence[int], cul
                          rec.reproducer) for rec in sorted(records, key=lambda r: r.signature)
                         if rec.reproducer is not None and rec.first.get("backend") not in culprits
                         and rec.first.get("class") not in WORKER_DEATHS)
-    return PlotTask(config, k, recipe(k), backends,
-                    tuple((j, recipe(j)) for j in coverage_units(committed, config.ops_per_stream)), reproducers)
+    units = coverage_units(committed, config.ops_per_stream)
+    known = tuple((j, (stats or {})[j]) for j in units if j in (stats or {}))
+    return PlotTask(config, k, recipe(k), backends, tuple((j, recipe(j)) for j in units), reproducers, known,
+                    tuple(sorted((traced or {}).items(), key=lambda kv: kv[0])))
 
 
 def not_recorded(why: str) -> dict[str, Any]:
@@ -99,6 +114,16 @@ def not_recorded(why: str) -> dict[str, Any]:
 def record(task: PlotTask) -> dict[str, Any]:
     """The ``plots`` object: executed in a worker process."""
     out: dict[str, Any] = {"long_stream": None, "coverage": None, "reproducers": {}, "notes": []}
+    # A run is a function of its stream: a reproducer that is a whole stream (shrinking
+    # off, or a survival finding) is the long stream itself, run once.
+    runs: dict[Any, Any] = {}
+    for _, result in task.traced:
+        # A worker's traced run of a campaign stream is this step's run of it when it ran
+        # the same lanes with the same reference (no backend has since killed a worker).
+        total = len(result.stream.ops)
+        if list(result.backends) == list(task.backends) and result.reference == _reference(task) \
+                and total <= LONG_STREAM_MAX_OPS:
+            runs[_run_key(result.stream, total)] = (result, _common(task, result, result.stream, total))
 
     def guarded(what: str, make: Callable[[], Any]) -> Any:
         try:
@@ -107,10 +132,11 @@ def record(task: PlotTask) -> dict[str, Any]:
             out["notes"].append(f"{what} not recorded: {type(exc).__name__}: {short(str(exc), 200)}")
             return None
 
-    out["long_stream"] = guarded("the long stream", lambda: _long_stream(task))
+    out["long_stream"] = guarded("the long stream", lambda: _long_stream(task, runs))
     out["coverage"] = guarded("coverage", lambda: _coverage(task))
     for signature, backend, oom, doc in task.reproducers:
-        traced = guarded(f"the reproducer of {signature}", lambda: _reproducer(task, signature, backend, oom, doc))
+        traced = guarded(f"the reproducer of {signature}",
+                         lambda: _reproducer(task, signature, backend, oom, doc, runs))
         if traced is not None:
             out["reproducers"][signature] = traced
     return out
@@ -120,24 +146,49 @@ def buckets(values: Sequence[int], step: int, how: Callable[[Sequence[int]], int
     return [how(values[i:i + step]) for i in range(0, len(values), step)]
 
 
-def _traced(task: PlotTask, stream: Any) -> tuple[Any, dict[str, Any]]:
+def _traced(task: PlotTask, stream: Any, runs: dict[Any, Any]) -> tuple[Any, dict[str, Any]]:
     """Run ``stream`` (cut to LONG_STREAM_MAX_OPS) on the task's backends with the trace on:
-    (the run's result, the record's common fields: ops, step, reference, lanes)."""
-    from difftest.units import out_of_memory_ops, worker_registry
-    from difftest.harness import Harness
-
+    (the run's result, the record's common fields: ops, step, reference, lanes).  ``runs``
+    keeps the outcomes by stream: the same ops on the same machine are run once."""
     if not task.backends:
         raise LookupError("every backend of the campaign killed a worker")
-    config = task.config
     total = len(stream.ops)
     if total > LONG_STREAM_MAX_OPS:
         stream = stream.replace(ops=stream.ops[:LONG_STREAM_MAX_OPS])
-    reference = config.reference if config.reference in task.backends else task.backends[0]
-    harness = Harness.from_registry(worker_registry(config), task.backends, reference, trace=True,
+    key = _run_key(stream, total)
+    if key not in runs:
+        runs[key] = _trace_run(task, stream, total)
+    return runs[key]
+
+
+def _run_key(stream: Any, total: int) -> tuple[Any, ...]:
+    """What a traced run depends on besides the task: the ops run, the machine, the length
+    of the stream they were cut from."""
+    return (tuple(stream.ops), stream.phys_pages, stream.free_frames, total)
+
+
+def _reference(task: PlotTask) -> str:
+    config = task.config
+    return config.reference if config.reference in task.backends else task.backends[0]
+
+
+def _trace_run(task: PlotTask, stream: Any, total: int) -> tuple[Any, dict[str, Any]]:
+    from difftest.units import worker_registry
+    from difftest.harness import Harness
+
+    config = task.config
+    harness = Harness.from_registry(worker_registry(config), task.backends, _reference(task), trace=True,
                                     checkpoint_every=config.checkpoint_every,
                                     invariants_per_op=config.invariants == "per-op",
                                     fast=config.invariants == "auto")
     result = harness.run(stream, time_limit=config.stream_timeout)
+    return result, _common(task, result, stream, total)
+
+
+def _common(task: PlotTask, result: Any, stream: Any, total: int) -> dict[str, Any]:
+    """A traced run's fields of the record: ops, step, reference, the lanes' series."""
+    from difftest.units import out_of_memory_ops
+
     died = out_of_memory_ops(result)
     n = len(stream.ops)
     step = max(1, -(-n // SERIES_POINTS))
@@ -161,18 +212,21 @@ def _traced(task: PlotTask, stream: Any) -> tuple[Any, dict[str, Any]]:
             "excess": max(over, default=0), "freed_total": sum(freed),
             "out_of_memory": died.get(name), "stopped": result.stopped.get(name),
         })
-    return result, {"ops": n, "ops_total": total, "step": step, "reference": result.reference,
-                    "divergences": len(result.divergences), "lanes": lanes}
+    return {"ops": n, "ops_total": total, "step": step, "reference": result.reference,
+            "divergences": len(result.divergences), "lanes": lanes}
 
 
-def _long_stream(task: PlotTask) -> dict[str, Any] | None:
+def _long_stream(task: PlotTask, runs: dict[Any, Any]) -> dict[str, Any] | None:
     from difftest.units import make_stream, unit_seed
 
-    _, common = _traced(task, make_stream(task.config, task.stream, task.recipe))
+    ran = dict(task.traced).get(task.stream)
+    stream = ran.stream if ran is not None else make_stream(task.config, task.stream, task.recipe)
+    _, common = _traced(task, stream, runs)
     return {"stream": task.stream, "seed": unit_seed(task.config.seed, task.stream), **common}
 
 
-def _reproducer(task: PlotTask, signature: str, backend: str, oom: bool, doc: dict[str, Any]) -> dict[str, Any]:
+def _reproducer(task: PlotTask, signature: str, backend: str, oom: bool, doc: dict[str, Any],
+                runs: dict[Any, Any]) -> dict[str, Any]:
     """A reproducer traced: its lanes, the ops where the signature shows (and where its
     backend ran out of memory, for a survival finding), and the op table's rows: the first
     ops, the last, and those around the first MARKS_KEPT marks (TABLE_ROWS at most when
@@ -180,8 +234,11 @@ def _reproducer(task: PlotTask, signature: str, backend: str, oom: bool, doc: di
     from difftest.ops import describe
     from difftest.streams import stream_from_json
 
-    stream = stream_from_json(doc)
-    result, common = _traced(task, stream)
+    decoded = ("decoded", id(doc))  # signatures of one whole stream share its document
+    if decoded not in runs:
+        runs[decoded] = stream_from_json(doc)
+    stream = runs[decoded]
+    result, common = _traced(task, stream, runs)
     marks = sorted({d.op_index for d in result.divergences if d.signature == signature and d.op_index >= 0})
     died = {lane["backend"]: lane["out_of_memory"] for lane in common["lanes"] if lane["out_of_memory"] is not None}
     if oom and backend in died:
@@ -219,9 +276,11 @@ def _coverage(task: PlotTask) -> dict[str, Any] | None:
     from difftest.units import make_stream
     from difftest.coverage import stream_stats
 
+    known = dict(task.stats)
     total: dict[str, Any] = {"streams": 0, "ops": 0, "op_kinds": {}, "depth": {}}
     for k, recipe in task.coverage:
-        add_coverage(total, {"streams": 1, **stream_stats(make_stream(task.config, k, recipe))})
+        stats = known[k] if k in known else stream_stats(make_stream(task.config, k, recipe))
+        add_coverage(total, {"streams": 1, **stats})
     return finish_coverage(total) if total["streams"] else None
 
 

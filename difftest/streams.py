@@ -416,13 +416,50 @@ def loads(text: str, source: str | None = None) -> Stream:
 
 def dumps(stream: Stream) -> str:
     """Canonical text: one op per line, so that diffs of reproducers read well."""
-    doc = stream_to_json(stream)
+    return dumps_doc(stream_to_json(stream))
+
+
+DOC_KEYS = ("format", "machine", "origin", "ops")  # a stream document's keys, in stream_to_json's order
+
+
+def dumps_doc(doc: dict[str, Any]) -> str:
+    """``dumps`` of the stream ``doc`` is the document of (``stream_to_json``), from the
+    document: the same text, without decoding it."""
     head = json.dumps(
         {k: doc[k] for k in ("format", "machine", "origin")}, sort_keys=False, allow_nan=False
     )
     lines = [json.dumps(op, allow_nan=False) for op in doc["ops"]]
     body = ",\n  ".join(lines)
     return head[:-1] + ',\n "ops": [\n  ' + body + ("\n ]}\n" if lines else "]}\n")
+
+
+def json_with_streams(doc: Any, indent: int, texts: dict[int, str]) -> str:
+    """``json.dumps(doc, indent=indent)``, but with each stream document in ``doc`` whose
+    ``id`` is in ``texts`` written as that text (its ``dumps_doc``, one op a line): the same
+    JSON value, its ops encoded at C speed rather than by the indenting encoder."""
+    if not texts:
+        return json.dumps(doc, indent=indent, allow_nan=False)
+    found: list[str] = []
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            if id(value) in texts:
+                found.append(texts[id(value)].rstrip("\n"))
+                return f"{_STREAM_MARK}{len(found) - 1}"
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        return value
+
+    text = json.dumps(swap(doc), indent=indent, allow_nan=False)
+    # The markers cannot occur in the other values (see _STREAM_MARK): each is one stream.
+    mark = json.dumps(_STREAM_MARK)[:-1]
+    return re.sub(re.escape(mark) + r'(\d+)"', lambda m: found[int(m.group(1))], text)
+
+
+# Stands for a stream while the rest of a document is encoded: with the process id and a
+# random part, no value of a campaign's records holds it.
+_STREAM_MARK = f"\x00stream {os.getpid()} {os.urandom(8).hex()}\x00"
 
 
 def load(path: str | os.PathLike[str]) -> Stream:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from difftest import interrupts, streams
 from difftest.bugs import head_of
+from difftest.coverage import stream_stats
 from difftest.divergence import Divergence
 from difftest.errors import BadInput
 from difftest.features import recorder_for
@@ -153,6 +154,8 @@ class UnitTask:
     k: int
     backends: tuple[str, ...] | None = None  # a subset, when finding which backend kills a worker
     recipe: Recipe | None = None  # with feedback: how stream k is made
+    stats: bool = False  # also take the stream's statistics (difftest.coverage.stream_stats)
+    trace: bool = False  # run it with the harness's trace on, and return the run (for difftest.plotdata)
 
 
 @dataclass
@@ -168,6 +171,8 @@ class UnitResult:
     # backend -> the op at which it ran out of memory in this stream
     out_of_memory: dict[str, int] = field(default_factory=dict)
     backends: tuple[str, ...] | None = None  # the backends run, when not all of the campaign's
+    stats: dict[str, Any] | None = None  # stream_stats of the stream, when the task asked
+    traced: Any = None  # the traced run (a RunResult), when the task asked
 
 
 @dataclass(frozen=True)
@@ -201,32 +206,45 @@ class CorpusTask:
 _WORKER_CACHE: dict[Any, Any] = {}
 
 
-def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None):
-    """The plugin host and harness for a config, built once per worker process."""
-    from difftest.harness import Harness
+def _worker_host(config: CampaignConfig) -> Any:
+    """The plugin host of a config's plugins, loaded once per process (a worker's first
+    task also sets up its signals and stdout, before any plugin code runs)."""
     from difftest.plugins import PluginHost
 
-    key = (config.plugins, backends or config.backends, config.reference, config.checkpoint_every,
-           config.invariants)
-    env = _WORKER_CACHE.get(key)
-    if env is None:
+    host = _WORKER_CACHE.get(("host", config.plugins))
+    if host is None:
         interrupts.install()
         _stdout_to_stderr()
-        host = _WORKER_CACHE.get(("host", config.plugins))
-        if host is None:
-            host = PluginHost()
-            host.load(config.plugins)
-            _WORKER_CACHE[("host", config.plugins)] = host
+        host = PluginHost()
+        host.load(config.plugins)
+        _WORKER_CACHE[("host", config.plugins)] = host
+    return host
+
+
+def _generator(config: CampaignConfig) -> Any:
+    """The config's stream generator (a ``GeneratorSpec``)."""
+    gen = _worker_host(config).registry.generators.get(config.generator)
+    if gen is None:
+        raise BadInput(f"unknown generator {config.generator!r}")
+    return gen
+
+
+def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None, trace: bool = False):
+    """The harness and generator for a config, built once per worker process."""
+    from difftest.harness import Harness
+
+    key = (config.plugins, backends or config.backends, config.reference, config.checkpoint_every,
+           config.invariants, trace)
+    env = _WORKER_CACHE.get(key)
+    if env is None:
+        host = _worker_host(config)
         names = backends or config.backends
         reference = config.reference if config.reference in names else names[0]
         harness = Harness.from_registry(host.registry, names, reference,
                                         checkpoint_every=config.checkpoint_every,
                                         invariants_per_op=config.invariants == "per-op",
-                                        fast=config.invariants == "auto")
-        gen = host.registry.generators.get(config.generator)
-        if gen is None:
-            raise BadInput(f"unknown generator {config.generator!r}")
-        env = (harness, gen)
+                                        fast=config.invariants == "auto", trace=trace)
+        env = (harness, _generator(config))
         _WORKER_CACHE[key] = env
     return env
 
@@ -242,13 +260,12 @@ def _stdout_to_stderr() -> None:
 
 def worker_registry(config: CampaignConfig) -> Any:
     """In a worker: the plugin registry of a config (its host loaded once per process)."""
-    _worker_env(config)
-    return _WORKER_CACHE[("host", config.plugins)].registry
+    return _worker_host(config).registry
 
 
 def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) -> Stream:
     """Stream k: the generator's, or with feedback the mutant its recipe says."""
-    _, gen = _worker_env(config)
+    gen = _generator(config)
 
     def fresh(j: int) -> Stream:
         return config.generate(gen, unit_seed(config.seed, j))
@@ -262,16 +279,23 @@ def make_stream(config: CampaignConfig, k: int, recipe: Recipe | None = None) ->
 
 def run_unit(task: UnitTask) -> UnitResult:
     """Generate stream k and run it: executed in a worker process."""
-    harness, gen = _worker_env(task.config, task.backends)
+    harness, gen = _worker_env(task.config, task.backends, task.trace)
     config = task.config
     seed = unit_seed(config.seed, task.k)
     stream = make_stream(config, task.k, task.recipe)
     recorder = recorder_for(harness)
     recorder.start()
     result = harness.run(stream, time_limit=config.stream_timeout)
+    stats = stream_stats(stream)  # for its features, and maybe the plots' coverage
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
                      out_of_memory=out_of_memory_ops(result), backends=task.backends,
-                     features=sorted(recorder.features(stream)))
+                     features=sorted(recorder.features(stream, stats)))
+    if task.trace and type(stream) is Stream and type(stream.ops) is tuple:
+        # The plot step then need not run it again (a plain stream in memory: it travels
+        # back with the result; a file's lazily read ops, or a plugin's own kind, do not).
+        out.traced = result
+    if task.stats:  # for the plots' coverage, which then need not generate the stream again
+        out.stats = stats
     findings = [(d, None) for d in result.divergences] + survival_findings(result, out.out_of_memory)
     for d, explained_by in findings:
         if d.signature in out.hits:

@@ -366,6 +366,46 @@ def test_the_executor_is_pluggable(tmp_path):
     assert other["divergences"]
 
 
+def test_what_a_campaign_writes_is_what_it_recorded(tmp_path):
+    """Each whole-stream reproducer is generated, run and encoded once however many
+    signatures it stands for, and the plot step reuses the workers' stream statistics and
+    their traced run of the first stream: what is written is still exactly the records,
+    and the plots equal a plot step that generates and runs every stream again and traces
+    each reproducer on its own."""
+    import copy
+
+    from difftest import plotdata, streams
+    from difftest.campaign import Campaign, report_text
+    from difftest.corpus import slug
+
+    out = tmp_path / "out"
+    camp = Campaign(_small_config(shrink_budget=0, streams=4, seed=25), out, workers=1)
+    report = camp.run()
+    firsts = [rec.first_k for rec in camp.records.values()]
+    assert len(firsts) > len(set(firsts)), "no stream stood for two signatures: nothing shared to check"
+    for rec in camp.records.values():
+        assert rec.reproducer_ops == len(rec.reproducer["ops"]) == 300  # the whole stream (no shrinking)
+        name = slug(rec.signature)
+        written = json.loads((out / "divergences" / f"{name}.json").read_text())
+        # its counts are those of when it was written (the first sighting): the rest is the record
+        assert {k: v for k, v in written.items() if k not in ("streams", "events")} == \
+            {k: v for k, v in rec.to_json().items() if k not in ("streams", "events")}
+        assert json.loads((out / "corpus" / f"{name}.record.json").read_text()) == {
+            "signature": rec.signature, "first_k": rec.first_k, "reproducer": rec.reproducer,
+            "shrink_error": "shrinking disabled", "head": None}
+        assert (out / "corpus" / f"{name}.stream.json").read_text() == \
+            streams.dumps(streams.stream_from_json(rec.reproducer))
+    text = report_text(report)  # report.json: its reproducers written one op a line
+    assert json.loads(text) == report and text.count('"ops": [\n  {"op": "create"}') >= 2
+    assert sorted(camp._traced_runs) == [0] and camp._stream_stats  # what the plot step was given
+    task = plotdata.make_task(camp.config, camp.records.values(), camp.committed, set(), camp._recipe)
+    assert task.stats == () and task.traced == ()  # every stream generated and run again
+    assert plotdata.record(task) == report["plots"]
+    for signature, backend, oom, doc in task.reproducers:  # each traced on its own
+        alone = plotdata._reproducer(task, signature, backend, oom, copy.deepcopy(doc), {})
+        assert alone == report["plots"]["reproducers"][signature]
+
+
 # -- the journal: small lines, closed segments, a summary for --resume ----------------------------------------
 
 

@@ -32,12 +32,18 @@ def test_version():
 
 
 def test_help_lists_the_commands(capsys):
+    from difftest.cli_base import PluginOptionGroup
+
     assert main(["--help"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "Usage: difftest" in out
-    for command in ("backends", "validate"):
-        assert command in out
+    commands = out.split("Commands:")[1].split()
+    for command in ("backends", "validate", *PluginOptionGroup.LAZY):  # those imported when used, too
+        assert command in commands
     assert main(["-h"]) == EXIT_OK
+    capsys.readouterr()
+    # a subcommand loaded when named still takes -p after its name
+    assert main(["merge", "--help"]) == EXIT_OK and "-p, --plugin MODULE" in capsys.readouterr().out
 
 
 def test_backends_table():

@@ -143,6 +143,22 @@ def test_collect_forgetting_nonwired_is_allowed(registry):
     assert r.allowed_counts[("arm32-refcount", "forgotten")] == 1
 
 
+def test_collect_forgetting_many_is_counted_and_the_first_few_kept(registry):
+    # Two collects dropping 7 and then 2 non-wired mappings (a wired one stays): each drop
+    # is counted, the first five kept as examples, in VA order, at the op that dropped them.
+    loose = [VA + i * PAGE_SIZE for i in range(7)] + [VA + 0x00800000, VA + 0x00800000 + PAGE_SIZE]
+    ops = [Create(), enter(1, VA + 0x01000000, PA, wired=True)]
+    ops += [enter(1, va, PA + (1 + i) * PAGE_SIZE) for i, va in enumerate(loose[:7])] + [Collect(1)]
+    ops += [enter(1, va, PA) for va in loose[7:]] + [Collect(1)] + [Extract(1, va) for va in loose]
+    r = run(registry, ops)
+    assert r.divergences == []
+    for name in ("alpha-ref", "arm32-refcount"):
+        assert r.allowed_counts[(name, "forgotten")] == 9
+        kept = [(a.op_index, a.detail) for a in r.allowed if a.backend == name and a.kind == "forgotten"]
+        assert kept == [(9, f"pmap 1 va {va:#010x} after collect") for va in loose[:5]]
+    assert ("arm32-leaky", "forgotten") not in r.allowed_counts  # it keeps what it may drop
+
+
 def test_enomem_with_canfail_when_memory_is_really_short_is_allowed(registry):
     # 16 frames: one data frame, the kernel's L1 and a user L1 (4 each for arm32) leave
     # arm32 7 frames for PT pages: one per 4 MiB region, so the 8th region fails.
