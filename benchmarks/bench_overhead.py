@@ -8,6 +8,9 @@ Three ways of running the same ops on the same backends (the default set):
 * ``bare``: a plain loop calling the backends' pmap(9) functions, nothing observed (the
   backends' own time, the floor);
 * ``default``: ``Harness.run`` built as ``difftest fuzz`` builds it by default;
+* ``fuzz``: what a ``difftest fuzz`` worker does per stream besides generating it: that
+  harness with the coverage feedback's recorder around every backend call, the stream's
+  statistics and its features (``difftest.units.run_unit``);
 * ``precise``: ``Harness.run`` with backend invariants after every op (``--invariants per-op``).
 
 Workloads: the first ``--streams`` streams of a campaign (``random`` generator, seeds as
@@ -28,6 +31,7 @@ ratios are taken repeat by repeat and then their median.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import statistics
@@ -213,6 +217,37 @@ def build_harnesses(host: PluginHost, checkpoint_every: int = 1000) -> tuple[Any
     return default.specs, default, precise
 
 
+def fuzz_worker(default: Any) -> Any:
+    """A stream as a ``difftest fuzz`` worker runs it (``units.run_unit`` minus generating
+    it): a copy of the default harness whose backends' calls the coverage recorder wraps,
+    then the stream's statistics and features."""
+    from difftest.coverage import stream_stats
+    from difftest.features import FeatureRecorder
+    from difftest.harness import Harness
+
+    recorder = FeatureRecorder()
+    harness = Harness([recorder.instrument(spec) for spec in default.specs], default.reference,
+                      default.invariants, default.checkpoint_every, fast=default.fast)
+    # (older trees' features() take the stream alone and compute its statistics inside)
+    given_stats = len(inspect.signature(recorder.features).parameters) > 1
+
+    class Worker:
+        def __call__(self, stream: Stream) -> Any:
+            recorder.start()
+            result = harness.run(stream)
+            if given_stats:
+                recorder.features(stream, stream_stats(stream))
+            else:
+                recorder.features(stream)
+            return result
+
+        def start(self, stream: Stream) -> Any:  # the per-op path (the shared-pages suffix)
+            recorder.start()
+            return harness.start(stream)
+
+    return Worker()
+
+
 def time_suffix(start: Callable[[Stream], Any], stream: Stream, suffix: int) -> float:
     """CPU seconds per op of the last ``suffix`` ops, stepped one by one after the prefix
     (untimed): the per-op path alone, no checkpoint audit inside."""
@@ -252,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         shared[n] = make_stream(shared_prefix(n) + shared_suffix(args.suffix, n))
 
     bare = lambda s: run_bare(specs, s)  # noqa: E731
-    modes: dict[str, Callable[[Stream], Any]] = {"bare": bare, "default": default.run}
-    starts: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: BareRun(specs, s), "default": default.start}
+    fuzz = fuzz_worker(default)
+    modes: dict[str, Callable[[Stream], Any]] = {"bare": bare, "default": default.run, "fuzz": fuzz}
+    starts: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: BareRun(specs, s), "default": default.start,
+                                                  "fuzz": fuzz.start}
     if not args.skip_precise:
         modes["precise"] = precise.run
         starts["precise"] = precise.start

@@ -127,8 +127,8 @@ class FeatureRecorder:
         depth = [0]
         seen = self.seen
         extra = self.extra
-        count = pool.count
-        pt, l1 = Tag.PT, Tag.L1
+        counts = pool.tag_counts  # (read in place: this runs around every backend call)
+        pt, l1, free_tag = int(Tag.PT), int(Tag.L1), int(Tag.FREE)
 
         def wrap(call: str, fn: Callable[..., Any], outcome: Callable[[Any], str]) -> Callable[..., Any]:
             kernel = call in _KERNEL_CALLS
@@ -136,18 +136,18 @@ class FeatureRecorder:
             def recorded(*args: Any) -> Any:
                 if depth[0]:
                     return fn(*args)  # a call the backend makes itself: part of the outer one
-                pt0, l10 = count(pt), count(l1)
-                k0 = pool.held(KERNEL_PMAP, pt) if kernel or args[:1] == (KERNEL_PMAP,) else -1
+                pt0, l10 = counts[pt], counts[l1]
+                k0 = pool.held(KERNEL_PMAP, pt) if kernel or (args and args[0] == KERNEL_PMAP) else -1
                 depth[0] = 1
                 try:
                     result = fn(*args)
                 finally:
                     depth[0] = 0
-                key = (name, call, outcome(result), count(pt) - pt0, count(l1) - l10)
+                key = (name, call, outcome(result), counts[pt] - pt0, counts[l1] - l10)
                 seen[key] = seen.get(key, 0) + 1
                 if k0 >= 0 and pool.held(KERNEL_PMAP, pt) > k0:
                     extra.add(f"{name}|kernel-pt-growth")
-                free = pool.free_frames
+                free = counts[free_tag]
                 if free <= LOW_FREE:
                     extra.add(f"{name}|pool-{'empty' if free == 0 else 'low'}")
                 return result

@@ -85,6 +85,7 @@ class PhysPool:
         "_owners",
         "_free",
         "_counts",
+        "tag_counts",
         "_held",
         "allocs",
         "frees",
@@ -100,6 +101,9 @@ class PhysPool:
         self._free = list(range(phys_pages - 1, -1, -1))
         self._counts = [0] * len(Tag)
         self._counts[Tag.FREE] = phys_pages
+        # Frames per tag, indexed by the tag's int: the pool's own counts, for readers on
+        # the per-op path that cannot afford a call per read (read-only).
+        self.tag_counts = self._counts
         # (owner, tag) -> frames held, for every non-free tag (reserved data frames are
         # held by NO_OWNER).
         self._held: dict[tuple[int, int], int] = {}
