@@ -10,6 +10,7 @@ the modules of ``ONE_WORKER_MODULES``."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``-n N`` (``--dist load``): xdist's scope scheduler, a scope being a test of its own,
     a test class (its tests may share a class fixture) or a whole module of
     ``ONE_WORKER_MODULES`` (the largest units go first).  Any other ``--dist`` is xdist's."""
