@@ -103,9 +103,17 @@ class DaskExecutor(cf.Executor):
         elif task.status == "cancelled":
             error = WorkerLost(f"task {task.key} was cancelled by the cluster")
         else:
+            # "error", or no longer "finished" though it was when the callback was queued (this
+            # runs in another thread): its worker died holding the result ("lost") and the
+            # scheduler runs it again.  exception() waits for the end; None means a result.
             error = task.exception()
             if type(error).__name__ == "KilledWorker":
                 error = WorkerLost(f"the workers running it died: {short(str(error), 200)}")
+            elif error is None:
+                try:
+                    result = task.result()
+                except BaseException as exc:
+                    error = exc
         with self._lock:
             self._tasks.pop(ours, None)
             if ours.done():

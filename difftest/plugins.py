@@ -48,6 +48,11 @@ class PluginHost:
         # plugin name -> distribution name ("" for local modules)
         self.distributions: dict[str, str] = {}
         self.autoload = True
+        # During a load, the group's entry points and their distributions' names, read once:
+        # each read parses installed metadata, most of a short command's start-up if repeated
+        # per plugin.  Read afresh by a later add_module (something may be installed since).
+        self._group: list[EntryPoint] | None = None
+        self._dist_names: dict[int, str] = {}
 
     # -- loading --------------------------------------------------------------------------
 
@@ -56,12 +61,16 @@ class PluginHost:
         if autoload is None:
             autoload = not os.environ.get(ENV_DISABLE_AUTOLOAD)
         self.autoload = autoload
-        if autoload:
-            for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-                self._load_entry_point(ep)
-        env_modules = [m.strip() for m in os.environ.get(ENV_PLUGINS, "").split(",") if m.strip()]
-        for module in [*env_modules, *modules]:
-            self.add_module(module)
+        self._group = list(entry_points(group=ENTRY_POINT_GROUP))
+        try:
+            if autoload:
+                for ep in sorted(self._group, key=lambda e: e.name):
+                    self._load_entry_point(ep)
+            env_modules = [m.strip() for m in os.environ.get(ENV_PLUGINS, "").split(",") if m.strip()]
+            for module in [*env_modules, *modules]:
+                self.add_module(module)
+        finally:
+            self._group, self._dist_names = None, {}
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -70,7 +79,7 @@ class PluginHost:
         return self.registry
 
     def _load_entry_point(self, ep: EntryPoint) -> None:
-        dist = ep.dist.name if ep.dist is not None else "?"
+        dist = self._dist_name(ep)
         if self.pm.has_plugin(ep.name):
             raise PluginError(
                 f"plugin {ep.name!r} (distribution {dist}): the name is taken by another plugin "
@@ -85,13 +94,24 @@ class PluginHost:
             ) from None
         self._register(obj, ep.name, dist)
 
+    def _dist_name(self, ep: EntryPoint) -> str:
+        if ep.dist is None:
+            return "?"
+        if self._group is None:
+            return ep.dist.name
+        key = id(ep.dist)  # the group's entry points share their distribution's object
+        if key not in self._dist_names:
+            self._dist_names[key] = ep.dist.name
+        return self._dist_names[key]
+
     def add_module(self, module: str) -> None:
         """Load the plugin ``module``: with autoload off, an entry point of the group
         ``difftest`` by that name (as ``pytest -p NAME`` does: the plugin keeps its name and
         distribution); otherwise the module of that name, found like ``python -m`` finds
         it (the current directory first), registered as a plugin named after it."""
         if not self.autoload:
-            named = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == module]
+            group = self._group if self._group is not None else entry_points(group=ENTRY_POINT_GROUP)
+            named = [ep for ep in group if ep.name == module]
             if len(named) > 1:
                 dists = ", ".join(sorted(ep.dist.name if ep.dist else "?" for ep in named))
                 raise PluginError(f"plugin {module!r}: several distributions have an entry point "

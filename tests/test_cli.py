@@ -213,9 +213,12 @@ def test_ctrl_c_exits_130(monkeypatch, tmp_path, capsys):
 def test_real_sigint_exits_130(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"format": streams.STREAM_FORMAT, "ops": []}))
-    # The second file is our stdin, which never ends: difftest blocks reading it.
+    # The second file is our stdin, which never ends: difftest blocks reading it.  SIGINT as
+    # a command started from a terminal has it (a suite run as a background job passes on
+    # SIG_IGN, which difftest keeps: the signal would then be lost).
+    default_sigint = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
     proc = subprocess.Popen(
-        [sys.executable, "-c", CONSOLE_SCRIPT, "validate", str(good), "/dev/stdin"],
+        [sys.executable, "-c", default_sigint + CONSOLE_SCRIPT, "validate", str(good), "/dev/stdin"],
         env=clean_env(PYTHONUNBUFFERED="1"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )
@@ -223,7 +226,10 @@ def test_real_sigint_exits_130(tmp_path):
         first = proc.stdout.readline()  # the first file is done: past start-up, now reading
         assert first.startswith(f"{good}: ok")
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        # stdin stays open until it has exited: it must end by the signal, not by the end of
+        # its input (communicate() would close stdin at once).
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -166,3 +166,26 @@ def test_a_task_stuck_in_c_code_is_ended_by_the_watchdog_and_attributed(tmp_path
     assert (by_backend["mis-sleep"]["kind"], by_backend["mis-sleep"]["class"]) == ("hang", "worker-killed")
     assert by_backend["arm32-leaky"]["kind"] == "resource"  # the leak in the same stream is kept
     assert report["streams"] == 1 and report["ops"] == 300
+
+
+def test_a_task_lost_after_it_finished_settles_with_its_result():
+    """The done callback runs in a thread of its own: by then the task may be "lost" (the
+    worker holding its result died, as when a busy worker is killed) and running again.
+    The executor passes on that run's result, never None (a campaign then failed with
+    "'NoneType' object has no attribute 'hits'")."""
+    import concurrent.futures as cf
+
+    from difftest.cluster import DaskExecutor
+
+    class RunAgain:  # a distributed.Future as the callback finds it after that race
+        key, status = "run_unit-0", "lost"
+
+        def exception(self):  # waits for the new run, which succeeds
+            return None
+
+        def result(self):
+            return "the new run's result"
+
+    ours: cf.Future = cf.Future()
+    DaskExecutor(client=None)._settle(ours, RunAgain())
+    assert ours.result(timeout=0) == "the new run's result"

@@ -113,3 +113,9 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in test_command
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert test_command in ci.splitlines(), "the README's test command and .ci/run drifted apart"
+
+
+def test_the_modules_kept_on_one_xdist_worker_exist():
+    from conftest import ONE_WORKER_MODULES  # tests/conftest.py: a renamed module would silently split
+
+    assert ONE_WORKER_MODULES and all((ROOT / module).is_file() for module in ONE_WORKER_MODULES)

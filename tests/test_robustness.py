@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,15 +105,39 @@ def test_a_backend_sleeping_for_ever_is_its_hang_and_shrinking_is_bounded_too(tm
     assert_culprit_and_leak(report_of(tmp_path), "mis-sleep", kind="hang")
 
 
-def test_a_backend_ignoring_sigalrm_is_killed_by_the_watchdog(tmp_path):
-    # One stream: each that meets the backend costs the watchdog's limit and an isolation.
-    proc = campaign(tmp_path, "mis-noalarm", timeout=120, n_streams=1)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    report = report_of(tmp_path)
-    assert report["streams"] == 1
-    hung = assert_culprit_and_leak(report, "mis-noalarm", kind="hang")
-    assert hung["class"] == "worker-killed"
-    assert report["worker_deaths"] and report["worker_deaths"][0]["backends"] == ["mis-noalarm"]
+@pytest.fixture(scope="module")
+def first_night(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The campaign of TestABackendIgnoringSigalrm: it starts with an empty ``--corpus``, which
+    it only writes at its end, so it is the campaign the class's first test is about."""
+    tmp = tmp_path_factory.mktemp("noalarm")
+    return tmp, campaign(tmp, "mis-noalarm", "--corpus", str(tmp / "corpus"), timeout=120, n_streams=1)
+
+
+class TestABackendIgnoringSigalrm:
+    """One stream: each that meets the backend costs the watchdog's limit and an isolation,
+    seconds of waiting.  Both tests read one first night (under xdist a class stays on one
+    worker, tests/conftest.py)."""
+
+    def test_a_backend_ignoring_sigalrm_is_killed_by_the_watchdog(self, first_night):
+        tmp, proc = first_night
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        report = report_of(tmp)
+        assert report["streams"] == 1
+        hung = assert_culprit_and_leak(report, "mis-noalarm", kind="hang")
+        assert hung["class"] == "worker-killed"
+        assert report["worker_deaths"] and report["worker_deaths"][0]["backends"] == ["mis-noalarm"]
+
+    def test_a_corpus_reproducer_that_hangs_its_worker_is_bounded_too(self, tmp_path, first_night):
+        tmp, first = first_night
+        assert first.returncode == 1, first.stdout + first.stderr
+        corpus = tmp_path / "corpus"
+        shutil.copytree(tmp / "corpus", corpus)
+        # the next night replays the corpus first: the hanging backend's reproducer among it
+        again = campaign(tmp_path, "mis-noalarm", "--corpus", str(corpus), n_streams=1, out="r2", timeout=90)
+        assert again.returncode == 1, again.stdout + again.stderr
+        report = report_of(tmp_path, "r2")
+        assert report["streams"] == 1 and report["corpus"]["replayed"] >= 2
+        assert_culprit_and_leak(report, "mis-noalarm", kind="hang")
 
 
 def test_a_stream_run_off_the_main_thread_has_its_time_limit_too():
@@ -338,6 +363,15 @@ def _appended(d: Path, line: str) -> None:
         f.write(line)
 
 
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> Path:
+    """A one-stream campaign that finished cleanly: the damage tests each damage a copy."""
+    tmp = tmp_path_factory.mktemp("clean")
+    proc = builtin_campaign(tmp, "out", "--streams", "1")
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "out"
+
+
 @pytest.mark.parametrize("damage, words", [
     (lambda d: _unsummarised(d, b'{"k": 0}\n'), "journal.jsonl:1: record lacks"),
     (lambda d: _unsummarised(d, b'{"k": 0, "seed": "\xff"}\n'), "journal.jsonl: not UTF-8"),
@@ -348,9 +382,8 @@ def _appended(d: Path, line: str) -> None:
     (lambda d: (d / "summary.json").write_text("{garbage"), "summary.json: not a campaign summary"),
     (lambda d: (d / "corpus" / "junk.record.json").write_text("{garbage"), "junk.record.json: not a corpus record"),
 ])
-def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, damage, words):
-    proc = builtin_campaign(tmp_path, "out", "--streams", "1")
-    assert proc.returncode == 0, proc.stderr
+def test_damaged_journal_and_corpus_are_bad_input_naming_file_and_line(tmp_path, clean_run, damage, words):
+    shutil.copytree(clean_run, tmp_path / "out")  # a damaged copy of its own
     damage(tmp_path / "out")
     for command in (["merge", str(tmp_path / "out"), "--out", str(tmp_path / "m")],
                     ["fuzz", "--no-progress", "--resume", str(tmp_path / "out")]):
@@ -625,8 +658,6 @@ def test_the_plot_data_step_is_watched_like_any_task(tmp_path):
     (("coverage",), [], "plots.coverage"),
 ])
 def test_merge_refuses_a_damaged_plots_file_naming_it(tmp_path, real_run, path, bad, field):
-    import shutil
-
     shutil.copytree(real_run, tmp_path / "s0")
     plots = json.loads((tmp_path / "s0" / "plots.json").read_text())
     (tmp_path / "s0" / "plots.json").write_text(json.dumps(_set(plots, path, bad)))
@@ -778,14 +809,3 @@ def test_a_bad_enter_result_is_one_divergence_not_a_cascade(tmp_path):
     mine = [e["signature"] for e in report_of(tmp_path)["divergences"] if e["backend"] == "mis-none-enter"]
     assert mine == ["result:mis-none-enter:enter:result:bad-enter-result"]
 
-
-def test_a_corpus_reproducer_that_hangs_its_worker_is_bounded_too(tmp_path):
-    corpus = str(tmp_path / "corpus")
-    first = campaign(tmp_path, "mis-noalarm", "--corpus", corpus, n_streams=1, out="r1")
-    assert first.returncode == 1, first.stdout + first.stderr
-    # the next night replays the corpus first: the hanging backend's reproducer among it
-    again = campaign(tmp_path, "mis-noalarm", "--corpus", corpus, n_streams=1, out="r2", timeout=90)
-    assert again.returncode == 1, again.stdout + again.stderr
-    report = report_of(tmp_path, "r2")
-    assert report["streams"] == 1 and report["corpus"]["replayed"] >= 2
-    assert_culprit_and_leak(report, "mis-noalarm", kind="hang")
