@@ -666,9 +666,10 @@ class StreamRun:
             # What _observe does for this step in its common case, without building the
             # step: one read of the place, its pmap's counters and its page.
             try:
-                if self._place_as_contract(lane, st.maps[pmap], pmap, va, op.pa):
-                    if lane.frames_seen.get(pmap) != pool.allocs + pool.frees + st.need_epoch:  # (its stamp)
-                        self._frames_moved(lane, index, op, divs, pmap)
+                if self._place_as_contract(lane, st.maps[pmap], pmap, va, pa):
+                    seen = pool.allocs + pool.frees + st.need_epoch  # (Lane.frames_seen's stamp)
+                    if lane.frames_seen.get(pmap) != seen:
+                        self._frames_moved(lane, index, op, divs, pmap, seen)
                     if len(pool.violations) > lane.violations_seen:
                         self._check_pool(lane, index, op, divs)
                     return None  # observed
@@ -824,8 +825,10 @@ class StreamRun:
             if done:
                 pass
             elif places:
-                # The places of a range op, all in one pmap: read in one backend call and
-                # compared in one go; judged by _check_keys only where one differs.
+                # The places of one pmap (a range op's, collect's, the empty before a
+                # destroy): read in one backend call and compared in one go; judged by
+                # _check_keys only where one differs, after what the backend was allowed
+                # to drop and dropped is followed in one go.
                 pmap = keys.pmap
                 gots = lane.read_many(pmap, keys)  # type: ignore[misc]
                 table = maps.get(pmap)
@@ -898,8 +901,9 @@ class StreamRun:
                 table = maps.get(pmap)
                 if not done and table is not None and (lane.count_offsets or counts(pmap) != (len(table), wired[pmap])):  # type: ignore[misc]
                     self._check_counts(lane, index, op, divs, pmap)
-                if frames_seen.get(pmap) != pool.allocs + pool.frees + st.need_epoch:  # (_frames_moved's stamp)
-                    self._frames_moved(lane, index, op, divs, pmap)
+                seen = pool.allocs + pool.frees + st.need_epoch  # (Lane.frames_seen's stamp)
+                if frames_seen.get(pmap) != seen:
+                    self._frames_moved(lane, index, op, divs, pmap, seen)
             if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
@@ -944,19 +948,17 @@ class StreamRun:
                 and (got_mod is want_mod or got_mod == want_mod)
                 and not (got_ref and pa not in st.ref))
 
-    def _frames_moved(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int) -> None:
-        """The frames ``pmap`` holds against those its mappings need: judged again only if
-        a frame was allocated or freed, or the frames needed may have changed, since they
-        were last judged (exact: held frames move only by alloc and free)."""
-        pool, st = lane.pool, lane.state
-        seen = pool.allocs + pool.frees + st.need_epoch
-        if lane.frames_seen.get(pmap) != seen:
-            lane.frames_seen[pmap] = seen
-            # _check_frames would find nothing when the frames are as needed and nothing
-            # is open, or when they are what it last judged.
-            held, want = pool.held_pt_l1(pmap), st.needed_pt_l1(pmap)
-            if (lane.resource_open or held != want) and lane.frames_judged.get(pmap) != (held, want):
-                self._check_frames(lane, index, op, divs, pmap, held, want)
+    def _frames_moved(self, lane: Lane, index: int, op: Op, divs: list[Divergence], pmap: int, seen: int) -> None:
+        """A frame was allocated or freed, or the frames ``pmap``'s mappings need may have
+        changed, since its frames were last read (its stamp is now ``seen``): the frames it
+        holds against those it needs, judged again (exact: held frames move only by alloc
+        and free).  The callers compare the stamp inline: nothing moved is the common case."""
+        lane.frames_seen[pmap] = seen
+        # _check_frames would find nothing when the frames are as needed and nothing is
+        # open, or when they are what it last judged.
+        held, want = lane.pool.held_pt_l1(pmap), lane.state.needed_pt_l1(pmap)
+        if (lane.resource_open or held != want) and lane.frames_judged.get(pmap) != (held, want):
+            self._check_frames(lane, index, op, divs, pmap, held, want)
 
     def _resync_attributes(self, lane: Lane, pas: set[int]) -> None:
         st = lane.state
