@@ -12,6 +12,8 @@ Three ways of running the same ops on the same backends (the default set):
 * ``fuzz``: what a ``difftest fuzz`` worker does per stream besides generating it: that
   harness counting the backends' calls (the coverage recorder), then the stream's
   statistics and its features (``difftest.units.run_unit``);
+* ``checkpoint``: ``Harness.run`` with backend invariants in the checkpoint audits only and
+  no re-run on the precise path (``--invariants checkpoint``);
 * ``precise``: ``Harness.run`` with backend invariants after every op (``--invariants per-op``).
 
 Workloads: the first ``--streams`` streams of a campaign (``random`` generator, seeds as
@@ -43,6 +45,7 @@ from typing import Any, Callable, Sequence
 from difftest.machine import USER_MAX, USER_MIN, OutOfMemory, PhysPool
 from difftest import ops as o
 from difftest.plugins import PluginHost
+from difftest.harness import Harness
 from difftest.streams import Stream, make_stream
 
 PAGE = 4096
@@ -303,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suffix", type=int, default=2000, help="measured ops of the shared-pages stream")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--skip-precise", action="store_true", help="leave out the precise path")
+    ap.add_argument("--skip-precise", action="store_true",
+                    help="leave out the precise path and --invariants checkpoint")
     ap.add_argument("--no-pressure", action="store_true",
                     help="campaign streams with the random generator's memory-pressure dimension off "
                          "(lighter streams: no ENOMEM, fewer page-table frames moving)")
@@ -326,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     starts: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: BareRun(specs, s), "default": default.start,
                                                   "fuzz": fuzz.start}
     if not args.skip_precise:
+        checkpoint = Harness.from_registry(host.registry, [s.name for s in specs], default.reference,
+                                           invariants_per_op=False, checkpoint_every=default.checkpoint_every)
+        modes["checkpoint"] = checkpoint.run
+        starts["checkpoint"] = checkpoint.start
         modes["precise"] = precise.run
         starts["precise"] = precise.start
     camp: dict[str, list[float]] = {m: [] for m in modes}
