@@ -67,6 +67,7 @@ from difftest.machine import (
     KERNEL_MAX,
     KERNEL_MIN,
     KERNEL_PMAP,
+    NO_OWNER,
     PAGE_SIZE,
     USER_MAX,
     USER_MIN,
@@ -1140,7 +1141,7 @@ class StreamRun:
                 continue  # the same excess, already reported: one leak, one line
             lane.resource_open.add(key)
             rel = ">" if held > want else "<"
-            alive = "" if pmap in lane.state.maps else " (destroyed)"
+            alive = "" if pmap in lane.state.maps else " (destroyed)" if pmap != NO_OWNER else " (no pmap: taken without an owner)"
             divs.append(self._div(lane, index, op, "resource", fld, f"{level}-frames-held{rel}needed",
                                   f"pmap {pmap}{alive} holds {held} {level.upper()} frames, its live mappings need {want}",
                                   location=_loc(pmap)))
@@ -1234,9 +1235,9 @@ class StreamRun:
                 self._check_keys(lane, index, op, divs, keys, got_map=got)
             self._check_counts(lane, index, op, divs, pmap)
             self._check_frames(lane, index, op, divs, pmap)
-        # Frames still held by pmaps that no longer exist.
+        # Frames still held by pmaps that no longer exist, or taken for no pmap at all.
         for owner in sorted(lane.pool.owners()):
-            if owner not in st.maps and owner >= 1:
+            if owner not in st.maps and (owner >= 1 or owner == NO_OWNER):
                 self._check_frames(lane, index, op, divs, owner)
         conservation = lane.pool.check_conservation()
         memo = getattr(b, "audit_memo", None)
