@@ -164,24 +164,16 @@ class _StatsModel(VMModel):
 
     def _unlink(self, pmap: int, va: int, old: tuple[int, bool]) -> None:
         """VMModel's, and one mapping less of the page in ``pmap``."""
-        pa, wired = old
-        entries = self.pa_maps[pa]
-        del entries[(pmap, va)]
-        if entries:
-            per = self.pa_pmaps[pa]
-            left = per[pmap] - 1
-            if left:
-                per[pmap] = left
-            else:
-                del per[pmap]
+        VMModel._unlink(self, pmap, va, old)
+        pa = old[0]
+        per = self.pa_pmaps[pa]
+        left = per[pmap] - 1
+        if left:
+            per[pmap] = left
         else:
-            del self.pa_maps[pa], self.pa_pmaps[pa]
-        if wired:
-            left = self.pa_wired[pa] - 1
-            if left:
-                self.pa_wired[pa] = left
-            else:
-                del self.pa_wired[pa]
+            del per[pmap]
+            if not per:
+                del self.pa_pmaps[pa]
 
 
 def _edge_kind(addr: int) -> int:
