@@ -253,9 +253,18 @@ class VMModel:
         if old is not None:
             self._unlink(pmap, va, old)
         else:
-            self.buckets[pmap].setdefault(va >> _BUCKET_SHIFT, {})[va] = None
+            buckets = self.buckets[pmap]
+            bucket = buckets.get(va >> _BUCKET_SHIFT)
+            if bucket is None:
+                buckets[va >> _BUCKET_SHIFT] = {va: None}
+            else:
+                bucket[va] = None
         table[va] = (pa, wired)
-        self.pa_maps.setdefault(pa, {})[(pmap, va)] = None
+        entries = self.pa_maps.get(pa)
+        if entries is None:
+            self.pa_maps[pa] = {(pmap, va): None}
+        else:
+            entries[(pmap, va)] = None
         if wired:
             self.pa_wired[pa] = self.pa_wired.get(pa, 0) + 1
 

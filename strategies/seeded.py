@@ -158,19 +158,22 @@ class _Model(VMModel):
         self.wlist: list[tuple[int, int]] = []
         self.wpos: dict[tuple[int, int], int] = {}
 
+    # (VMModel's methods called directly, not through super(): this is the generators' hot path)
+
     def apply(self, op: Op) -> None:
-        if type(op) is Create:
+        t = type(op)
+        if t is Create:
             pmap = self.next_id
             self.vlist[pmap] = []
             self.vpos[pmap] = {}
-        super().apply(op)
-        if type(op) is Destroy and op.pmap not in self.refs:
+        VMModel.apply(self, op)
+        if t is Destroy and op.pmap not in self.refs:
             self.vlist.pop(op.pmap, None)
             self.vpos.pop(op.pmap, None)
 
     def put(self, pmap: int, va: int, pa: int, wired: bool) -> None:
         old = self.maps[pmap].get(va)
-        super().put(pmap, va, pa, wired)
+        VMModel.put(self, pmap, va, pa, wired)
         if old is None:
             pos = self.vpos[pmap]
             lst = self.vlist[pmap]
@@ -188,7 +191,7 @@ class _Model(VMModel):
         old = self.maps[pmap].get(va)
         if old is None:
             return
-        super().delete(pmap, va)
+        VMModel.delete(self, pmap, va)
         pos = self.vpos[pmap]
         lst = self.vlist[pmap]
         i = pos.pop(va)
