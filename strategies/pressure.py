@@ -86,15 +86,16 @@ class FrameModel:
     mappings per table, the frames of its tables below the top, and per page its managed
     mappings (for ``page_protect``).  The frames a pmap holds are what
     ``ContractState.needed_frames`` says for the same mappings and geometry
-    (tests/test_pressure.py holds the two together)."""
+    (tests/test_pressure.py holds the two together).  This is the shape that frees tables
+    as they empty; ``LeakyFrameModel`` the one that does not."""
 
     __slots__ = ("name", "leaky", "bootstrap", "used", "kregions", "touched", "_spans", "maps", "leaves", "uppers",
                  "lower", "pv", "refs", "_lazy", "_top_frames", "_top_counted", "_create_cost", "_leaf_span",
                  "_leaf_frames", "_leaf_counted", "_upper_levels")
 
-    def __init__(self, name: str, geometry: Geometry, bootstrap: int, leaky: bool = False) -> None:
+    def __init__(self, name: str, geometry: Geometry, bootstrap: int) -> None:
         self.name = name
-        self.leaky = leaky
+        self.leaky = False
         self.bootstrap = bootstrap
         self.used = bootstrap  # frames held: bootstrap, user tables, kernel tables
         top = geometry.levels[0]
@@ -116,7 +117,7 @@ class FrameModel:
         self.pv: dict[int, dict[tuple[int, int], None]] = {}  # pa -> managed (pmap, va)
         self.refs: dict[int, int] = {KERNEL_PMAP: 1}
         self.kregions: set[tuple[int, int]] = set()  # kernel tables: never freed
-        self.touched: dict[int, set[int]] = {}  # leaky: pmap -> 4 MiB regions ever mapped
+        self.touched: dict[int, set[int]] = {}  # (LeakyFrameModel) pmap -> 4 MiB regions ever mapped
 
     def _new_uppers(self) -> list[tuple[int, int, int, dict[int, int]]]:
         return [(span, frames, counted, {}) for span, frames, counted in self._upper_levels]
@@ -205,8 +206,6 @@ class FrameModel:
     # -- frames ------------------------------------------------------------------------------
 
     def _user_frames(self, pmap: int) -> int:
-        if self.leaky:
-            return self._create_cost + len(self.touched.get(pmap, ()))
         table = self.maps.get(pmap)
         if table is None:
             return 0
@@ -216,14 +215,15 @@ class FrameModel:
     def extra(self, pmap: int, va: int) -> int:
         """Frames an enter at (pmap, va) takes now."""
         if pmap == KERNEL_PMAP:
-            return sum(f for i, (span, f) in enumerate(self._spans) if (i, va // span) not in self.kregions)
+            return self._kernel_extra(va)
         table = self.maps[pmap]
         return 0 if va in table else self._new_place(pmap, va, table)
 
+    def _kernel_extra(self, va: int) -> int:
+        return sum(f for i, (span, f) in enumerate(self._spans) if (i, va // span) not in self.kregions)
+
     def _new_place(self, pmap: int, va: int, table: dict[int, tuple[int, bool, bool]]) -> int:
         """Frames an enter at an unmapped (user pmap, va) takes."""
-        if self.leaky:
-            return 0 if va // (4 * MIB) in self.touched[pmap] else 1
         need = self._top_frames if self._lazy and not table else 0
         if va // self._leaf_span not in self.leaves[pmap]:
             need += self._leaf_frames
@@ -238,7 +238,6 @@ class FrameModel:
         self.uppers[pmap] = self._new_uppers()
         self.lower[pmap] = 0
         self.refs[pmap] = 1
-        self.touched[pmap] = set()
         self.used += self._create_cost
 
     def create_cost(self) -> int:
@@ -255,30 +254,32 @@ class FrameModel:
         if need > free_frames - self.used:
             return  # ENOMEM (canfail): nothing changes in this model
         self.put(pmap, va, pa, wired, True)
-        if self.leaky:
-            self.touched[pmap].add(va // (4 * MIB))
         self.used += need  # exactly the tables the enter makes
+
+    def kernel_enter(self, va: int, free_frames: int) -> bool:
+        """Take the kernel tables an enter or kenter at ``va`` needs; False if they do not fit
+        (out of memory: nothing changes in this model)."""
+        need = self._kernel_extra(va)
+        if need > free_frames - self.used:
+            return False
+        for i, (span, _) in enumerate(self._spans):
+            self.kregions.add((i, va // span))
+        self.used += need
+        return True
 
     def apply(self, op: Op, free_frames: int) -> None:
         t = type(op)
         if t is Enter and op.pmap != KERNEL_PMAP:
             self.enter(op.pmap, op.va, op.pa, bool(op.wired), free_frames)
         elif t is Enter or t is KEnter:
-            pmap = op.pmap if t is Enter else KERNEL_PMAP
-            va = op.va
-            need = self.extra(pmap, va)
-            if need > free_frames - self.used:
-                return  # ENOMEM (canfail) or out of memory: nothing changes in this model
-            for i, (span, _) in enumerate(self._spans):
-                self.kregions.add((i, va // span))
-            self.used += need
-            self.put(pmap, va, op.pa, True, t is Enter)
+            if self.kernel_enter(op.va, free_frames):
+                self.put(KERNEL_PMAP, op.va, op.pa, True, t is Enter)
         elif t is Remove or (t is Protect and not op.prot & PROT_R):
             self._drop(op.pmap, self.in_range(op.pmap, op.sva, op.eva))
         elif t is Collect:
-            # The built-ins' collect drops every non-wired user mapping (and with them,
-            # in the shapes that free tables, the tables); the leaky shape frees nothing.
-            if not self.leaky and op.pmap != KERNEL_PMAP:
+            # The built-ins' collect drops every non-wired user mapping and with them the
+            # tables (the leaky shape frees nothing: LeakyFrameModel)
+            if op.pmap != KERNEL_PMAP:
                 self._drop(op.pmap, [va for va, m in self.maps[op.pmap].items() if not m[1]])
         elif t is Unwire:
             m = self.maps[op.pmap].get(op.va)
@@ -298,7 +299,6 @@ class FrameModel:
             if self.refs[op.pmap] == 0:
                 before = self._user_frames(op.pmap)
                 self.forget_pmap(op.pmap)
-                self.touched.pop(op.pmap, None)
                 self.used -= before
 
     def _drop(self, pmap: int, vas: list[int]) -> None:
@@ -314,6 +314,52 @@ class FrameModel:
         self.used += self._user_frames(pmap) - before
 
 
+class LeakyFrameModel(FrameModel):
+    """A shape that frees no table before destroy (``arm32-leaky``): a user pmap holds its
+    top level and one table per 4 MiB region it ever mapped, whatever it maps now.  So this
+    model keeps no mappings at all, only those regions (and the kernel's tables)."""
+
+    __slots__ = ()
+
+    def __init__(self, name: str, geometry: Geometry, bootstrap: int) -> None:
+        super().__init__(name, geometry, bootstrap)
+        self.leaky = True
+
+    def _user_frames(self, pmap: int) -> int:
+        return self._create_cost + len(self.touched.get(pmap, ()))
+
+    def extra(self, pmap: int, va: int) -> int:
+        if pmap == KERNEL_PMAP:
+            return self._kernel_extra(va)
+        return 0 if va // (4 * MIB) in self.touched[pmap] else 1  # (a mapped place's region is in)
+
+    def create(self, pmap: int) -> None:
+        self.refs[pmap] = 1
+        self.touched[pmap] = set()
+        self.used += self._create_cost
+
+    def enter(self, pmap: int, va: int, pa: int, wired: bool, free_frames: int) -> None:
+        touched = self.touched[pmap]
+        region = va // (4 * MIB)
+        if region not in touched and 1 <= free_frames - self.used:
+            touched.add(region)
+            self.used += 1
+
+    def apply(self, op: Op, free_frames: int) -> None:
+        t = type(op)
+        if t is Enter and op.pmap != KERNEL_PMAP:
+            self.enter(op.pmap, op.va, op.pa, bool(op.wired), free_frames)
+        elif t is Enter or t is KEnter:
+            self.kernel_enter(op.va, free_frames)
+        elif t is Reference:
+            self.refs[op.pmap] += 1
+        elif t is Destroy:
+            self.refs[op.pmap] -= 1
+            if self.refs[op.pmap] == 0:
+                self.used -= self._user_frames(op.pmap)
+                del self.refs[op.pmap], self.touched[op.pmap]
+
+
 class PressureModels:
     """The frame models of the built-in shapes, fed every op of a stream."""
 
@@ -323,7 +369,7 @@ class PressureModels:
         self.free_frames = free_frames
         self.models = (
             FrameModel("arm32-refcount", ARM32_LIKE, bootstrap=4),
-            FrameModel("arm32-leaky", ARM32_LIKE, bootstrap=4, leaky=True),
+            LeakyFrameModel("arm32-leaky", ARM32_LIKE, bootstrap=4),
             FrameModel("alpha-ref", ALPHA_LIKE, bootstrap=1),
         )
         self.next_id = 1
