@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from difftest.backend import BackendSpec
-from difftest.legality import _BUCKET_SHIFT, VIEW_UNCHANGED, VMModel, _bucket_del
+from difftest.legality import _BUCKET_SHIFT, VIEW_UNCHANGED, VMModel
 from difftest.machine import KERNEL_PMAP, NO_OWNER, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
 from difftest.ops import (
     PROT_R,
@@ -96,7 +96,12 @@ BACKEND_FIELDS: dict[str, str] = {
 class _StatsModel(VMModel):
     """The VM's view plus what ``stream_stats`` counts as mappings come and go: per page,
     how many mappings each pmap has of it (sharing), live mappings and their peak, the most
-    mappings of one page, the pages ever shared and 4 MiB regions emptied."""
+    mappings of one page, the pages ever shared and 4 MiB regions emptied.
+
+    ``put``, ``delete`` and ``_unlink`` change the view's dicts as VMModel's do (the same
+    entries in the same order) with the counting folded in: one call per mapping on this
+    hot path, no callbacks.  Which pages have wired mappings (``pa_wired``) is not kept:
+    only ``check`` asks, never ``stream_stats``."""
 
     __slots__ = ("pa_pmaps", "live", "max_live", "max_page_mappings", "shared", "max_sharing", "empties")
 
@@ -109,9 +114,6 @@ class _StatsModel(VMModel):
         self.shared: dict[int, None] = {}  # pages mapped by >= 2 pmaps at some point
         self.max_sharing = 0
         self.empties = 0
-
-    # put and delete do what VMModel's do (its _unlink, the same dicts in the same order)
-    # with the counting folded in: one call per mapping on this hot path, no callbacks.
 
     def put(self, pmap: int, va: int, pa: int, wired: bool) -> None:
         table = self.maps[pmap]
@@ -134,46 +136,47 @@ class _StatsModel(VMModel):
             self.pa_pmaps[pa] = {pmap: 1}
             if not self.max_page_mappings:
                 self.max_page_mappings = 1
-        else:
-            entries[(pmap, va)] = None
-            if len(entries) > self.max_page_mappings:
-                self.max_page_mappings = len(entries)
-            per = self.pa_pmaps[pa]
-            n = per.get(pmap)
-            if n is None:
-                per[pmap] = 1
-                if len(per) >= 2:  # one more pmap maps the page
-                    self.shared[pa] = None
-                    if len(per) > self.max_sharing:
-                        self.max_sharing = len(per)
-            else:
-                per[pmap] = n + 1
-        if wired:
-            self.pa_wired[pa] = self.pa_wired.get(pa, 0) + 1
+            return
+        entries[(pmap, va)] = None
+        if len(entries) > self.max_page_mappings:
+            self.max_page_mappings = len(entries)
+        per = self.pa_pmaps[pa]
+        n = per.get(pmap)
+        if n is not None:
+            per[pmap] = n + 1
+            return
+        per[pmap] = 1
+        if len(per) >= 2:  # one more pmap maps the page
+            self.shared[pa] = None
+            if len(per) > self.max_sharing:
+                self.max_sharing = len(per)
 
     def delete(self, pmap: int, va: int) -> None:
         old = self.maps[pmap].pop(va, None)
         if old is None:
             return
         self._unlink(pmap, va, old)
-        buckets = self.buckets[pmap]
-        _bucket_del(buckets, va)
-        if va >> _BUCKET_SHIFT not in buckets:
-            self.empties += 1
         self.live -= 1
+        buckets = self.buckets[pmap]
+        bucket = buckets[va >> _BUCKET_SHIFT]
+        del bucket[va]
+        if not bucket:  # the pmap's last mapping in this 4 MiB region
+            del buckets[va >> _BUCKET_SHIFT]
+            self.empties += 1
 
     def _unlink(self, pmap: int, va: int, old: tuple[int, bool]) -> None:
-        """VMModel's, and one mapping less of the page in ``pmap``."""
-        VMModel._unlink(self, pmap, va, old)
         pa = old[0]
+        entries = self.pa_maps[pa]
+        del entries[(pmap, va)]
+        if not entries:
+            del self.pa_maps[pa], self.pa_pmaps[pa]
+            return
         per = self.pa_pmaps[pa]
         left = per[pmap] - 1
         if left:
             per[pmap] = left
         else:
             del per[pmap]
-            if not per:
-                del self.pa_pmaps[pa]
 
 
 def _edge_kind(addr: int) -> int:
