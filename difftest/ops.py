@@ -318,4 +318,5 @@ def maker(cls: type) -> Callable[..., Any]:
     exec(f"def make({', '.join(names)}):\n    op = _new(_cls)\n{body}    return op\n", scope)
     make = scope["make"]
     make.__name__ = make.__qualname__ = f"make_{cls.__name__}"
+    make.__module__ = __name__
     return make
