@@ -89,9 +89,9 @@ class FrameModel:
     (tests/test_pressure.py holds the two together).  This is the shape that frees tables
     as they empty; ``LeakyFrameModel`` the one that does not."""
 
-    __slots__ = ("name", "leaky", "bootstrap", "used", "kregions", "touched", "_spans", "maps", "leaves", "uppers",
-                 "lower", "pv", "refs", "_lazy", "_top_frames", "_top_counted", "_create_cost", "_leaf_span",
-                 "_leaf_frames", "_leaf_counted", "_upper_levels")
+    __slots__ = ("name", "leaky", "bootstrap", "used", "most_user_frames", "kregions", "touched", "_spans", "maps",
+                 "leaves", "uppers", "lower", "pv", "refs", "_lazy", "_top_frames", "_top_counted", "_create_cost",
+                 "_leaf_span", "_leaf_frames", "_leaf_counted", "_upper_levels")
 
     def __init__(self, name: str, geometry: Geometry, bootstrap: int) -> None:
         self.name = name
@@ -109,6 +109,9 @@ class FrameModel:
         self._spans = tuple((span, frames) for span, frames, _ in lower)
         self._leaf_span, self._leaf_frames, self._leaf_counted = lower.pop() if lower else (_INDEX_SPAN, 0, 0)
         self._upper_levels = tuple(lower)
+        # the most frames an enter to a user pmap can take (a lazy top level, a table of
+        # every level below it)
+        self.most_user_frames = (top.frames if self._lazy else 0) + sum(frames for _, frames in self._spans)
         self.maps: dict[int, dict[int, tuple[int, bool, bool]]] = {KERNEL_PMAP: {}}
         self.leaves: dict[int, dict[int, dict[int, None]]] = {KERNEL_PMAP: {}}  # pmap -> leaf table -> VAs
         # pmap -> (span, frames, frames counted, mappings per table) of each level between
@@ -324,6 +327,7 @@ class LeakyFrameModel(FrameModel):
     def __init__(self, name: str, geometry: Geometry, bootstrap: int) -> None:
         super().__init__(name, geometry, bootstrap)
         self.leaky = True
+        self.most_user_frames = 1
 
     def _user_frames(self, pmap: int) -> int:
         return self._create_cost + len(self.touched.get(pmap, ()))
@@ -428,7 +432,8 @@ class PressureModels:
         still has some: the path that allocates part of a table walk and must undo it."""
         for m in self.models:
             room = self.free_frames - m.used
-            if 0 < room < m.extra(pmap, va):
+            # (no enter can need more than most_user_frames: then no need to ask)
+            if 0 < room < m.most_user_frames and room < m.extra(pmap, va):
                 return True
         return False
 

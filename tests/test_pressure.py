@@ -253,3 +253,4 @@ def test_frame_models_agree_with_the_contract_state_reference():
                         if pmap != KERNEL_PMAP and probe >= 0xC0000000:
                             continue
                         assert m.extra(pmap, probe) == r.extra(pmap, probe), (m.name, op, pmap, probe)
+                        assert m.extra(pmap, probe) <= m.most_user_frames  # (partial's shortcut)
