@@ -107,6 +107,14 @@ class Stream:
         named.update(islice(filterfalse(named.__contains__, count()), held))  # (at C speed: thousands)
         return named
 
+    def data_frame_count(self) -> int:
+        """``len(data_frames())`` without building the set of unnamed frames: the reserve
+        adds exactly the frames held beyond the named ones."""
+        named = len(self.named_frames())
+        if self.free_frames is None:
+            return named
+        return named + max(0, self.phys_pages - named - self.free_frames)
+
     def replace(self, ops: Sequence[Op] | None = None, **changes: Any) -> "Stream":
         return Stream(
             ops=tuple(self.ops if ops is None else ops),
