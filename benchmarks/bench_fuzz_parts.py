@@ -75,7 +75,8 @@ if _out and any("multiprocessing-fork" in a for a in sys.argv):
 
 WORKER = [("difftest.units", "run_unit"), ("difftest.units", "make_stream"), ("difftest.units", "_worker_env"),
           ("difftest.units", "stream_stats"), ("difftest.harness", "Harness.run"), ("difftest.plotdata", "record"),
-          ("difftest.features", "FeatureRecorder.features"), ("difftest.coverage", "stream_stats")]
+          ("difftest.features", "FeatureRecorder.features"), ("difftest.units", "run_features"),
+          ("difftest.coverage", "stream_stats")]
 
 DRIVER = '''
 import importlib.util, os, resource, sys, time
@@ -108,7 +109,7 @@ PARTS = [
     ("  Harness.run (the streams' and the plot step's)", lambda p, w: w.get("harness.Harness.run", 0)),
     ("  generating streams", lambda p, w: w.get("units.make_stream", 0)),
     ("  coverage features, stream statistics", lambda p, w: w.get("features.FeatureRecorder.features", 0)
-     + w.get("coverage.stream_stats", 0) + w.get("units.stream_stats", 0)),
+     + w.get("units.run_features", 0) + w.get("coverage.stream_stats", 0) + w.get("units.stream_stats", 0)),
 ]
 
 

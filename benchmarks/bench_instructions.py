@@ -6,9 +6,11 @@ that does not move with the machine's load.
 Runs the first ``--streams`` campaign streams of ``bench_overhead.py`` (random generator,
 seed 1, 2,000 ops each) three times under ``valgrind --tool=callgrind`` in a child
 process: generating them only, then also applying them to the backends alone (the bare
-loop), then through ``Harness.run`` as ``difftest fuzz`` builds it.  The differences are
-the instructions of the bare loop and of the harness; overhead = (harness - bare) / bare,
-as in ``bench_overhead.py``.  ``--tree`` measures another checkout too (its ``difftest``
+loop), then through ``Harness.run`` as ``difftest fuzz`` builds it, then as a fuzz worker
+runs them (``bench_overhead.py``'s ``fuzz`` mode: the calls counted for the coverage
+features, the streams' statistics and features).  The differences are the instructions
+of the bare loop, of the harness and of the worker; overhead = (mode - bare) / bare, as in
+``bench_overhead.py``.  ``--tree`` measures another checkout too (its ``difftest``
 imported through ``PYTHONPATH``; this file's benchmarks drive both), printed side by side.
 Needs ``valgrind`` on the PATH; slow (about 50x), hence few streams.
 """
@@ -39,6 +41,10 @@ if {mode!r} == "bare":
 elif {mode!r} == "default":
     for s in streams:
         default.run(s)
+elif {mode!r} == "fuzz":
+    worker = bo.fuzz_worker(default)
+    for s in streams:
+        worker(s)
 """
 
 
@@ -69,13 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     trees: list[Path | None] = [*args.tree, None]
     print(f"{args.streams} campaign streams x 2000 ops{', memory pressure off' if args.no_pressure else ''}; "
           "instructions (callgrind), 1e9")
-    print(f"{'tree':40} {'bare':>8} {'harness':>8} {'overhead':>9}")
+    print(f"{'tree':40} {'bare':>8} {'harness':>8} {'overhead':>9} {'fuzz':>8} {'overhead':>9}")
     for tree in trees:
         base = instructions(tree, "none", args.streams, not args.no_pressure)
-        bare = instructions(tree, "bare", args.streams, not args.no_pressure) - base
-        harness = instructions(tree, "default", args.streams, not args.no_pressure) - base
+        bare, harness, fuzz = (instructions(tree, mode, args.streams, not args.no_pressure) - base
+                               for mode in ("bare", "default", "fuzz"))
         name = str(tree) if tree is not None else "(this environment's difftest)"
-        print(f"{name:40} {bare / 1e9:8.3f} {harness / 1e9:8.3f} {(harness - bare) / bare:8.3f}x")
+        print(f"{name:40} {bare / 1e9:8.3f} {harness / 1e9:8.3f} {(harness - bare) / bare:8.3f}x"
+              f" {fuzz / 1e9:8.3f} {(fuzz - bare) / bare:8.3f}x")
     return 0
 
 

@@ -7,10 +7,13 @@ Three ways of running the same ops on the same backends (the default set):
 
 * ``bare``: a plain loop calling the backends' pmap(9) functions, nothing observed (the
   backends' own time, the floor);
-* ``default``: ``Harness.run`` built as ``difftest fuzz`` builds it by default;
+* ``default``: ``Harness.run`` built as ``difftest fuzz`` builds it by default, less the
+  counting of the backends' calls for the coverage features;
 * ``fuzz``: what a ``difftest fuzz`` worker does per stream besides generating it: that
-  harness with the coverage feedback's recorder around every backend call, the stream's
+  harness counting the backends' calls (the coverage recorder), then the stream's
   statistics and its features (``difftest.units.run_unit``);
+* ``checkpoint``: ``Harness.run`` with backend invariants in the checkpoint audits only and
+  no re-run on the precise path (``--invariants checkpoint``);
 * ``precise``: ``Harness.run`` with backend invariants after every op (``--invariants per-op``).
 
 Workloads: the first ``--streams`` streams of a campaign (``random`` generator, seeds as
@@ -42,6 +45,7 @@ from typing import Any, Callable, Sequence
 from difftest.machine import USER_MAX, USER_MIN, OutOfMemory, PhysPool
 from difftest import ops as o
 from difftest.plugins import PluginHost
+from difftest.harness import Harness
 from difftest.streams import Stream, make_stream
 
 PAGE = 4096
@@ -98,10 +102,19 @@ class BareRun:
 
     def __init__(self, specs: Sequence[Any], stream: Stream) -> None:
         data = stream.data_frames()
+        # The pools set up as cheaply as the tree allows (the floor): the data frames
+        # reserved once and copied, where PhysPool can copy itself.
+        template = None
+        if hasattr(PhysPool, "copy"):
+            template = PhysPool(stream.phys_pages)
+            template.reserve_data(data)
         self.live = []
         for spec in specs:
-            pool = PhysPool(stream.phys_pages)
-            pool.reserve_data(data)
+            if template is not None:
+                pool = template.copy()
+            else:
+                pool = PhysPool(stream.phys_pages)
+                pool.reserve_data(data)
             self.live.append(spec.factory(pool))
         self.refs: dict[int, int] = {0: 1}
         self.next_pmap = [0]
@@ -212,6 +225,9 @@ def build_harnesses(host: PluginHost, checkpoint_every: int = 1000) -> tuple[Any
     names = tuple(host.registry.default_backends())
     config = CampaignConfig(backends=names, reference="alpha-ref", seed=0, checkpoint_every=checkpoint_every)
     default, _ = _worker_env(config)
+    if getattr(default, "record_calls", False):  # (fuzz mode adds the call counting back)
+        default = Harness(default.specs, default.reference, default.invariants, default.checkpoint_every,
+                          fast=default.fast)
     precise = Harness.from_registry(host.registry, names, "alpha-ref", invariants_per_op=True,
                                     checkpoint_every=checkpoint_every)
     return default.specs, default, precise
@@ -219,33 +235,54 @@ def build_harnesses(host: PluginHost, checkpoint_every: int = 1000) -> tuple[Any
 
 def fuzz_worker(default: Any) -> Any:
     """A stream as a ``difftest fuzz`` worker runs it (``units.run_unit`` minus generating
-    it): a copy of the default harness whose backends' calls the coverage recorder wraps,
-    then the stream's statistics and features."""
+    it): the default harness recording the backends' calls for the coverage features, then
+    the stream's statistics and its features."""
+    from difftest import features as feat
     from difftest.coverage import stream_stats
-    from difftest.features import FeatureRecorder
     from difftest.harness import Harness
 
-    recorder = FeatureRecorder()
-    harness = Harness([recorder.instrument(spec) for spec in default.specs], default.reference,
-                      default.invariants, default.checkpoint_every, fast=default.fast)
-    # (older trees' features() take the stream alone and compute its statistics inside)
-    given_stats = len(inspect.signature(recorder.features).parameters) > 1
+    if hasattr(feat, "run_features"):  # the harness counts the calls itself
+        harness = Harness(default.specs, default.reference, default.invariants, default.checkpoint_every,
+                          fast=default.fast, record_calls=True)
 
-    class Worker:
-        def __call__(self, stream: Stream) -> Any:
-            recorder.start()
+        def run(stream: Stream) -> Any:
             result = harness.run(stream)
-            if given_stats:
-                recorder.features(stream, stream_stats(stream))
-            else:
-                recorder.features(stream)
+            feat.run_features(result.calls, stream, stream_stats(stream))
             return result
 
-        def start(self, stream: Stream) -> Any:  # the per-op path (the shared-pages suffix)
-            recorder.start()
-            return harness.start(stream)
+        return _Worker(run, harness.start)
+    # Older trees: a recorder wraps every backend call (and some compute the statistics
+    # inside features()).
+    recorder = feat.FeatureRecorder()
+    harness = Harness([recorder.instrument(spec) for spec in default.specs], default.reference,
+                      default.invariants, default.checkpoint_every, fast=default.fast)
+    given_stats = len(inspect.signature(recorder.features).parameters) > 1
 
-    return Worker()
+    def run_wrapped(stream: Stream) -> Any:
+        recorder.start()
+        result = harness.run(stream)
+        if given_stats:
+            recorder.features(stream, stream_stats(stream))
+        else:
+            recorder.features(stream)
+        return result
+
+    def start_wrapped(stream: Stream) -> Any:
+        recorder.start()
+        return harness.start(stream)
+
+    return _Worker(run_wrapped, start_wrapped)
+
+
+class _Worker:
+    """``worker(stream)`` runs a stream whole; ``worker.start(stream)`` sets it up to be
+    stepped op by op (the shared-pages suffix)."""
+
+    def __init__(self, run: Callable[[Stream], Any], start: Callable[[Stream], Any]) -> None:
+        self.run, self.start = run, start
+
+    def __call__(self, stream: Stream) -> Any:
+        return self.run(stream)
 
 
 def time_suffix(start: Callable[[Stream], Any], stream: Stream, suffix: int) -> float:
@@ -269,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suffix", type=int, default=2000, help="measured ops of the shared-pages stream")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--skip-precise", action="store_true", help="leave out the precise path")
+    ap.add_argument("--skip-precise", action="store_true",
+                    help="leave out the precise path and --invariants checkpoint")
     ap.add_argument("--no-pressure", action="store_true",
                     help="campaign streams with the random generator's memory-pressure dimension off "
                          "(lighter streams: no ENOMEM, fewer page-table frames moving)")
@@ -292,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     starts: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: BareRun(specs, s), "default": default.start,
                                                   "fuzz": fuzz.start}
     if not args.skip_precise:
+        checkpoint = Harness.from_registry(host.registry, [s.name for s in specs], default.reference,
+                                           invariants_per_op=False, checkpoint_every=default.checkpoint_every)
+        modes["checkpoint"] = checkpoint.run
+        starts["checkpoint"] = checkpoint.start
         modes["precise"] = precise.run
         starts["precise"] = precise.start
     camp: dict[str, list[float]] = {m: [] for m in modes}

@@ -17,7 +17,9 @@ from ``resource.getrusage(RUSAGE_CHILDREN)``, start-up included), for a short ca
 (``--streams``) and a longer one (``--long-streams``, where start-up and the end-of-campaign
 plot step weigh less; 0 leaves it out).  The subprocess runs in a scratch directory, so it
 imports the difftest that ``PYTHONPATH`` or the environment gives, never a checkout that
-happens to be the current directory.  Repeats alternate the three; figures are medians.
+happens to be the current directory.  Next to them, the ceiling: the backends alone
+(``bench_overhead.py``'s bare loop, nothing observed) on the short campaign's streams, in
+this process.  Repeats alternate them all; figures are medians.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
+from bench_overhead import campaign_streams, run_bare
 from difftest.backend import needed_pt_frames
 from difftest.machine import USER_MAX, USER_MIN, PhysPool, Tag
 from difftest.ops import PROT_R, PROT_W, PROT_X
@@ -233,12 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     names = host.registry.default_backends()
     specs = [host.registry.backends[n] for n in names]
     campaigns = [n for n in (args.streams, args.long_streams) if n > 0]
-    peer, findings = [], 0
+    peer, findings, ceiling = [], 0, []
     fuzz: dict[int, list[float]] = {n: [] for n in campaigns}
+    # The ceiling: the backends alone (bench_overhead's bare loop, nothing observed) on the
+    # streams of the short campaign, in this process.
+    streams = campaign_streams(host, args.seed, args.streams, args.ops)
+    n_ops = sum(len(s.ops) for s in streams)
     for _ in range(args.repeats):
         rate, _, found = run_peer(specs, args.examples, args.steps)
         peer.append(rate)
         findings += found
+        t0 = time.process_time()
+        for stream in streams:
+            run_bare(specs, stream)
+        ceiling.append(n_ops / (time.process_time() - t0))
         for n in campaigns:
             fuzz[n].append(run_fuzz(n, args.ops, args.seed)[0])
     med = statistics.median
@@ -248,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in campaigns:
         print(f"difftest fuzz --workers 1:             {med(fuzz[n]):10,.0f} ops/s "
               f"({n} streams x {args.ops} ops, start-up included): {med(fuzz[n]) / med(peer):.2f}x the peer")
+    print(f"the backends alone on those streams:   {med(ceiling):10,.0f} ops/s "
+          f"(the ceiling): {med(ceiling) / med(peer):.2f}x the peer")
     if args.json:
-        Path(args.json).write_text(json.dumps({"peer": peer, "fuzz": {str(n): v for n, v in fuzz.items()}}))
+        Path(args.json).write_text(json.dumps({"peer": peer, "fuzz": {str(n): v for n, v in fuzz.items()},
+                                               "ceiling": ceiling}))
     return 0
 
 

@@ -15,10 +15,11 @@ fields).  ``difftest streams stats`` prints these; reports can reuse them.
 from __future__ import annotations
 
 import traceback
+from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from difftest.backend import BackendSpec
-from difftest.legality import VMModel
+from difftest.legality import _BUCKET_SHIFT, VIEW_UNCHANGED, VMModel
 from difftest.machine import KERNEL_PMAP, NO_OWNER, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
 from difftest.ops import (
     PROT_R,
@@ -46,7 +47,6 @@ from difftest.streams import Stream
 
 MIB = 1 << 20
 PAGE = 4096
-_BOUNDARIES = (("1MiB", MIB), ("2MiB", 2 * MIB), ("4MiB", 4 * MIB))
 
 #: the depth counters, in the order they are printed, with a one-line meaning
 DEPTH_FIELDS: dict[str, str] = {
@@ -94,161 +94,255 @@ BACKEND_FIELDS: dict[str, str] = {
 
 
 class _StatsModel(VMModel):
-    """The VM's view plus, per page, how many mappings each pmap has of it."""
+    """The VM's view plus what ``stream_stats`` counts as mappings come and go: per page,
+    how many mappings each pmap has of it (sharing), live mappings and their peak, the most
+    mappings of one page, the pages ever shared and 4 MiB regions emptied.
 
-    __slots__ = ("pa_pmaps", "live", "regions_by_pmap", "on_share", "on_region_empty", "max_page_mappings")
+    ``put``, ``delete`` and ``_unlink`` change the view's dicts as VMModel's do (the same
+    entries in the same order) with the counting folded in: one call per mapping on this
+    hot path, no callbacks.  Which pages have wired mappings (``pa_wired``) is not kept:
+    only ``check`` asks, never ``stream_stats``."""
+
+    __slots__ = ("pa_pmaps", "live", "max_live", "max_page_mappings", "shared", "max_sharing", "empties")
 
     def __init__(self) -> None:
         super().__init__()
-        self.pa_pmaps: dict[int, dict[int, int]] = {}
+        self.pa_pmaps: dict[int, dict[int, int]] = {}  # pa -> pmap -> its mappings of pa
         self.live = 0
+        self.max_live = 0
         self.max_page_mappings = 0
-        self.on_share = None
-        self.on_region_empty = None
+        self.shared: dict[int, None] = {}  # pages mapped by >= 2 pmaps at some point
+        self.max_sharing = 0
+        self.empties = 0
 
     def put(self, pmap: int, va: int, pa: int, wired: bool) -> None:
-        old = self.maps[pmap].get(va)
+        table = self.maps[pmap]
+        old = table.get(va)
         if old is not None:
-            self._unshare(old[0], pmap)
+            self._unlink(pmap, va, old)
         else:
-            self.live += 1
-        super().put(pmap, va, pa, wired)
-        n = len(self.pa_maps[pa])
-        if n > self.max_page_mappings:
-            self.max_page_mappings = n
-        per = self.pa_pmaps.setdefault(pa, {})
-        per[pmap] = per.get(pmap, 0) + 1
-        if self.on_share is not None and len(per) >= 2:
-            self.on_share(pa, len(per))
+            bucket = self.buckets[pmap].get(va >> _BUCKET_SHIFT)
+            if bucket is None:
+                self.buckets[pmap][va >> _BUCKET_SHIFT] = {va: None}
+            else:
+                bucket[va] = None
+            live = self.live = self.live + 1
+            if live > self.max_live:
+                self.max_live = live
+        table[va] = (pa, wired)
+        entries = self.pa_maps.get(pa)
+        if entries is None:
+            self.pa_maps[pa] = {(pmap, va): None}
+            self.pa_pmaps[pa] = {pmap: 1}
+            if not self.max_page_mappings:
+                self.max_page_mappings = 1
+            return
+        entries[(pmap, va)] = None
+        if len(entries) > self.max_page_mappings:
+            self.max_page_mappings = len(entries)
+        per = self.pa_pmaps[pa]
+        n = per.get(pmap)
+        if n is not None:
+            per[pmap] = n + 1
+            return
+        per[pmap] = 1
+        if len(per) >= 2:  # one more pmap maps the page
+            self.shared[pa] = None
+            if len(per) > self.max_sharing:
+                self.max_sharing = len(per)
 
     def delete(self, pmap: int, va: int) -> None:
-        old = self.maps[pmap].get(va)
+        old = self.maps[pmap].pop(va, None)
         if old is None:
             return
-        bucket = va >> 22
-        super().delete(pmap, va)
+        self._unlink(pmap, va, old)
         self.live -= 1
-        self._unshare(old[0], pmap)
-        if self.on_region_empty is not None and bucket not in self.buckets[pmap]:
-            self.on_region_empty()
+        buckets = self.buckets[pmap]
+        bucket = buckets[va >> _BUCKET_SHIFT]
+        del bucket[va]
+        if not bucket:  # the pmap's last mapping in this 4 MiB region
+            del buckets[va >> _BUCKET_SHIFT]
+            self.empties += 1
 
-    def _unshare(self, pa: int, pmap: int) -> None:
+    def _unlink(self, pmap: int, va: int, old: tuple[int, bool]) -> None:
+        pa = old[0]
+        entries = self.pa_maps[pa]
+        del entries[(pmap, va)]
+        if not entries:
+            del self.pa_maps[pa], self.pa_pmaps[pa]
+            return
         per = self.pa_pmaps[pa]
         left = per[pmap] - 1
         if left:
             per[pmap] = left
         else:
             del per[pmap]
-            if not per:
-                del self.pa_pmaps[pa]
 
 
 def _edge_kind(addr: int) -> int:
     """4 for an address within one page of a 4 MiB boundary, 2 for 2 MiB, else 0."""
-    off4 = addr & (4 * MIB - 1)
-    if off4 == 0 or off4 == 4 * MIB - PAGE:
+    off4 = addr & _MASK_4MIB
+    if off4 == 0 or off4 == _LAST_4MIB:
         return 4
-    off2 = addr & (2 * MIB - 1)
-    if off2 == 0 or off2 == 2 * MIB - PAGE:
+    off2 = addr & _MASK_2MIB
+    if off2 == 0 or off2 == _LAST_2MIB:
         return 2
     return 0
 
 
+_MASK_4MIB, _LAST_4MIB = 4 * MIB - 1, 4 * MIB - PAGE
+_MASK_2MIB, _LAST_2MIB = 2 * MIB - 1, 2 * MIB - PAGE
+
+
 def stream_stats(stream: Stream) -> dict[str, Any]:
-    """Op mix and depth counters of one stream (``DEPTH_FIELDS``)."""
-    kinds: dict[str, int] = {}
-    depth = {name: 0 for name in DEPTH_FIELDS}
-    shared: dict[int, None] = {}
-    regions: set[tuple[int, int]] = set()
+    """Op mix and depth counters of one stream (``DEPTH_FIELDS``).
+
+    One pass over the ops, dispatching on each op's type once (a hot path: every fuzz
+    worker takes these for every stream); the VM's view moves by ``VMModel.apply``."""
+    ops = stream.ops
     m = _StatsModel()
-
-    def on_share(pa: int, n: int) -> None:
-        shared[pa] = None
-        if n > depth["max_sharing"]:
-            depth["max_sharing"] = n
-
-    def on_region_empty() -> None:
-        depth["empties_4mib"] += 1
-
-    m.on_share = on_share
-    m.on_region_empty = on_region_empty
+    maps, refs, pa_maps, apply, put = m.maps, m.refs, m.pa_maps, m.apply, m.put
+    # op kinds: counted at C speed (once more over a file's lazily decoded ops)
+    kinds = Counter(map(type, ops))
+    e4 = e2 = remaps = reenters = cross1 = cross2 = cross4 = wired_enters = canfail_enters = 0
+    unwires = collects = pp_revoke = pp_readonly = pp_mapped = destroys = exits = created = 0
+    kenters = kernel_enters = kremoves = max_pmaps = 0
+    regions: set[int] = set()
     unmapped: dict[int, bool] = {}  # pmap -> its latest ops were removes that unmapped something
-    for op in stream.ops:
+    for op in ops:
         t = type(op)
-        kinds[op.name] = kinds.get(op.name, 0) + 1
-        # addresses: edges and boundary crossings
-        if t is Remove or t is Protect or t is KRemove:
-            sva, eva = (op.sva, op.eva) if t is not KRemove else (op.va, op.va + op.size)
-            edge = max(_edge_kind(sva), _edge_kind(eva - PAGE))
-            for name, size in _BOUNDARIES:
-                if sva // size != (eva - 1) // size:
-                    depth["ranges_crossing_" + name.lower()] += 1
-        else:
-            va = getattr(op, "va", None)
-            edge = _edge_kind(va) if va is not None else 0
-        if edge == 4:
-            depth["edge_ops_4mib"] += 1
-        elif edge == 2:
-            depth["edge_ops_2mib"] += 1
-        # VM-view events
-        if t is Enter:
-            old = m.maps[op.pmap].get(op.va) if op.pmap in m.maps else None
-            if old is not None:
-                depth["remaps" if old[0] != op.pa else "reenters"] += 1
-            if op.wired:
-                depth["wired_enters"] += 1
-            if op.canfail:
-                depth["canfail_enters"] += 1
-            if op.pmap == KERNEL_PMAP:
-                depth["kernel_enters"] += 1
-            regions.add((op.pmap, op.va >> 22))
-        elif t is Unwire:
-            depth["unwires"] += 1
-        elif t is Collect:
-            depth["collects"] += 1
-        elif t is PageProtect:
-            if op.prot & PROT_W:
-                pass
-            elif op.prot & PROT_R:
-                depth["page_protects_readonly"] += 1
+        if t is Enter or t is Access or t is Extract or t is Unwire or t is KEnter:
+            va = op.va
+            off = va & _MASK_2MIB  # (an edge of 4 MiB is one of 2 MiB)
+            if off == 0 or off == _LAST_2MIB:
+                off = va & _MASK_4MIB
+                if off == 0 or off == _LAST_4MIB:
+                    e4 += 1
+                else:
+                    e2 += 1
+            if t is Enter:
+                pmap = op.pmap
+                table = maps.get(pmap)
+                if table is not None:
+                    old = table.get(va)
+                    if old is not None:
+                        if old[0] != op.pa:
+                            remaps += 1
+                        else:
+                            reenters += 1
+                if op.wired:
+                    wired_enters += 1
+                if op.canfail:
+                    canfail_enters += 1
+                if pmap == KERNEL_PMAP:
+                    kernel_enters += 1
+                regions.add((pmap << 32) | (va >> 22))  # (pmap, 4 MiB region): VAs are 32-bit
+                unmapped[pmap] = False
+                if table is not None:  # else a pmap the stream never made (see below)
+                    put(pmap, va, op.pa, op.wired)  # VMModel.apply of an enter
+                continue
+            if t is KEnter:
+                kenters += 1
             else:
-                depth["page_protects_revoke"] += 1
-            if op.pa in m.pa_maps:
-                depth["page_protects_of_mapped"] += 1
+                unmapped[op.pmap] = False
+                if t is Unwire:
+                    unwires += 1
+                else:
+                    continue  # access, extract: the VM's view stays
+        elif t is Remove or t is Protect or t is KRemove:
+            if t is KRemove:
+                sva = op.va
+                eva = sva + op.size
+                kremoves += 1
+            else:
+                sva, eva = op.sva, op.eva
+            edge = _edge_kind(sva)
+            if edge != 4:
+                edge_end = _edge_kind(eva - PAGE)
+                if edge_end > edge:
+                    edge = edge_end
+            if edge == 4:
+                e4 += 1
+            elif edge == 2:
+                e2 += 1
+            last = eva - 1
+            if sva >> 20 != last >> 20:
+                cross1 += 1
+                if sva >> 21 != last >> 21:
+                    cross2 += 1
+                    if sva >> 22 != last >> 22:
+                        cross4 += 1
+            if t is Remove:
+                pmap = op.pmap
+                table = maps.get(pmap)
+                if table is not None:
+                    # it unmapped something iff the pmap lost mappings
+                    before = len(table)
+                    apply(op)
+                    unmapped[pmap] = unmapped.get(pmap, False) or len(table) < before
+                    continue
+                unmapped[pmap] = False
+            elif t is Protect:
+                unmapped[op.pmap] = False
+        elif t is PageProtect:
+            prot = op.prot
+            if prot & PROT_W:
+                pass
+            elif prot & PROT_R:
+                pp_readonly += 1
+            else:
+                pp_revoke += 1
+            if op.pa in pa_maps:
+                pp_mapped += 1
         elif t is Create:
-            depth["pmaps_created"] += 1
+            created += 1
+            apply(op)
+            if len(refs) > max_pmaps:
+                max_pmaps = len(refs)
+            continue
         elif t is Destroy:
-            if m.refs.get(op.pmap) == 1:
-                depth["destroys"] += 1
-                if unmapped.get(op.pmap):
-                    depth["exits_with_mappings"] += 1
-        elif t is KEnter:
-            depth["kenters"] += 1
-        elif t is KRemove:
-            depth["kremoves"] += 1
-        pmap = getattr(op, "pmap", None)
-        if t is Remove and pmap in m.maps:
-            unmapped[pmap] = unmapped.get(pmap, False) or bool(m.in_range(pmap, op.sva, op.eva))
-        elif t is not Destroy and pmap is not None:
-            unmapped[pmap] = False
+            pmap = op.pmap
+            if refs.get(pmap) == 1:
+                destroys += 1
+                if unmapped.get(pmap):
+                    exits += 1
+        else:
+            if t is Collect:
+                collects += 1
+            pmap = getattr(op, "pmap", None)
+            if pmap is not None:
+                unmapped[pmap] = False
+            if t in VIEW_UNCHANGED:
+                continue
         try:
-            m.apply(op)
+            apply(op)
         except KeyError:  # an op on a pmap the stream never made: validate_ops refuses it
             pass
-        if len(m.refs) > depth["max_live_pmaps"]:
-            depth["max_live_pmaps"] = len(m.refs)
-        if m.live > depth["max_live_mappings"]:
-            depth["max_live_mappings"] = m.live
-    depth["shared_pages"] = len(shared)
-    depth["max_page_mappings"] = m.max_page_mappings
-    depth["regions_4mib"] = len(regions)
+    depth = dict.fromkeys(DEPTH_FIELDS, 0)
+    depth.update(
+        edge_ops_4mib=e4, edge_ops_2mib=e2, remaps=remaps, reenters=reenters, shared_pages=len(m.shared),
+        max_sharing=m.max_sharing, max_page_mappings=m.max_page_mappings, ranges_crossing_1mib=cross1,
+        ranges_crossing_2mib=cross2, ranges_crossing_4mib=cross4, wired_enters=wired_enters, unwires=unwires,
+        canfail_enters=canfail_enters, collects=collects, page_protects_revoke=pp_revoke,
+        page_protects_readonly=pp_readonly, page_protects_of_mapped=pp_mapped, empties_4mib=m.empties,
+        destroys=destroys, exits_with_mappings=exits, pmaps_created=created, max_live_pmaps=max_pmaps,
+        max_live_mappings=m.max_live, regions_4mib=len(regions), kenters=kenters, kernel_enters=kernel_enters,
+        kremoves=kremoves,
+    )
     return {
-        "ops": len(stream.ops),
+        "ops": len(ops),
         "phys_pages": stream.phys_pages,
-        "data_pages": len(stream.data_frames()),
-        "op_kinds": dict(sorted(kinds.items())),
+        "data_pages": stream.data_frame_count(),
+        "op_kinds": _by_name(kinds),
         "depth": depth,
     }
+
+
+def _by_name(counts: dict[type, int]) -> dict[str, int]:
+    named: dict[str, int] = {}
+    for t, n in counts.items():
+        named[t.name] = named.get(t.name, 0) + n
+    return dict(sorted(named.items()))
 
 
 # -- backends ------------------------------------------------------------------------------------

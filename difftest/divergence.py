@@ -102,6 +102,8 @@ class RunResult:
     # True when the fast path found a backend invariant broken at an audit and the stream
     # was then re-run on the precise path (whose findings these are)
     localised: bool = False
+    # backend -> its pmap(9) calls (difftest.features.CallLog), when the harness recorded them
+    calls: dict[str, Any] | None = None
 
     def by_signature(self) -> dict[str, list[Divergence]]:
         out: dict[str, list[Divergence]] = {}

@@ -3,9 +3,10 @@
 A *feature* is a short string.  Two sources, both observed from outside the backends, so
 that a third party's backend gets features without doing anything:
 
-* per backend (``<backend>|...``), recorded while the harness runs the stream: every pmap(9)
-  call the harness makes is wrapped (on the instance the backend's factory returns), and
-  the outermost call records its op kind, its outcome (``OK``/``ENOMEM`` of an enter,
+* per backend (``<backend>|...``), recorded while the harness runs the stream
+  (``Harness(record_calls=True)``, as a ``difftest fuzz`` worker builds it): around every
+  pmap(9) call the harness makes of a backend to run an op (not its reads to judge it), a
+  ``CallRecorder`` counts the call by its op kind, its outcome (``OK``/``ENOMEM`` of an enter,
   ``ok``/``fault`` of an access, the previous value a ``clear_*`` returns, whether an
   ``extract`` found a page) and what the pool saw: page-table and L1 frames taken or given
   back by the call (``pt+2``, ``pt-3l1-1``: table creation and freeing per level, cascades),
@@ -23,11 +24,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import weakref
-from dataclasses import dataclass, replace
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from difftest.backend import Backend, BackendSpec
 from difftest.coverage import stream_stats
 from difftest.machine import KERNEL_PMAP, PhysPool, Tag
 from difftest.streams import Stream
@@ -51,7 +51,8 @@ _OUTCOME: dict[str, Callable[[Any], str]] = {
     "pmap_create": lambda r: "",
     "pmap_destroy": lambda r: "",
 }
-_KERNEL_CALLS = ("pmap_kenter_pa", "pmap_kremove")
+_KERNEL_CALLS = frozenset({"pmap_kenter_pa", "pmap_kremove"})
+_PT, _L1, _FREE = int(Tag.PT), int(Tag.L1), int(Tag.FREE)
 LOW_FREE = 4  # "the pool runs low": at most this many frames free after a call
 
 
@@ -91,84 +92,111 @@ def _log2_bucket(n: int) -> str:
     return f"{lo}-{2 * lo - 1}"
 
 
-class FeatureRecorder:
-    """Records per-backend features of the streams a harness runs (one stream at a time)."""
+@dataclass(slots=True)
+class CallLog:
+    """What one backend's pmap(9) calls did in one stream run (``RunResult.calls``):
+    ``seen`` counts the calls by (call, outcome, PT frames taken or given back, L1
+    frames), ``extra`` holds the backend's other features (``kernel-pt-growth``,
+    ``pool-low``, ``pool-empty``).  Plain data: it travels back from a worker."""
 
-    def __init__(self) -> None:
-        # (backend, call, outcome, dpt, dl1) -> calls
-        self.seen: dict[tuple[str, str, str, int, int], int] = {}
-        self.extra: set[str] = set()
-        self.made: set[str] = set()
-
-    def start(self) -> None:
-        self.seen = {}
-        self.extra = set()
-        self.made: set[str] = set()  # backends built in this recording
+    seen: dict[tuple[str, str, int, int], int] = field(default_factory=dict)
+    extra: set[str] = field(default_factory=set)
 
 
+class CallRecorder:
+    """Counts one lane's pmap(9) calls for its ``CallLog``: the harness calls ``before``
+    and ``after`` around each call it makes of the backend to run an op
+    (``Harness(record_calls=True)``), and ``finish`` at the end of the stream.
 
-    def instrument(self, spec: BackendSpec) -> BackendSpec:
-        """The same backend, its instances' pmap(9) calls recorded."""
-        make = spec.factory
+    Observed from outside, as the pool sees it: frames move only by alloc and free, so
+    while the pool's allocs + frees (its *stamp*) stays, the tag counts read at that stamp
+    still hold.  The common call (no page-table frame taken or given back, a result of
+    None or a str) is counted by its raw result, which ``finish`` turns into its outcome;
+    the rest are counted as they come.  A call the backend makes of itself is part of the outer call; a call that raises is
+    not counted."""
 
-        def factory(pool: PhysPool) -> Backend:
-            if spec.name in self.made:
-                # The harness runs the stream again (its precise path after the fast one):
-                # the features are those of the last run, as if it had run once.
-                self.start()
-            self.made.add(spec.name)
-            backend = make(pool)
-            self._wrap(spec.name, backend, pool)
-            return backend
+    __slots__ = ("_still", "_log", "_pool", "_counts", "_stamp", "_pt", "_l1", "_kernel_pt", "_judged")
 
-        return replace(spec, factory=factory)
+    def __init__(self, pool: PhysPool) -> None:
+        self._still: defaultdict[tuple[str, Any], int] = defaultdict(int)  # (call, result) -> calls
+        self._log = CallLog()  # the calls counted as they come, the pool's features
+        self._pool = pool
+        self._counts = pool.tag_counts  # (read in place)
+        self._stamp = -1  # the stamp at which _pt and _l1 were read
+        self._pt = self._l1 = 0
+        self._kernel_pt = -1  # the kernel's PT frames before a call on it (else -1)
+        self._judged = -1  # the stamp at which the free count was last judged
 
-    def _wrap(self, name: str, backend: Backend, pool: PhysPool) -> None:
-        depth = [0]
-        seen = self.seen
-        extra = self.extra
-        counts = pool.tag_counts  # (read in place: this runs around every backend call)
-        pt, l1, free_tag = int(Tag.PT), int(Tag.L1), int(Tag.FREE)
+    def before(self, call: str, pmap: Any) -> None:
+        """``call`` is about to be made; ``pmap``: its first argument."""
+        pool = self._pool
+        stamp = pool.allocs + pool.frees
+        if stamp != self._stamp:
+            counts = self._counts
+            self._pt, self._l1, self._stamp = counts[_PT], counts[_L1], stamp
+        if pmap == KERNEL_PMAP or call in _KERNEL_CALLS:
+            self._kernel_pt = pool.held(KERNEL_PMAP, Tag.PT)
 
-        def wrap(call: str, fn: Callable[..., Any], outcome: Callable[[Any], str]) -> Callable[..., Any]:
-            kernel = call in _KERNEL_CALLS
-
-            def recorded(*args: Any) -> Any:
-                if depth[0]:
-                    return fn(*args)  # a call the backend makes itself: part of the outer one
-                pt0, l10 = counts[pt], counts[l1]
-                k0 = pool.held(KERNEL_PMAP, pt) if kernel or (args and args[0] == KERNEL_PMAP) else -1
-                depth[0] = 1
-                try:
-                    result = fn(*args)
-                finally:
-                    depth[0] = 0
-                key = (name, call, outcome(result), counts[pt] - pt0, counts[l1] - l10)
-                seen[key] = seen.get(key, 0) + 1
-                if k0 >= 0 and pool.held(KERNEL_PMAP, pt) > k0:
-                    extra.add(f"{name}|kernel-pt-growth")
-                free = counts[free_tag]
-                if free <= LOW_FREE:
-                    extra.add(f"{name}|pool-{'empty' if free == 0 else 'low'}")
-                return result
-
-            return recorded
-
-        for call, outcome in _OUTCOME.items():
-            fn = getattr(backend, call, None)
-            if fn is None:
-                continue
-            try:
-                setattr(backend, call, wrap(call, fn, outcome))
-            except (AttributeError, TypeError):  # __slots__ without __dict__: pool features only
+    def after(self, call: str, result: Any) -> None:
+        """``call`` returned ``result``: count it with what the pool saw (a call that is
+        not counted, such as a query the harness judges by, only keeps the tag counts
+        current)."""
+        pool = self._pool
+        stamp = pool.allocs + pool.frees
+        moved = stamp != self._stamp
+        if moved:
+            counts = self._counts
+            pt, l1 = counts[_PT], counts[_L1]
+            dpt, dl1 = pt - self._pt, l1 - self._l1
+            self._pt, self._l1, self._stamp = pt, l1, stamp
+        elif stamp == self._judged and self._kernel_pt < 0 and (type(result) is str or result is None):
+            self._still[call, result] += 1  # (the commonest call: nothing more to see)
+            return
+        else:
+            dpt = dl1 = 0
+        kernel_pt = self._kernel_pt
+        if kernel_pt >= 0:
+            self._kernel_pt = -1
+            if moved and call in _OUTCOME and pool.held(KERNEL_PMAP, Tag.PT) > kernel_pt:
+                self._log.extra.add("kernel-pt-growth")
+        if stamp != self._judged:
+            if call not in _OUTCOME:
                 return
+            self._judged = stamp
+            free = self._counts[_FREE]
+            if free <= LOW_FREE:
+                self._log.extra.add("pool-empty" if free == 0 else "pool-low")
+        if not (dpt or dl1) and (type(result) is str or result is None):
+            # (a str or None: values that are equal have one outcome)
+            self._still[call, result] += 1
+            return
+        outcome = _OUTCOME.get(call)
+        if outcome is not None:
+            seen = self._log.seen
+            key = (call, outcome(result), dpt, dl1)
+            seen[key] = seen.get(key, 0) + 1
 
-    def features(self, stream: Stream, stats: dict[str, Any] | None = None) -> set[str]:
-        """Everything the stream just run reached: per backend, per stream, health
-        (``stats``: the stream's ``stream_stats`` when the caller has them already)."""
-        out = set(self.extra)
-        enomem = pt_freed = False
-        for (backend, call, outcome, dpt, dl1), n in self.seen.items():
+    def finish(self) -> CallLog:
+        """The stream's calls, every one counted by its outcome."""
+        seen = self._log.seen
+        for (call, result), n in self._still.items():
+            outcome = _OUTCOME.get(call)
+            if outcome is not None:
+                key = (call, outcome(result), 0, 0)
+                seen[key] = seen.get(key, 0) + n
+        self._still.clear()
+        return self._log
+
+
+def run_features(calls: dict[str, CallLog] | None, stream: Stream, stats: dict[str, Any] | None = None) -> set[str]:
+    """Everything a stream run reached: per backend (``calls``: ``RunResult.calls`` of a
+    harness that recorded them), per stream, health (``stats``: the stream's
+    ``stream_stats`` when the caller has them already)."""
+    out: set[str] = set()
+    enomem = pt_freed = False
+    for backend, log in (calls or {}).items():
+        out.update(f"{backend}|{name}" for name in log.extra)
+        for (call, outcome, dpt, dl1), n in log.seen.items():
             frames = ""
             if dpt:
                 frames += f"pt{'+' if dpt > 0 else '-'}{_bucket(abs(dpt))}"
@@ -182,12 +210,12 @@ class FeatureRecorder:
                 enomem = True
             if dpt < 0:
                 pt_freed = True
-        out.update(stream_features(stream, stats))
-        if enomem:
-            out.add("health|enomem")
-        if pt_freed:
-            out.add("health|pt-freed")
-        return out
+    out.update(stream_features(stream, stats))
+    if enomem:
+        out.add("health|enomem")
+    if pt_freed:
+        out.add("health|pt-freed")
+    return out
 
 
 def stream_features(stream: Stream, stats: dict[str, Any] | None = None) -> set[str]:
@@ -209,19 +237,6 @@ def stream_features(stream: Stream, stats: dict[str, Any] | None = None) -> set[
     if depth["exits_with_mappings"]:
         out.add("health|exit-with-mappings")
     return out
-
-
-_RECORDERS: "weakref.WeakKeyDictionary[Any, FeatureRecorder]" = weakref.WeakKeyDictionary()
-
-
-def recorder_for(harness: Any) -> FeatureRecorder:
-    """The recorder of a (long-lived, cached) harness, instrumenting it the first time."""
-    rec = _RECORDERS.get(harness)
-    if rec is None:
-        rec = FeatureRecorder()
-        harness.specs = [rec.instrument(spec) for spec in harness.specs]
-        _RECORDERS[harness] = rec
-    return rec
 
 
 def health_report(counts: dict[str, int], streams: int) -> list[dict[str, Any]]:

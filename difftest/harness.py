@@ -61,11 +61,13 @@ from difftest.backend import Backend, BackendSpec, Invariant, Registry, Touched,
 from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState
 from difftest.divergence import Allowed, Divergence, RunResult
 from difftest.errors import BadInput, short
+from difftest.features import CallRecorder
 from difftest.interrupts import plugin_fault
 from difftest.machine import (
     KERNEL_MAX,
     KERNEL_MIN,
     KERNEL_PMAP,
+    NO_OWNER,
     PAGE_SIZE,
     USER_MAX,
     USER_MIN,
@@ -172,6 +174,8 @@ class Lane:
     read_place: Callable[[int, int, int], tuple[Any, int, int, bool, bool] | None] | None = None
     counts: Callable[[int], tuple[int, int]] | None = None
     attributes: Callable[[int], tuple[bool, bool]] | None = None
+    # Counts the backend's pmap(9) calls for the coverage features (Harness(record_calls=True)).
+    calls: CallRecorder | None = None
 
     name: str = field(init=False)  # the backend's (spec.name, read on every judged op)
 
@@ -200,6 +204,7 @@ class Harness:
         trace: bool = False,
         invariants_per_op: bool = True,
         fast: bool = False,
+        record_calls: bool = False,
     ) -> None:
         if not specs:
             raise BadInput("no backends to run")
@@ -223,6 +228,9 @@ class Harness:
         # that broke it.  Everything else the harness checks is the same code on both paths,
         # so the two report the same divergences (streams are deterministic).
         self.fast = fast
+        # Count every backend's pmap(9) calls, for the coverage features of the stream
+        # (RunResult.calls, difftest.features): what a ``difftest fuzz`` worker asks for.
+        self.record_calls = record_calls
 
     def precise(self) -> "Harness":
         """This harness on the precise path (per-op invariants): what replay and shrink use."""
@@ -289,6 +297,8 @@ class Harness:
                     start = None
                 except StreamTimeout:
                     start = run.timed_out(time_limit or 0.0)
+        if self.record_calls:
+            result.calls = {lane.name: lane.calls.finish() for lane in run.lanes if lane.calls is not None}
         return result
 
 
@@ -366,7 +376,10 @@ class StreamRun:
         self.result = result
         self.refs: dict[int, int] = {KERNEL_PMAP: 1}
         self.next_pmap = 1
-        self.data_frames = sorted(stream.data_frames())
+        # The stream's data frames reserved once, in a pool each lane gets a copy of
+        # (reserving is O(data frames): nearly every frame under memory pressure).
+        self.data_pool = PhysPool(stream.phys_pages)
+        self.data_pool.reserve_data(stream.data_frames())
         # Audits judge REF/MOD of the pages the stream names: the frames machine.free_frames
         # holds for the rest of the system are never mapped (thousands under pressure).
         self.named_frames = sorted(stream.named_frames())
@@ -385,8 +398,7 @@ class StreamRun:
             result.trace = {lane.name: [] for lane in self.lanes}
 
     def _make_lane(self, spec: BackendSpec) -> Lane:
-        pool = PhysPool(self.stream.phys_pages)
-        pool.reserve_data(self.data_frames)
+        pool = self.data_pool.copy()
         invariants = [inv for inv in self.h.invariants if inv.applies_to(spec.name)]
         lane = Lane(spec=spec, backend=None, pool=pool, state=ContractState(spec.geometry), invariants=invariants)  # type: ignore[arg-type]
         free_before = pool.free_frames
@@ -398,6 +410,8 @@ class StreamRun:
             lane.read_place = own_fused_reader(lane.backend, "read_place")
             lane.counts = fused_reader(lane.backend, "read_counts")
             lane.attributes = fused_reader(lane.backend, "read_attributes")
+            if self.h.record_calls:
+                lane.calls = CallRecorder(pool)
         except OutOfMemory as exc:
             if free_before >= lane.state.create_frames():  # it had the frames: a bug
                 self._bootstrap_crash(lane, exc)
@@ -541,13 +555,19 @@ class StreamRun:
 
     # -- one op on one lane ------------------------------------------------------------------
 
-    def _call(self, lane: Lane, index: int, op: Op, divs: list[Divergence], fn: Callable[..., Any], *args: Any) -> Any:
-        """Call the backend; exceptions become crash divergences and stop the lane."""
+    def _call(self, lane: Lane, index: int, op: Op, divs: list[Divergence], call: str, *args: Any) -> Any:
+        """Call the backend's pmap(9) function ``call`` for ``op`` (counted when the harness
+        records calls); exceptions become crash divergences and stop the lane."""
+        rec = lane.calls
+        if rec is not None:
+            rec.before(call, args[0] if args else None)
         try:
-            return fn(*args)
+            res = getattr(lane.backend, call)(*args)
         except BaseException as exc:
             self._raised(lane, index, op, divs, exc)
-        raise AssertionError("unreachable")
+        if rec is not None:
+            rec.after(call, res)
+        return res
 
     def _raised(self, lane: Lane, index: int, op: Op, divs: list[Divergence], exc: BaseException) -> None:
         """``exc`` came out of the backend (called in an ``except`` block): OutOfMemory goes
@@ -578,7 +598,7 @@ class StreamRun:
         translation at (pmap, va) and the pages' attributes as they are, so that one bad
         result is one divergence, not a cascade of the ops that follow."""
         st = lane.state
-        got = self._call(lane, index, op, divs, lane.backend.walk, pmap, va)
+        got = self._call(lane, index, op, divs, "walk", pmap, va)
         if got is None:
             st.delete(pmap, va)
         else:
@@ -630,12 +650,17 @@ class StreamRun:
         free_before = pool.free_frames
         allocs_before, frees_before = pool.allocs, pool.frees
         held_before = pool.held_pt_l1(pmap) if op.canfail else None
+        rec = lane.calls
+        if rec is not None:
+            rec.before("pmap_enter", pmap)
         try:  # (the backend called directly: every op of most streams is an enter)
             res = lane.backend.pmap_enter(pmap, va, op.pa, op.prot, op.access, op.wired, op.canfail)
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, st.extra_frames_for(pmap, va), free_before)
         except BaseException as exc:
             self._raised(lane, index, op, divs, exc)
+        if rec is not None:
+            rec.after("pmap_enter", res)
         if res != OK and res != ENOMEM:
             res = normalise_result(res)
         lane.result = res
@@ -682,25 +707,35 @@ class StreamRun:
     def _remove(self, lane: Lane, index: int, op: Remove, divs: list[Divergence]) -> _Step:
         pmap, sva, eva = op.pmap, op.sva, op.eva
         vas, pas = lane.state.remove(pmap, sva, eva)
+        rec = lane.calls
+        if rec is not None:
+            rec.before("pmap_remove", pmap)
         try:  # (called directly, not through _call: a fifth of a campaign's ops are removes)
             lane.backend.pmap_remove(pmap, sva, eva)
         except BaseException as exc:
             self._raised(lane, index, op, divs, exc)
+        if rec is not None:
+            rec.after("pmap_remove", None)
         return (_range_places(pmap, sva, eva, vas), pas, (pmap,), _NO_KEYS)
 
     def _protect(self, lane: Lane, index: int, op: Protect, divs: list[Divergence]) -> _Step:
         pmap, sva, eva = op.pmap, op.sva, op.eva
         vas, pas = lane.state.protect(pmap, sva, eva, op.prot)
+        rec = lane.calls
+        if rec is not None:
+            rec.before("pmap_protect", pmap)
         try:
             lane.backend.pmap_protect(pmap, sva, eva, op.prot)
         except BaseException as exc:
             self._raised(lane, index, op, divs, exc)
+        if rec is not None:
+            rec.after("pmap_protect", None)
         return (_range_places(pmap, sva, eva, vas), pas, (pmap,), _NO_KEYS)
 
     def _access(self, lane: Lane, index: int, op: Access, divs: list[Divergence]) -> _Step:
         pmap, va = op.pmap, op.va
         expect_ok, m = lane.state.access_allowed(pmap, va, _KIND_BIT[op.kind])
-        res = normalise_result(self._call(lane, index, op, divs, lane.backend.pmap_access, pmap, va, op.kind))
+        res = normalise_result(self._call(lane, index, op, divs, "pmap_access", pmap, va, op.kind))
         lane.result = res
         if res not in (OK, FAULT):
             divs.append(self._div(lane, index, op, "result", "result", "bad-access-result",
@@ -717,7 +752,7 @@ class StreamRun:
 
     def _extract(self, lane: Lane, index: int, op: Extract, divs: list[Divergence]) -> _Step:
         pmap, va = op.pmap, op.va
-        res = self._call(lane, index, op, divs, lane.backend.pmap_extract, pmap, va)
+        res = self._call(lane, index, op, divs, "pmap_extract", pmap, va)
         lane.result = res
         m = lane.state.get(pmap, va)
         want = None if m is None else m[PA]
@@ -728,23 +763,23 @@ class StreamRun:
         return ([(pmap, va)], set(), (pmap,), _NO_KEYS)
 
     def _unwire(self, lane: Lane, index: int, op: Unwire, divs: list[Divergence]) -> _Step:
-        self._call(lane, index, op, divs, lane.backend.pmap_unwire, op.pmap, op.va)
+        self._call(lane, index, op, divs, "pmap_unwire", op.pmap, op.va)
         lane.state.unwire(op.pmap, op.va)
         return ([(op.pmap, op.va)], set(), (op.pmap,), _NO_KEYS)
 
     def _page_protect(self, lane: Lane, index: int, op: PageProtect, divs: list[Divergence]) -> _Step:
         keys, optional = lane.state.page_protect(op.pa, op.prot)
-        self._call(lane, index, op, divs, lane.backend.pmap_page_protect, op.pa, op.prot)
+        self._call(lane, index, op, divs, "pmap_page_protect", op.pa, op.prot)
         return (keys, {op.pa}, tuple(sorted({k[0] for k in keys})), frozenset(optional))
 
     def _collect(self, lane: Lane, index: int, op: Collect, divs: list[Divergence]) -> _Step:
         vas, pas, optional = lane.state.collect(op.pmap)
-        self._call(lane, index, op, divs, lane.backend.pmap_collect, op.pmap)
+        self._call(lane, index, op, divs, "pmap_collect", op.pmap)
         return (_Places.of(op.pmap, vas, optional), pas, (op.pmap,), _NO_KEYS)
 
     def _page_attribute(self, lane: Lane, index: int, op: Op, divs: list[Divergence]) -> _Step:
         method, modified, clears = _ATTRIBUTE_OPS[type(op)]
-        res = self._call(lane, index, op, divs, getattr(lane.backend, method), op.pa)
+        res = self._call(lane, index, op, divs, method, op.pa)
         lane.result = res
         (self._judge_modified if modified else self._judge_referenced)(lane, index, op, divs, op.pa, res)
         if not clears:
@@ -755,7 +790,7 @@ class StreamRun:
     def _kenter(self, lane: Lane, index: int, op: KEnter, divs: list[Divergence]) -> _Step:
         free_before = lane.pool.free_frames
         try:
-            self._call(lane, index, op, divs, lane.backend.pmap_kenter_pa, op.va, op.pa, op.prot)
+            self._call(lane, index, op, divs, "pmap_kenter_pa", op.va, op.pa, op.prot)
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, lane.state.extra_frames_for(KERNEL_PMAP, op.va), free_before)
         pas = lane.state.kenter(op.va, op.pa, op.prot)
@@ -763,7 +798,7 @@ class StreamRun:
 
     def _kremove(self, lane: Lane, index: int, op: KRemove, divs: list[Divergence]) -> _Step:
         vas = lane.state.kremove(op.va, op.size)
-        self._call(lane, index, op, divs, lane.backend.pmap_kremove, op.va, op.size)
+        self._call(lane, index, op, divs, "pmap_kremove", op.va, op.size)
         return (_range_places(KERNEL_PMAP, op.va, op.va + op.size, vas), set(), (KERNEL_PMAP,), _NO_KEYS)
 
     def _create(self, lane: Lane, index: int, op: Create, divs: list[Divergence]) -> _Step:
@@ -771,7 +806,7 @@ class StreamRun:
         free_before = lane.pool.free_frames
         lane.state.create(pmap)
         try:
-            self._call(lane, index, op, divs, lane.backend.pmap_create, pmap)
+            self._call(lane, index, op, divs, "pmap_create", pmap)
         except OutOfMemory:
             self._out_of_memory(lane, index, op, divs, lane.state.create_frames(), free_before)
         return ([], set(), (pmap,), _NO_KEYS)
@@ -779,23 +814,23 @@ class StreamRun:
     def _destroy(self, lane: Lane, index: int, op: Destroy, divs: list[Divergence]) -> _Step:
         pmap = op.pmap
         if not self.destroy_frees:
-            self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
+            self._call(lane, index, op, divs, "pmap_destroy", pmap)
             return ([], set(), (), _NO_KEYS)
         # At the last reference the pmap must be empty: the VM layer (here, the harness)
         # removes what is left first (MODEL §3).
         vas, pas = lane.state.empty(pmap)
-        self._call(lane, index, op, divs, lane.backend.pmap_remove, pmap, USER_MIN, USER_MAX)
+        self._call(lane, index, op, divs, "pmap_remove", pmap, USER_MIN, USER_MAX)
         self._observe(lane, index, op, divs, (_Places.of(pmap, vas), pas, (), _NO_KEYS))
-        self._call(lane, index, op, divs, lane.backend.pmap_destroy, pmap)
+        self._call(lane, index, op, divs, "pmap_destroy", pmap)
         lane.state.forget_pmap(pmap)
         return ([], set(), (pmap,), _NO_KEYS)
 
     def _reference(self, lane: Lane, index: int, op: Reference, divs: list[Divergence]) -> _Step:
-        self._call(lane, index, op, divs, lane.backend.pmap_reference, op.pmap)
+        self._call(lane, index, op, divs, "pmap_reference", op.pmap)
         return ([], set(), (), _NO_KEYS)
 
     def _update(self, lane: Lane, index: int, op: Update, divs: list[Divergence]) -> _Step:
-        self._call(lane, index, op, divs, lane.backend.pmap_update, op.pmap)
+        self._call(lane, index, op, divs, "pmap_update", op.pmap)
         return ([], set(), (), _NO_KEYS)
 
     # -- observing and judging --------------------------------------------------------------------
@@ -1107,7 +1142,7 @@ class StreamRun:
                 continue  # the same excess, already reported: one leak, one line
             lane.resource_open.add(key)
             rel = ">" if held > want else "<"
-            alive = "" if pmap in lane.state.maps else " (destroyed)"
+            alive = "" if pmap in lane.state.maps else " (destroyed)" if pmap != NO_OWNER else " (no pmap: taken without an owner)"
             divs.append(self._div(lane, index, op, "resource", fld, f"{level}-frames-held{rel}needed",
                                   f"pmap {pmap}{alive} holds {held} {level.upper()} frames, its live mappings need {want}",
                                   location=_loc(pmap)))
@@ -1201,9 +1236,9 @@ class StreamRun:
                 self._check_keys(lane, index, op, divs, keys, got_map=got)
             self._check_counts(lane, index, op, divs, pmap)
             self._check_frames(lane, index, op, divs, pmap)
-        # Frames still held by pmaps that no longer exist.
+        # Frames still held by pmaps that no longer exist, or taken for no pmap at all.
         for owner in sorted(lane.pool.owners()):
-            if owner not in st.maps and owner >= 1:
+            if owner not in st.maps and (owner >= 1 or owner == NO_OWNER):
                 self._check_frames(lane, index, op, divs, owner)
         conservation = lane.pool.check_conservation()
         memo = getattr(b, "audit_memo", None)

@@ -50,10 +50,16 @@ from difftest.machine import KERNEL_PMAP
 from difftest.ops import (
     PROT_R,
     PROT_W,
+    Access,
+    ClearModify,
+    ClearReference,
     Collect,
     Create,
     Destroy,
     Enter,
+    Extract,
+    IsModified,
+    IsReferenced,
     KEnter,
     KRemove,
     Op,
@@ -62,6 +68,7 @@ from difftest.ops import (
     Reference,
     Remove,
     Unwire,
+    Update,
 )
 
 _BUCKET_SHIFT = 22  # 4 MiB
@@ -75,6 +82,11 @@ RULES = (
     "collect-kernel",
     "pmap-lifetime",
 )
+
+
+#: The op types ``VMModel.apply`` leaves the view unchanged for (what may skip it).
+VIEW_UNCHANGED: frozenset[type] = frozenset(
+    {Access, Extract, Collect, ClearModify, ClearReference, IsModified, IsReferenced, Update})
 
 
 class VMModel:
@@ -241,9 +253,18 @@ class VMModel:
         if old is not None:
             self._unlink(pmap, va, old)
         else:
-            self.buckets[pmap].setdefault(va >> _BUCKET_SHIFT, {})[va] = None
+            buckets = self.buckets[pmap]
+            bucket = buckets.get(va >> _BUCKET_SHIFT)
+            if bucket is None:
+                buckets[va >> _BUCKET_SHIFT] = {va: None}
+            else:
+                bucket[va] = None
         table[va] = (pa, wired)
-        self.pa_maps.setdefault(pa, {})[(pmap, va)] = None
+        entries = self.pa_maps.get(pa)
+        if entries is None:
+            self.pa_maps[pa] = {(pmap, va): None}
+        else:
+            entries[(pmap, va)] = None
         if wired:
             self.pa_wired[pa] = self.pa_wired.get(pa, 0) + 1
 
@@ -272,11 +293,21 @@ def _in_range(buckets: dict[int, dict[int, None]], sva: int, eva: int) -> list[i
     if not buckets or eva <= sva:
         return []
     lo, hi = sva >> _BUCKET_SHIFT, (eva - 1) >> _BUCKET_SHIFT
+    if lo == hi:  # within one bucket (most ranges)
+        bucket = buckets.get(lo)
+        return [va for va in bucket if sva <= va < eva] if bucket is not None else []
     if hi - lo + 1 <= len(buckets):
         keys: Iterable[int] = [k for k in range(lo, hi + 1) if k in buckets]
     else:
         keys = sorted(k for k in buckets if lo <= k <= hi)
-    return [va for k in keys for va in buckets[k] if sva <= va < eva]
+    out: list[int] = []
+    for k in keys:
+        bucket = buckets[k]
+        if sva <= k << _BUCKET_SHIFT and (k + 1) << _BUCKET_SHIFT <= eva:
+            out.extend(bucket)  # a bucket wholly inside the range: every VA of it
+        else:
+            out.extend([va for va in bucket if sva <= va < eva])
+    return out
 
 
 def _bucket_del(buckets: dict[int, dict[int, None]], va: int) -> None:

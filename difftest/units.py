@@ -31,7 +31,7 @@ from difftest.bugs import head_of
 from difftest.coverage import stream_stats
 from difftest.divergence import Divergence
 from difftest.errors import BadInput
-from difftest.features import recorder_for
+from difftest.features import run_features
 from difftest.feedback import Recipe, build_stream
 from difftest.ops import describe
 from difftest.streams import Stream
@@ -243,7 +243,7 @@ def _worker_env(config: CampaignConfig, backends: tuple[str, ...] | None = None,
         harness = Harness.from_registry(host.registry, names, reference,
                                         checkpoint_every=config.checkpoint_every,
                                         invariants_per_op=config.invariants == "per-op",
-                                        fast=config.invariants == "auto", trace=trace)
+                                        fast=config.invariants == "auto", trace=trace, record_calls=True)
         env = (harness, _generator(config))
         _WORKER_CACHE[key] = env
     return env
@@ -283,13 +283,11 @@ def run_unit(task: UnitTask) -> UnitResult:
     config = task.config
     seed = unit_seed(config.seed, task.k)
     stream = make_stream(config, task.k, task.recipe)
-    recorder = recorder_for(harness)
-    recorder.start()
     result = harness.run(stream, time_limit=config.stream_timeout)
     stats = stream_stats(stream)  # for its features, and maybe the plots' coverage
     out = UnitResult(k=task.k, seed=seed, ops=result.ops_run, elapsed=result.elapsed, stopped=dict(result.stopped),
                      out_of_memory=out_of_memory_ops(result), backends=task.backends,
-                     features=sorted(recorder.features(stream, stats)))
+                     features=sorted(run_features(result.calls, stream, stats)))
     if task.trace and type(stream) is Stream and type(stream.ops) is tuple:
         # The plot step then need not run it again (a plain stream in memory: it travels
         # back with the result; a file's lazily read ops, or a plugin's own kind, do not).

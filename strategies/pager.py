@@ -36,13 +36,11 @@ from difftest.ops import (
     PROT_R,
     PROT_W,
     PROT_X,
-    Access,
     ClearModify,
     ClearReference,
     Collect,
     Create,
     Destroy,
-    Enter,
     IsModified,
     IsReferenced,
     KEnter,
@@ -53,7 +51,7 @@ from difftest.ops import (
     Remove,
     Unwire,
 )
-from strategies.seeded import GENERATOR_VERSION, KENTER_BASE, MIB, _Base
+from strategies.seeded import GENERATOR_VERSION, KENTER_BASE, MIB, _Base, new_access, new_enter
 
 R, RW, RX = PROT_R, PROT_R | PROT_W, PROT_R | PROT_X
 TEXT_BASE = 0x00400000
@@ -384,7 +382,7 @@ class PagerGenerator(_Base):
         proc.anon[va] = pa
         self.owner[pa] = ("anon", proc.pid, va)
         mm.touched[va] = None
-        self.emit(Enter(proc.pmap, va, pa, RW, PROT_W, False, self.rnd() < self.p_canfail))
+        self.emit(new_enter(proc.pmap, va, pa, RW, PROT_W, False, self.rnd() < self.p_canfail))
         self.note_access(pa, "w")
         self.stats["cow"] += 1
 
@@ -393,7 +391,7 @@ class PagerGenerator(_Base):
         m = self.m
         mapped = m.maps[pmap].get(va)
         if mapped is not None and va not in proc.stale:
-            self.emit(Access(pmap, va, kind))
+            self.emit(new_access(pmap, va, kind))
             self.note_access(mapped[0], kind)
             return
         if mapped is not None:  # after a swap-out the pmap may have dropped it: fault it in
@@ -406,7 +404,7 @@ class PagerGenerator(_Base):
                 return
         access = {"r": PROT_R, "w": PROT_W, "x": PROT_X}[kind] & prot
         wired = mapped is not None and mapped[1]
-        self.emit(Enter(pmap, va, pa, prot, access, wired, self.rnd() < self.p_canfail))
+        self.emit(new_enter(pmap, va, pa, prot, access, wired, self.rnd() < self.p_canfail))
         self.note_access(pa, kind)
 
     def find_page(self, proc: _Proc, va: int, cache: tuple | None) -> int | None:
@@ -502,7 +500,7 @@ class PagerGenerator(_Base):
         else:
             pa = mapped[0]
         proc.stale.pop(va, None)
-        self.emit(Enter(proc.pmap, va, pa, RW, PROT_W, True, False))
+        self.emit(new_enter(proc.pmap, va, pa, RW, PROT_W, True, False))
         self.note_access(pa, "w")
 
     def run(self, n_ops: int) -> list:

@@ -66,9 +66,13 @@ from difftest.ops import (
     Remove,
     Unwire,
     Update,
+    maker,
 )
 from difftest.streams import Stream
 from strategies.pressure import PressureModels
+
+# Constructors of the ops built most often (every field positional): the same ops, cheaper.
+new_enter, new_access, new_remove, new_extract = maker(Enter), maker(Access), maker(Remove), maker(Extract)
 
 GENERATOR_VERSION = 2  # 2: the swarm's pressure dimension, machine.free_frames
 
@@ -158,19 +162,22 @@ class _Model(VMModel):
         self.wlist: list[tuple[int, int]] = []
         self.wpos: dict[tuple[int, int], int] = {}
 
+    # (VMModel's methods called directly, not through super(): this is the generators' hot path)
+
     def apply(self, op: Op) -> None:
-        if type(op) is Create:
+        t = type(op)
+        if t is Create:
             pmap = self.next_id
             self.vlist[pmap] = []
             self.vpos[pmap] = {}
-        super().apply(op)
-        if type(op) is Destroy and op.pmap not in self.refs:
+        VMModel.apply(self, op)
+        if t is Destroy and op.pmap not in self.refs:
             self.vlist.pop(op.pmap, None)
             self.vpos.pop(op.pmap, None)
 
     def put(self, pmap: int, va: int, pa: int, wired: bool) -> None:
         old = self.maps[pmap].get(va)
-        super().put(pmap, va, pa, wired)
+        VMModel.put(self, pmap, va, pa, wired)
         if old is None:
             pos = self.vpos[pmap]
             lst = self.vlist[pmap]
@@ -188,7 +195,7 @@ class _Model(VMModel):
         old = self.maps[pmap].get(va)
         if old is None:
             return
-        super().delete(pmap, va)
+        VMModel.delete(self, pmap, va)
         pos = self.vpos[pmap]
         lst = self.vlist[pmap]
         i = pos.pop(va)
@@ -432,7 +439,7 @@ class RandomGenerator(_Base):
             else:
                 pa, wired = old[0], True
         canfail = rnd() < self.p_canfail
-        self.emit(Enter(pmap, va, pa, prot, _random_access(rnd, prot), wired, canfail))
+        self.emit(new_enter(pmap, va, pa, prot, _random_access(rnd, prot), wired, canfail))
 
     def _a_enter(self) -> None:
         pmap = self.user()
@@ -495,7 +502,7 @@ class RandomGenerator(_Base):
         if va is None:
             va = self.hot_va()
         n = 1 if rnd() < 0.7 else 1 + int(rnd() * 4)
-        self.emit(Remove(pmap, va, min(va + n * PAGE_SIZE, USER_MAX)))
+        self.emit(new_remove(pmap, va, min(va + n * PAGE_SIZE, USER_MAX)))
 
     def _a_remove_range(self) -> None:
         pmap = self.user()
@@ -522,7 +529,7 @@ class RandomGenerator(_Base):
         if pmap is None:
             return
         va = self.mapped_va(pmap) if self.rnd() < 0.6 else None
-        self.emit(Extract(pmap, va if va is not None else self.hot_va()))
+        self.emit(new_extract(pmap, va if va is not None else self.hot_va()))
 
     def _a_access(self) -> None:
         pmap = self.user()
@@ -532,7 +539,7 @@ class RandomGenerator(_Base):
         va = self.mapped_va(pmap) if rnd() < 0.85 else None
         if va is None:
             va = self.hot_va()
-        self.emit(Access(pmap, va, ("r", "r", "w", "w", "x")[int(rnd() * 5)]))
+        self.emit(new_access(pmap, va, ("r", "r", "w", "w", "x")[int(rnd() * 5)]))
 
     def _a_page_protect(self) -> None:
         rnd = self.rnd

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cliutil import clean_env, run_difftest
-from difftest.features import CoverageTally, FeatureRecorder, decode_bits, encode_bits, stream_features
+from difftest.features import CoverageTally, decode_bits, encode_bits, run_features, stream_features
 from difftest.feedback import WINDOW, FeedbackPool, Recipe, UnitScheduler, build_stream, mutate
 from difftest.harness import Harness
 from difftest.legality import legal_stream_problem
+from difftest.machine import PhysPool, Tag
 from difftest.ops import Create, Destroy, Enter, KEnter, Remove
 from difftest.plugins import PluginHost
 from difftest.streams import Stream
@@ -32,13 +34,10 @@ def host():
 
 
 def features_of(host, stream: Stream, backends=("alpha-ref", "arm32-refcount")) -> set[str]:
-    harness = Harness.from_registry(host.registry, list(backends))
-    rec = FeatureRecorder()
-    harness.specs = [rec.instrument(s) for s in harness.specs]
-    rec.start()
+    harness = Harness.from_registry(host.registry, list(backends), record_calls=True)
     result = harness.run(stream)
     assert result.divergences == []
-    return rec.features(stream)
+    return run_features(result.calls, stream)
 
 
 # -- features ---------------------------------------------------------------------------------------
@@ -193,3 +192,60 @@ def test_a_default_campaign_reaches_the_state_that_shows_the_bug(tmp_path, backe
     report = fuzz_json(tmp_path, "out", "--backends", f"alpha-ref,{backend}", "--seed", str(seed),
                        "--streams", str(streams), "--workers", "1")
     assert signature in [e["signature"] for e in report["divergences"]]
+
+
+# -- the calls the harness counts ---------------------------------------------------------------
+
+
+def test_each_backend_call_is_counted_with_the_frames_it_moved(host):
+    """The stream of test_features_of_a_hand_made_stream, call by call.  arm32: kenter takes
+    the kernel's first PT page; create takes the 4 frames of an L1 (1 free left); the enter
+    at 4 MiB a PT page (0 left), the one next to it nothing, the one at 8 MiB fails; the
+    first remove empties the PT page, which is freed; the second finds nothing; at the
+    destroy the harness removes the rest (nothing) and the destroy frees the L1.  alpha:
+    kenter takes the kernel's L2 and L3; its L1 is made at the first enter with an L2 and
+    an L3 (4 free); the enter at 8 MiB takes another L3 (3 free); the first remove frees
+    one L3, the second the other, then the empty L2 and L1."""
+    ops = (KEnter(0xF2000000, 0x12000, 3),
+           Create(), Enter(1, 4 * M, 0x10000, 3), Enter(1, 4 * M + 4096, 0x10000, 3),
+           Enter(1, 8 * M, 0x11000, 3, canfail=True),
+           Remove(1, 4 * M, 4 * M + 8192), Remove(1, 8 * M, 8 * M + 4096), Destroy(1))
+    stream = Stream(ops, 8192, {}, free_frames=10)
+    result = Harness.from_registry(host.registry, ["alpha-ref", "arm32-refcount"], record_calls=True).run(stream)
+    arm, alpha = result.calls["arm32-refcount"], result.calls["alpha-ref"]
+    assert arm.seen == {
+        ("pmap_kenter_pa", "", 1, 0): 1, ("pmap_create", "", 0, 4): 1,
+        ("pmap_enter", "OK", 1, 0): 1, ("pmap_enter", "OK", 0, 0): 1, ("pmap_enter", "ENOMEM", 0, 0): 1,
+        ("pmap_remove", "", -1, 0): 1, ("pmap_remove", "", 0, 0): 2, ("pmap_destroy", "", 0, -4): 1,
+    }
+    assert arm.extra == {"kernel-pt-growth", "pool-low", "pool-empty"}
+    assert alpha.seen == {
+        ("pmap_kenter_pa", "", 2, 0): 1, ("pmap_create", "", 0, 0): 1,
+        ("pmap_enter", "OK", 2, 1): 1, ("pmap_enter", "OK", 0, 0): 1, ("pmap_enter", "OK", 1, 0): 1,
+        ("pmap_remove", "", -1, 0): 1, ("pmap_remove", "", -2, -1): 1, ("pmap_remove", "", 0, 0): 1,
+        ("pmap_destroy", "", 0, 0): 1,
+    }
+    assert alpha.extra == {"kernel-pt-growth", "pool-low"}
+    # A harness that does not count them has nothing to say.
+    assert Harness.from_registry(host.registry, ["alpha-ref"]).run(stream).calls is None
+
+
+def test_frames_moved_by_the_harness_reads_are_in_no_call(host):
+    """A backend whose place reads (after every enter) take a frame: a call is counted with
+    the frames that moved during it, not with those taken between calls."""
+    spec = host.registry.backends["arm32-refcount"]
+    base = type(spec.factory(PhysPool(8192)))
+
+    class ReadsTakeFrames(base):  # type: ignore[misc, valid-type]
+        def read_place(self, pmap, va, pa):
+            self.pool.alloc(Tag.PT)  # (for no pmap)
+            return super().read_place(pmap, va, pa)
+
+    odd = replace(spec, name="reads-take-frames", factory=ReadsTakeFrames)
+    stream = Stream((Create(), Enter(1, 4 * M, 0x10000, 3), Enter(1, 4 * M + 4096, 0x10000, 3),
+                     Enter(1, 8 * M, 0x11000, 3), Remove(1, 4 * M, 4 * M + 8192)), 8192)
+    result = Harness([spec, odd], "arm32-refcount", record_calls=True).run(stream)
+    assert result.calls["reads-take-frames"].seen == result.calls["arm32-refcount"].seen == {
+        ("pmap_create", "", 0, 4): 1, ("pmap_enter", "OK", 1, 0): 2, ("pmap_enter", "OK", 0, 0): 1,
+        ("pmap_remove", "", -1, 0): 1,
+    }

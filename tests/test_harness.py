@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cliutil import clean_env, run_difftest
 from difftest.harness import Harness
-from difftest.machine import PAGE_SIZE
+from difftest.machine import PAGE_SIZE, PhysPool, Tag
 from difftest.ops import (
     PROT_R,
     PROT_W,
@@ -90,6 +91,23 @@ def test_pr5666_one_leak_divergence_at_the_remove(registry):
     }
     assert "differs from the reference alpha-ref" in d.attribution
     assert r.stopped == {}
+
+
+def test_page_table_frames_taken_for_no_pmap_are_found_at_the_audit(registry):
+    """A backend that takes a PT frame without naming its pmap as owner (a plugin's slip)
+    and keeps it: no pmap's count shows it, the audit's look at the owners does."""
+    spec = registry.backends["arm32-refcount"]
+
+    class OwnerlessFrame(type(spec.factory(PhysPool(8192)))):  # type: ignore[misc]
+        def pmap_remove(self, pmap, sva, eva):
+            super().pmap_remove(pmap, sva, eva)
+            self.pool.alloc(Tag.PT)  # scratch, never given back
+
+    odd = replace(spec, name="ownerless", factory=OwnerlessFrame)
+    stream = make_stream([Create(), enter(1, VA, PA), Remove(1, VA, VA + PAGE_SIZE), enter(1, VA, PA)])
+    d = only(Harness([registry.backends["alpha-ref"], odd], "alpha-ref", registry.invariants).run(stream))
+    assert (d.kind, d.backend, d.op_index, d.op_kind) == ("resource", "ownerless", 3, "audit")
+    assert d.message == "pmap -1 (no pmap: taken without an owner) holds 1 PT frames, its live mappings need 0"
 
 
 def test_pr5666_through_replay_json(tmp_path):

@@ -127,3 +127,37 @@ def test_model_queries():
     assert m.kentered_in_range(KERNEL_MIN, KERNEL_MIN + 0x1000000) == [KVA]
     m.apply(Remove(1, USER_MIN, USER_MAX))
     assert not m.is_wired_page(PA) and m.mappings_of(PA) == []
+
+
+def test_view_unchanged_ops_leave_the_view_as_it_was():
+    """``VIEW_UNCHANGED`` (what stream_stats skips applying) is what apply ignores; every
+    other op type changes the view of some state."""
+    from difftest.legality import VIEW_UNCHANGED
+    from difftest.ops import OP_TYPES, ClearModify, ClearReference, Extract, IsModified, IsReferenced, Update
+
+    def state(m):
+        return repr((m.refs, m.next_id, m.maps, m.buckets, m.kmaps, m.kbuckets, m.pa_maps, m.pa_wired))
+
+    def made():
+        m = VMModel()
+        for op in (Create(), enter(wired=True), enter(va=VA + 0x1000, pa=PA2), KEnter(KVA, PA, RW)):
+            m.apply(op)
+        return m
+
+    quiet = [Access(1, VA, "w"), Extract(1, VA), Collect(1), ClearModify(PA), ClearReference(PA), IsModified(PA),
+             IsReferenced(PA), Update(1)]
+    assert {type(op) for op in quiet} == VIEW_UNCHANGED
+    for op in quiet:
+        m = made()
+        before = state(m)
+        m.apply(op)
+        assert state(m) == before, op
+    changing = [Create(), Reference(1), Destroy(1), enter(va=VA + 0x2000), Remove(1, VA, VA + 0x2000),
+                Protect(1, VA, VA + 0x2000, 0), Unwire(1, VA), KEnter(KVA + 0x1000, PA, RW), KRemove(KVA, 0x1000),
+                PageProtect(PA, 0)]
+    assert {type(op) for op in changing} | VIEW_UNCHANGED == set(OP_TYPES.values())
+    for op in changing:
+        m = made()
+        before = state(m)
+        m.apply(op)
+        assert state(m) != before, op

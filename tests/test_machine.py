@@ -279,6 +279,34 @@ def test_snapshot_equality():
     assert frozen.tags == a.snapshot().tags
 
 
+def test_a_copy_is_the_same_pool_and_independent_of_it():
+    pool = PhysPool(16)
+    pool.reserve_data([3, 4, 9])
+    pt = pool.alloc(Tag.PT, owner=1)
+    copy = pool.copy()
+    assert copy.snapshot() == pool.snapshot() and copy.tag_counts == pool.tag_counts
+    assert copy.held(1, Tag.PT) == 1 and copy.free_frames == pool.free_frames == 12
+    # Each goes its own way: the same allocation order, nothing shared.
+    assert copy.alloc(Tag.L1, owner=2) == pool.alloc(Tag.L1, owner=2)
+    copy.free(pt)
+    assert pool.tag_of(pt) == Tag.PT and pool.held(1, Tag.PT) == 1 and copy.held(1, Tag.PT) == 0
+    assert copy.tag_counts[Tag.PT] == 0 and pool.tag_counts[Tag.PT] == 1  # (the live view follows its own pool)
+    assert copy.check_conservation() == [] and pool.check_conservation() == []
+    with pytest.raises(FrameError):
+        copy.free(pt)
+    assert copy.violations and not pool.violations
+
+
+def test_reserving_most_of_a_pool_keeps_the_free_list_in_its_order():
+    # Under memory pressure nearly every frame is reserved (done at C speed): what is left
+    # is handed out as from a pool that never had the reserved frames.
+    pool = PhysPool(64)
+    pool.reserve_data(set(range(60)) | {62})
+    assert pool.free_frames == 3 and pool.frames_with(Tag.FREE) == [60, 61, 63]
+    assert [pool.alloc(Tag.PT) for _ in range(3)] == [60, 61, 63]
+    assert pool.check_conservation() == []
+
+
 def test_allocation_order_is_ascending_then_lifo():
     pool = PhysPool(16)
     assert [pool.alloc(Tag.PT) for _ in range(4)] == [0, 1, 2, 3]
