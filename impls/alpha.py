@@ -1494,8 +1494,7 @@ def check_refmod(b: Backend, touched: Touched | None) -> Iterator[str]:
             pfn = pa >> PAGE_SHIFT
             a = attrs[pfn]
             if pa in whole or (seen[pfn] & ~a and a & _REFMOD != _REFMOD) or len(pvh_list.get(pfn, ())) <= WALK_WHOLE:
-                for pmap, va, _f in b.pv_entries(pfn):
-                    pte = _leaf(b, pmap, va)[1]
+                for pmap, va, pte in _page_leaves(b, pfn):
                     if not _refmod_ok(pte, attrs):
                         yield from _check_refmod_pte(b, pmap, va, pte)
             seen[pfn] = a
@@ -1505,6 +1504,23 @@ def check_refmod(b: Backend, touched: Touched | None) -> Iterator[str]:
         for va, pte in b.live_leaves(pmap):
             if not _refmod_ok(pte, attrs):
                 yield from _check_refmod_pte(b, pmap, va, pte)
+
+
+def _page_leaves(b: AlphaPmap, pfn: int) -> list[tuple[int, int, int]]:
+    """(pmap, va, the PTE a walk of va finds, PG_NV if none) for each pv entry of page
+    ``pfn``, head first: ``_leaf`` for a whole page, the walks inline."""
+    pmaps, ptmem = b.pmaps, b.ptmem
+    s1, s2, m2, m3 = b._s1, b._s2, b._m2, b._m3
+    out = []
+    for pmap, va, _f in b.pv_entries(pfn):
+        pm = pmaps.get(pmap)
+        tbl = ptmem.get(pm.pm_lev1map) if pm is not None else None
+        pte = tbl[va >> s1] if tbl is not None else PG_NV
+        tbl = ptmem.get(pte >> PG_SHIFT) if pte & PG_V else None
+        pte = tbl[(va >> s2) & m2] if tbl is not None else PG_NV
+        tbl = ptmem.get(pte >> PG_SHIFT) if pte & PG_V else None
+        out.append((pmap, va, tbl[(va >> PAGE_SHIFT) & m3] if tbl is not None else PG_NV))
+    return out
 
 
 def _refmod_ok(pte: int, attrs: bytearray) -> bool:

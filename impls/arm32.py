@@ -534,6 +534,7 @@ def check_refmod(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
     # an op on one mapping makes the others wrong without touching their PTEs; with both
     # M and H set none of them can be wrong for the attributes).
     whole = touched.whole
+    pmaps, ptes = b._pmaps, b._ptes
     checked = check_memo(b, "arm32-attrs-checked", lambda: bytearray(b"\xff") * len(attrs))
     for pa in sorted(touched.pas):
         page = pa >> PGSHIFT
@@ -544,7 +545,10 @@ def check_refmod(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
                 pmap, va = key >> 32, key & 0xFFFFFFFF
                 if (pmap, va) not in seen:
                     seen.add((pmap, va))
-                    pte = _pte_at(b, pmap, va)
+                    pm = pmaps.get(pmap)  # (_pte_at, inline: a page's walk)
+                    slot = pm.l1[va >> PDSHIFT] if pm is not None else None
+                    pt = ptes.get(slot[0]) if slot is not None else None
+                    pte = pt[(va >> PGSHIFT) & PTE_INDEX_MASK] if pt is not None else 0
                     if not _refmod_ok(pte, attrs):
                         yield from _check_refmod_pte(b, pmap, va, pte)
         checked[page] = a
