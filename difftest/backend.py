@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Sequence
 
@@ -393,11 +394,44 @@ class Touched:
 
     ``pmaps``: pmap ids; ``vas``: (pmap, va) pairs; ``pas``: physical page addresses.
     A full audit passes ``None`` instead of a Touched.
+
+    ``whole_pages``: the pages of ``pas`` every mapping of which the op may have changed
+    (``page_protect``, clearing REF or MOD: the backend walks them all itself).  Of the
+    other pages in ``pas`` the op changed only the mappings at ``vas`` (and their pv
+    entries) and the page's attributes, which it may only have *set*: a check may look at
+    just those and leave the page's other mappings alone, so that an op on one mapping of
+    a page with many costs O(1).  ``None`` (the default) means every page in ``pas``: a
+    check must assume anything of them changed (``whole``).
     """
 
     pmaps: frozenset[int] = frozenset()
     vas: tuple[tuple[int, int], ...] = ()
     pas: frozenset[int] = frozenset()
+    whole_pages: frozenset[int] | None = None
+
+    @property
+    def whole(self) -> frozenset[int]:
+        """The pages of ``pas`` to check whole: ``whole_pages``, or all of ``pas``."""
+        return self.pas if self.whole_pages is None else self.whole_pages
+
+
+_CHECK_MEMOS: "weakref.WeakKeyDictionary[Backend, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def check_memo(backend: Backend, key: str, make: Callable[[], Any]) -> Any:
+    """What an incremental invariant keeps about ``backend`` from one check to the next,
+    under ``key`` (``make()`` on first use; it lives as long as the backend).  For work a
+    check may skip when it can prove it needless, e.g. the attributes a page had when its
+    mappings were last checked: a page whose attributes lost no bit since then needs no
+    walk of its other mappings.  Never a source of violations itself: a memo missing or
+    behind only costs a walk."""
+    memos = _CHECK_MEMOS.get(backend)
+    if memos is None:
+        memos = _CHECK_MEMOS[backend] = {}
+    got = memos.get(key)
+    if got is None:
+        got = memos[key] = make()
+    return got
 
 
 InvariantCheck = Callable[[Backend, "Touched | None"], Iterable[str]]

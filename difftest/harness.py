@@ -942,7 +942,8 @@ class StreamRun:
             if len(pool.violations) > lane.violations_seen:
                 self._check_pool(lane, index, op, divs)
             if lane.invariants and self.per_op_invariants:
-                touched = Touched(frozenset(pmaps), tuple(keys.keys() if places else keys), frozenset(pas))
+                touched = Touched(frozenset(pmaps), tuple(keys.keys() if places else keys), frozenset(pas),
+                                  frozenset(pas) if type(op) in _WHOLE_PAGE_OPS else frozenset())
                 self._check_invariants(lane, index, op, divs, touched)
         except LaneStopped:
             raise
@@ -1380,6 +1381,10 @@ _ATTRIBUTE_OPS = {
     ClearModify: ("pmap_clear_modify", True, True), IsModified: ("pmap_is_modified", True, False),
     ClearReference: ("pmap_clear_reference", False, True), IsReferenced: ("pmap_is_referenced", False, False),
 }
+
+# The ops that change every mapping of their page (Touched.whole_pages): on the other
+# ops' pages only the touched places' mappings changed.
+_WHOLE_PAGE_OPS = frozenset((PageProtect, ClearModify, ClearReference))
 
 _HANDLERS: dict[type, Callable[..., _Step | None]] = {
     Enter: StreamRun._enter, Remove: StreamRun._remove, Protect: StreamRun._protect,

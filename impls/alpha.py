@@ -34,7 +34,10 @@
  *			PG_PVLIST and PG_EXEC.  An invalid PTE is PG_NV (0).
  *	pv_table	per physical page (pv_head): pvh_list (pv entries
  *			{pv_pmap, pv_va, pv_pte}; pv_pte is the frame of the
- *			L3 page holding the PTE), pvh_attrs (PGA_REFERENCED,
+ *			L3 page holding the PTE; kept as a dict (pv_pmap,
+ *			pv_va) -> pv_pte in insertion order, so the list,
+ *			head first, is the dict read backwards: a lookup is
+ *			O(1) and the order is the linked list's), pvh_attrs (PGA_REFERENCED,
  *			PGA_MODIFIED), pvh_refcnt and pvh_usage (PGU_*) of
  *			special-use (page-table) pages.
  *	struct pmap	pm_count, pm_lev1map (None: still shares
@@ -58,6 +61,12 @@
  *	- REF/MOD emulation: a managed PTE without PG_FOR (or PG_FOE) means
  *	  the page is PGA_REFERENCED, one without PG_FOW that it is
  *	  PGA_MODIFIED; so MOD is exact and REF never over-reports.
+ *
+ *	After each op they check what it touched; a page's pv entries and
+ *	the REF/MOD emulation of its mappings whole only where the op
+ *	changed the page whole, the page has at most WALK_WHOLE mappings,
+ *	or (REF/MOD) its attributes lost a bit: an op on one mapping of a
+ *	page shared by many costs O(1).  Full audits check everything.
  *
  *	pmap_remove (pmap_do_remove) walks the L1 and L2 entries, skipping
  *	absent tables (only nonzero entries are visited), and holds a
@@ -135,6 +144,7 @@ from difftest.backend import (
     Level,
     Touched,
     Translation,
+    check_memo,
     pool_conservation,
 )
 from difftest.machine import (
@@ -181,6 +191,7 @@ PG_PROT = PG_ASM | PG_KRE | PG_URE | PG_KWE | PG_UWE | PG_EXEC
 # pv_head attributes (alpha/include/pmap.h)
 PGA_MODIFIED = 0x01
 PGA_REFERENCED = 0x02
+_REFMOD = PGA_MODIFIED | PGA_REFERENCED
 
 # pv_head usage of a physical page (PGU_*)
 PGU_NORMAL = 0
@@ -321,7 +332,8 @@ class AlphaPmap(Backend):
         n = pool.phys_pages
         self.ptmem: dict[int, list[int]] = {}  # PT page frame -> its PTEs
         # pv_table, one pv_head per physical page
-        self.pvh_list: dict[int, list[tuple[int, int, int]]] = {}  # pfn -> [(pmap, va, l3 frame)]
+        # pfn -> {(pmap, va): l3 frame}, oldest first: the pv list is it read backwards
+        self.pvh_list: dict[int, dict[tuple[int, int], int]] = {}
         self.pvh_attrs = bytearray(n)  # PGA_*
         self.pvh_refcnt = [0] * n  # special-use page references
         self.pvh_usage = bytearray(n)  # PGU_*
@@ -517,22 +529,27 @@ class AlphaPmap(Backend):
     def pmap_pv_enter(self, pm: Pmap, pfn: int, va: int, l3frame: int) -> None:
         """Insert {pv_pmap, pv_va, pv_pte} at the head of the page's pv list."""
         pvl = self.pvh_list.get(pfn)
+        key = (pm.pm_id, va)
         if pvl is None:
-            self.pvh_list[pfn] = [(pm.pm_id, va, l3frame)]
+            self.pvh_list[pfn] = {key: l3frame}
+        elif key in pvl:
+            # (pmap.c's DEBUG check: the entry must not exist already)
+            raise PmapPanic(f"pmap_pv_enter: pmap {pm.pm_id} va {va:#010x} already in the pv table of pfn {pfn:#x}")
         else:
-            pvl.insert(0, (pm.pm_id, va, l3frame))
+            pvl[key] = l3frame
 
     def pmap_pv_remove(self, pm: Pmap, pfn: int, va: int) -> None:
         """Remove the page's pv entry for (pmap, va)."""
-        pvl = self.pvh_list.get(pfn, ())
-        pmid = pm.pm_id
-        for k, pv in enumerate(pvl):
-            if pv[1] == va and pv[0] == pmid:
-                del pvl[k]
-                if not pvl:
-                    del self.pvh_list[pfn]
-                return
-        raise PmapPanic(f"pmap_pv_remove: pmap {pmid} va {va:#010x} not in the pv table of pfn {pfn:#x}")
+        pvl = self.pvh_list.get(pfn)
+        if pvl is None or pvl.pop((pm.pm_id, va), None) is None:
+            raise PmapPanic(f"pmap_pv_remove: pmap {pm.pm_id} va {va:#010x} not in the pv table of pfn {pfn:#x}")
+        if not pvl:
+            del self.pvh_list[pfn]
+
+    def pv_entries(self, pfn: int) -> list[tuple[int, int, int]]:
+        """The page's pv list, head first: (pv_pmap, pv_va, pv_pte) of each entry."""
+        pvl = self.pvh_list.get(pfn)
+        return [(pmap, va, frame) for (pmap, va), frame in reversed(pvl.items())] if pvl else []
 
     # == mappings ================================================================================
 
@@ -559,7 +576,7 @@ class AlphaPmap(Backend):
         if not pvl:
             return
         ptmem, m3 = self.ptmem, self._m3
-        for _pmid, va, l3frame in pvl:
+        for (_pmid, va), l3frame in pvl.items():
             tbl = ptmem[l3frame]
             i = (va >> PAGE_SHIFT) & m3
             tbl[i] = (tbl[i] | set_bits) & mask
@@ -823,7 +840,7 @@ class AlphaPmap(Backend):
             return
         # remove_all, except wired mappings (alpha)
         ptmem, m3, pmaps = self.ptmem, self._m3, self.pmaps
-        for pmid, va, l3frame in list(self.pvh_list.get(pfn, ())):
+        for pmid, va, l3frame in self.pv_entries(pfn):  # head first, as pmap_remove_all
             if not ptmem[l3frame][(va >> PAGE_SHIFT) & m3] & PG_WIRED:
                 self.pmap_remove_mapping(pmaps[pmid], va, l3frame)
 
@@ -1019,7 +1036,7 @@ class AlphaPmap(Backend):
             tuple((f, n) for f, n in enumerate(self.pvh_refcnt) if n),
             bytes(self.pvh_usage),
             bytes(self.pvh_attrs),
-            tuple((pfn, tuple(pvl)) for pfn, pvl in sorted(self.pvh_list.items()) if pvl),
+            tuple((pfn, tuple(self.pv_entries(pfn))) for pfn in sorted(self.pvh_list) if self.pvh_list[pfn]),
         )
 
     # == reading the trees (invariants, tests) ==================================================
@@ -1192,35 +1209,70 @@ def check_no_freed_tables(b: Backend, touched: Touched | None) -> Iterator[str]:
                 yield f"page-table frame {frame:#x} is free in the pool"
 
 
+# A touched page with at most this many mappings is checked whole after every op (a
+# bounded cost); of a bigger one only the touched places, and its other mappings when the
+# op changed them all or its attributes lost a bit (see check_pv, check_refmod).
+WALK_WHOLE = 32
+
+
+def _check_pv_entry(b: AlphaPmap, pfn: int, pmap: int, va: int, l3frame: int) -> Iterator[str]:
+    """One pv entry of page ``pfn`` against the PTE it names."""
+    frame, pte = _leaf(b, pmap, va)
+    if not pte & PG_V:
+        yield f"pa {pfn << PAGE_SHIFT:#010x}: pv entry for pmap {pmap} va {va:#010x} has no mapping"
+    elif pte >> PG_SHIFT != pfn:
+        yield (
+            f"pa {pfn << PAGE_SHIFT:#010x}: pv entry for pmap {pmap} va {va:#010x} but the PTE "
+            f"maps pa {(pte >> PG_SHIFT) << PAGE_SHIFT:#010x}"
+        )
+    elif not pte & PG_PVLIST:
+        yield f"pa {pfn << PAGE_SHIFT:#010x}: pv entry for pmap {pmap} va {va:#010x} whose PTE lacks PG_PVLIST"
+    if frame is not None and frame != l3frame:
+        yield (
+            f"pa {pfn << PAGE_SHIFT:#010x}: pv entry for pmap {pmap} va {va:#010x} points at L3 "
+            f"frame {l3frame:#x}, the PTE is in {frame:#x}"
+        )
+
+
+def _pv_page_ok(b: AlphaPmap, pfn: int) -> bool:
+    """``_check_pv_of_page`` finds nothing: every entry names a valid managed PTE of the
+    page in its L3 frame (the common case, walked without building a message)."""
+    pmaps, ptmem = b.pmaps, b.ptmem
+    s1, s2, m2, m3 = b._s1, b._s2, b._m2, b._m3
+    want = (pfn << PG_SHIFT) | PG_V | PG_PVLIST
+    for (pmap, va), l3frame in b.pvh_list.get(pfn, {}).items():
+        pm = pmaps.get(pmap)
+        l1 = ptmem.get(pm.pm_lev1map) if pm is not None else None  # (None: no L1)
+        if l1 is None:
+            return False
+        pte = l1[va >> s1]
+        l2 = ptmem.get(pte >> PG_SHIFT) if pte & PG_V else None
+        if l2 is None or l2[(va >> s2) & m2] >> PG_SHIFT != l3frame or not l2[(va >> s2) & m2] & PG_V:
+            return False
+        l3 = ptmem.get(l3frame)
+        if l3 is None or l3[(va >> PAGE_SHIFT) & m3] & _PV_BITS != want:
+            return False
+    return True
+
+
+_PV_BITS = ~((1 << PG_SHIFT) - 1) | PG_V | PG_PVLIST  # a PTE's PFN, PG_V and PG_PVLIST
+
+
 def _check_pv_of_page(b: AlphaPmap, pfn: int) -> Iterator[str]:
-    pvl = b.pvh_list.get(pfn, ())
-    seen = set()
-    for pmap, va, l3frame in pvl:
-        if (pmap, va) in seen:
-            yield f"pa {pfn << PAGE_SHIFT:#010x}: two pv entries for pmap {pmap} va {va:#010x}"
-        seen.add((pmap, va))
-        frame, pte = _leaf(b, pmap, va)
-        if not pte & PG_V:
-            yield f"pa {pfn << PAGE_SHIFT:#010x}: pv entry for pmap {pmap} va {va:#010x} has no mapping"
-        elif pte >> PG_SHIFT != pfn:
-            yield (
-                f"pa {pfn << PAGE_SHIFT:#010x}: pv entry for pmap {pmap} va {va:#010x} but the PTE "
-                f"maps pa {(pte >> PG_SHIFT) << PAGE_SHIFT:#010x}"
-            )
-        elif not pte & PG_PVLIST:
-            yield f"pa {pfn << PAGE_SHIFT:#010x}: pv entry for pmap {pmap} va {va:#010x} whose PTE lacks PG_PVLIST"
-        if frame is not None and frame != l3frame:
-            yield (
-                f"pa {pfn << PAGE_SHIFT:#010x}: pv entry for pmap {pmap} va {va:#010x} points at L3 "
-                f"frame {l3frame:#x}, the PTE is in {frame:#x}"
-            )
+    """Every pv entry of page ``pfn``, head first.  (A page cannot hold two entries for
+    one (pmap, va): pmap_pv_enter panics first.)"""
+    if _pv_page_ok(b, pfn):
+        return
+    for pmap, va, l3frame in b.pv_entries(pfn):
+        yield from _check_pv_entry(b, pfn, pmap, va, l3frame)
 
 
 def _check_pv_of_mapping(b: AlphaPmap, pmap: int, va: int, pte: int) -> Iterator[str]:
     if not pte & PG_V:
         return
     pfn = pte >> PG_SHIFT
-    n = sum(1 for p, v, _ in b.pvh_list.get(pfn, ()) if p == pmap and v == va)
+    pvl = b.pvh_list.get(pfn)
+    n = 1 if pvl is not None and (pmap, va) in pvl else 0
     if pte & PG_PVLIST:
         if n != 1:
             yield f"pmap {pmap} va {va:#010x}: managed mapping of pa {pfn << PAGE_SHIFT:#010x} has {n} pv entries"
@@ -1232,30 +1284,52 @@ def _check_pv_of_mapping(b: AlphaPmap, pmap: int, va: int, pte: int) -> Iterator
 
 
 def check_pv(b: Backend, touched: Touched | None) -> Iterator[str]:
-    """pv entries and managed mappings match one to one."""
+    """pv entries and managed mappings match one to one.
+
+    Per op: each touched mapping has its one pv entry, which names its L3 frame (or
+    none, unmanaged); every entry
+    of a touched page is checked against its PTE when the op changed the page whole
+    (``Touched.whole``) or the page has at most ``WALK_WHOLE`` entries; of a bigger page
+    only the touched places' entries (one a remove left behind, an enter's on the page
+    it replaced), in O(1) each.  So an op on one mapping of a page with many costs the
+    same as on a page with one; what it did to the page's *other* entries or their PTEs
+    is found by the next op on them, on the whole page, or the next audit."""
     if not isinstance(b, AlphaPmap):
         return
+    pvh_list = b.pvh_list
     if touched is not None:
-        for pmap, va in touched.vas:
-            yield from _check_pv_of_mapping(b, pmap, va, _leaf(b, pmap, va)[1])
-        for pa in touched.pas:
-            yield from _check_pv_of_page(b, pa >> PAGE_SHIFT)
+        vas, pas = touched.vas, touched.pas
+        for pmap, va in vas:
+            frame, pte = _leaf(b, pmap, va)
+            yield from _check_pv_of_mapping(b, pmap, va, pte)
+            if pte & PG_PVLIST and (pte >> PG_SHIFT) << PAGE_SHIFT not in pas:  # (a page not walked below)
+                l3frame = pvh_list.get(pte >> PG_SHIFT, {}).get((pmap, va))
+                if l3frame is not None and l3frame != frame:
+                    yield from _check_pv_entry(b, pte >> PG_SHIFT, pmap, va, l3frame)
+        whole = touched.whole
+        for pa in pas:
+            pfn = pa >> PAGE_SHIFT
+            pvl = pvh_list.get(pfn)
+            if not pvl:
+                continue
+            if pa in whole or len(pvl) <= WALK_WHOLE or len(pvl) <= len(vas):
+                yield from _check_pv_of_page(b, pfn)
+                continue
+            for key in vas:
+                l3frame = pvl.get(key)
+                if l3frame is not None:
+                    yield from _check_pv_entry(b, pfn, key[0], key[1], l3frame)
         return
-    for pfn in list(b.pvh_list):
+    for pfn in list(pvh_list):
         yield from _check_pv_of_page(b, pfn)
-    # pv entries per (page, pmap, va), once: each mapping is then judged in O(1), and the
-    # message is built only where it is wrong.
-    entries: dict[tuple[int, int, int], int] = {}
-    for pfn, pvl in b.pvh_list.items():
-        for pmap, va, _f in pvl:
-            key = (pfn, pmap, va)
-            entries[key] = entries.get(key, 0) + 1
+    # Each mapping judged in O(1) against the pv table; the message built only where wrong.
     for pmap in b.pmaps:
         for va, pte in b.live_leaves(pmap):
-            n = entries.get((pte >> PG_SHIFT, pmap, va), 0)
+            pvl = pvh_list.get(pte >> PG_SHIFT)
+            n = 1 if pvl is not None and (pmap, va) in pvl else 0
             if n != 1 if pte & PG_PVLIST else (n or pmap != KERNEL_PMAP):
                 yield from _check_pv_of_mapping(b, pmap, va, pte)
-    for pmap in {p for pvl in b.pvh_list.values() for p, _v, _f in pvl}:
+    for pmap in {p for pvl in pvh_list.values() for p, _v in pvl}:
         if pmap not in b.pmaps:
             yield f"pv entries name pmap {pmap}, which does not exist"
 
@@ -1399,27 +1473,63 @@ def _check_refmod_pte(b: AlphaPmap, pmap: int, va: int, pte: int) -> Iterator[st
 
 def check_refmod(b: Backend, touched: Touched | None) -> Iterator[str]:
     """REF/MOD emulation: a managed PTE without fault-on-read/execute means REF, without
-    fault-on-write means MOD; unmanaged PTEs carry no fault-on bits."""
+    fault-on-write means MOD; unmanaged PTEs carry no fault-on bits.
+
+    Per op: each touched mapping, and every mapping of a touched page that the op
+    changed whole, that has at most ``WALK_WHOLE`` mappings, or whose attributes lost a
+    bit since the page was last checked (the way an op on one mapping makes the page's
+    other mappings wrong without touching their PTEs; a page both REF and MOD cannot
+    make a managed PTE wrong).  Otherwise a page with many mappings costs O(1)."""
     if not isinstance(b, AlphaPmap):
         return
     if touched is not None:
+        attrs, pvh_list = b.pvh_attrs, b.pvh_list
         for pmap, va in touched.vas:
-            yield from _check_refmod_pte(b, pmap, va, _leaf(b, pmap, va)[1])
+            pte = _leaf(b, pmap, va)[1]
+            if not _refmod_ok(pte, attrs):
+                yield from _check_refmod_pte(b, pmap, va, pte)
+        whole = touched.whole
+        seen = check_memo(b, "alpha-attrs-checked", lambda: bytearray(b"\xff") * len(attrs))
         for pa in touched.pas:
-            for pmap, va, _f in b.pvh_list.get(pa >> PAGE_SHIFT, ()):
-                yield from _check_refmod_pte(b, pmap, va, _leaf(b, pmap, va)[1])
+            pfn = pa >> PAGE_SHIFT
+            a = attrs[pfn]
+            if pa in whole or (seen[pfn] & ~a and a & _REFMOD != _REFMOD) or len(pvh_list.get(pfn, ())) <= WALK_WHOLE:
+                for pmap, va, pte in _page_leaves(b, pfn):
+                    if not _refmod_ok(pte, attrs):
+                        yield from _check_refmod_pte(b, pmap, va, pte)
+            seen[pfn] = a
         return
     attrs = b.pvh_attrs
     for pmap in b.pmaps:
         for va, pte in b.live_leaves(pmap):
-            if pte & PG_PVLIST:
-                a = attrs[pte >> PG_SHIFT]
-                if ((pte & (PG_FOR | PG_FOE)) == (PG_FOR | PG_FOE) or a & PGA_REFERENCED) and (
-                        pte & PG_FOW or a & PGA_MODIFIED):
-                    continue
-            elif not pte & PG_FAULTON:
-                continue
-            yield from _check_refmod_pte(b, pmap, va, pte)
+            if not _refmod_ok(pte, attrs):
+                yield from _check_refmod_pte(b, pmap, va, pte)
+
+
+def _page_leaves(b: AlphaPmap, pfn: int) -> list[tuple[int, int, int]]:
+    """(pmap, va, the PTE a walk of va finds, PG_NV if none) for each pv entry of page
+    ``pfn``, head first: ``_leaf`` for a whole page, the walks inline."""
+    pmaps, ptmem = b.pmaps, b.ptmem
+    s1, s2, m2, m3 = b._s1, b._s2, b._m2, b._m3
+    out = []
+    for pmap, va, _f in b.pv_entries(pfn):
+        pm = pmaps.get(pmap)
+        tbl = ptmem.get(pm.pm_lev1map) if pm is not None else None
+        pte = tbl[va >> s1] if tbl is not None else PG_NV
+        tbl = ptmem.get(pte >> PG_SHIFT) if pte & PG_V else None
+        pte = tbl[(va >> s2) & m2] if tbl is not None else PG_NV
+        tbl = ptmem.get(pte >> PG_SHIFT) if pte & PG_V else None
+        out.append((pmap, va, tbl[(va >> PAGE_SHIFT) & m3] if tbl is not None else PG_NV))
+    return out
+
+
+def _refmod_ok(pte: int, attrs: bytearray) -> bool:
+    """``_check_refmod_pte`` finds nothing in ``pte``: its common case, no message built."""
+    if pte & PG_PVLIST:
+        a = attrs[pte >> PG_SHIFT]
+        return bool(((pte & (PG_FOR | PG_FOE)) == (PG_FOR | PG_FOE) or a & PGA_REFERENCED)
+                    and (pte & PG_FOW or a & PGA_MODIFIED))
+    return not pte & PG_V or not pte & PG_FAULTON
 
 
 INVARIANTS = (

@@ -35,7 +35,10 @@
  * docs/SEMANTICS.md fixes.
  *
  * Invariants (registered below; each checks only what an op touched, or everything in
- * a full audit):
+ * a full audit; pv-match and refmod-emulation check all of a touched page's mappings
+ * only where the op changed the page whole, the page has at most WALK_WHOLE mappings,
+ * or (refmod) its attributes lost a bit, so an op on one mapping of a page shared by
+ * many costs O(1)):
  *	l1-slots		every L1 region is empty or its 4 slots are (frame, 0..3)
  *				of one frame, listed in pm_vptpt, tagged pt, owned by the pmap
  *	pt-not-freed		no frame the tables point at or hold entries in is free
@@ -59,7 +62,7 @@ from itertools import compress
 from typing import Iterator
 
 from difftest import hookimpl
-from difftest.backend import Invariant, Touched, pool_conservation
+from difftest.backend import Invariant, Touched, check_memo, pool_conservation
 from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, Tag
 from impls.arm32_core import (
     L1_ENTRIES,
@@ -85,6 +88,12 @@ from impls.arm32_core import (
     Pmap,
     pv_key,
 )
+
+_MH = PT_M | PT_H
+# A touched page with at most this many mappings is checked whole after every op (a
+# bounded cost); of a bigger one only the touched places, and its other mappings when the
+# op changed them all or its attributes lost a bit (see check_pv, check_refmod).
+WALK_WHOLE = 32
 
 LEAKY = "arm32-leaky"
 REFCOUNT = "arm32-refcount"
@@ -371,12 +380,40 @@ def check_pv(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
                 if pvh is None or pv_key(pm.id, va) not in pvh:
                     yield from _check_managed_pte(b, pm.id, va, pte)
         return
+    # Per op: every entry of a touched page the op changed whole (Touched.whole) or with
+    # at most WALK_WHOLE entries; of a bigger page only the touched places' entries (one
+    # a remove left behind, an enter's on the page it replaced), O(1) each; then each
+    # touched managed PTE has its entry, and it matches.  What an op did to a big page's
+    # other entries or their PTEs is found by the next op on them, on the whole page, or
+    # the audit.
+    vas = touched.vas
+    whole = touched.whole
     for pa in sorted(touched.pas):
         page = pa >> PGSHIFT
-        for key, flags in list(b._pv.get(page, {}).items()):
-            yield from _check_pv_entry(b, page, key, flags)
-    for pmap, va in touched.vas:
-        yield from _check_managed_pte(b, pmap, va, _pte_at(b, pmap, va))
+        pvh = b._pv.get(page)
+        if not pvh:
+            continue
+        if pa in whole or len(pvh) <= WALK_WHOLE or len(pvh) <= len(vas):
+            for key, flags in list(pvh.items()):
+                if not _pv_entry_ok(b, page, key, flags):
+                    yield from _check_pv_entry(b, page, key, flags)
+            continue
+        for pmap, va in vas:
+            key = pv_key(pmap, va)
+            flags = pvh.get(key)
+            if flags is not None and not _pv_entry_ok(b, page, key, flags):
+                yield from _check_pv_entry(b, page, key, flags)
+    pas = touched.pas
+    for pmap, va in vas:
+        pte = _pte_at(b, pmap, va)
+        if not pte & PTE_SW_MANAGED:
+            continue
+        page = (pte & PG_FRAME) >> PGSHIFT
+        flags = b._pv.get(page, {}).get(pv_key(pmap, va))
+        if flags is None:
+            yield from _check_managed_pte(b, pmap, va, pte)
+        elif page << PGSHIFT not in pas and not _pv_entry_ok(b, page, pv_key(pmap, va), flags):
+            yield from _check_pv_entry(b, page, pv_key(pmap, va), flags)  # (on a page not walked above)
 
 
 def check_counts(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
@@ -486,15 +523,35 @@ def check_refmod(b: Arm32Core, touched: Touched | None) -> Iterator[str]:
             yield from _check_refmod_pte(b, pm.id, va, pte)
         return
     seen = set()
+    attrs = b._attrs
     for pmap, va in touched.vas:
         seen.add((pmap, va))
-        yield from _check_refmod_pte(b, pmap, va, _pte_at(b, pmap, va))
+        pte = _pte_at(b, pmap, va)
+        if not _refmod_ok(pte, attrs):
+            yield from _check_refmod_pte(b, pmap, va, pte)
+    # A page's other mappings only where the op changed it whole, it has at most
+    # WALK_WHOLE of them, or its attributes lost a bit since it was last checked (the way
+    # an op on one mapping makes the others wrong without touching their PTEs; with both
+    # M and H set none of them can be wrong for the attributes).
+    whole = touched.whole
+    pmaps, ptes = b._pmaps, b._ptes
+    checked = check_memo(b, "arm32-attrs-checked", lambda: bytearray(b"\xff") * len(attrs))
     for pa in sorted(touched.pas):
-        for key in list(b._pv.get(pa >> PGSHIFT, {})):
-            pmap, va = key >> 32, key & 0xFFFFFFFF
-            if (pmap, va) not in seen:
-                seen.add((pmap, va))
-                yield from _check_refmod_pte(b, pmap, va, _pte_at(b, pmap, va))
+        page = pa >> PGSHIFT
+        a = attrs[page]
+        pvh = b._pv.get(page, {})
+        if pa in whole or (checked[page] & ~a and a & _MH != _MH) or len(pvh) <= WALK_WHOLE:
+            for key in list(pvh):
+                pmap, va = key >> 32, key & 0xFFFFFFFF
+                if (pmap, va) not in seen:
+                    seen.add((pmap, va))
+                    pm = pmaps.get(pmap)  # (_pte_at, inline: a page's walk)
+                    slot = pm.l1[va >> PDSHIFT] if pm is not None else None
+                    pt = ptes.get(slot[0]) if slot is not None else None
+                    pte = pt[(va >> PGSHIFT) & PTE_INDEX_MASK] if pt is not None else 0
+                    if not _refmod_ok(pte, attrs):
+                        yield from _check_refmod_pte(b, pmap, va, pte)
+        checked[page] = a
 
 
 INVARIANTS: tuple[Invariant, ...] = (

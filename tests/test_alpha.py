@@ -136,7 +136,7 @@ def test_enter_remove_one_page_frees_l3_l2_l1():
     assert [b.pvh_refcnt[f] for f in (1, 2, 3)] == [1, 1, 1]
     assert b.walk(1, 0x00400000) == Translation(PA(0), RW, False)
     assert b.pmap_extract(1, 0x00400000) == PA(0)
-    assert b.pvh_list[0x100] == [(1, 0x00400000, 3)]
+    assert b.pv_entries(0x100) == [(1, 0x00400000, 3)]
     assert b.pmap_resident_count(1) == 1 and b.pmap_wired_count(1) == 0
     assert messages(b) == []
 
@@ -225,10 +225,10 @@ def test_replacing_a_mapping_moves_its_pv_entry():
     enter(b, 1, 0x10000, PA(0), access=PROT_W)
     enter(b, 1, 0x11000, PA(0))
     l3 = b._pmap_l3pt(b.pmaps[1], 0x10000)
-    assert b.pvh_list[0x100] == [(1, 0x11000, l3), (1, 0x10000, l3)]  # head insertion
+    assert b.pv_entries(0x100) == [(1, 0x11000, l3), (1, 0x10000, l3)]  # head insertion
     enter(b, 1, 0x10000, PA(1), prot=PROT_R)
-    assert b.pvh_list[0x100] == [(1, 0x11000, l3)]
-    assert b.pvh_list[0x101] == [(1, 0x10000, l3)]
+    assert b.pv_entries(0x100) == [(1, 0x11000, l3)]
+    assert b.pv_entries(0x101) == [(1, 0x10000, l3)]
     assert b.walk(1, 0x10000) == Translation(PA(1), PROT_R, False)
     assert b.pvh_refcnt[l3] == 2 and b.pmap_resident_count(1) == 2
     assert b.pmap_is_modified(PA(0))  # the old page keeps its attributes
@@ -420,7 +420,7 @@ def test_kernel_managed_enter_and_kenter_replace_each_other():
     b = make()
     b.pmap_kenter_pa(KVA, PA(0), RW)
     assert enter(b, 0, KVA, PA(0), prot=PROT_R) == "OK"  # same pa, but now managed
-    assert b.pvh_list[0x100] == [(0, KVA, b._pmap_l3pt(b.pmaps[0], KVA))]
+    assert b.pv_entries(0x100) == [(0, KVA, b._pmap_l3pt(b.pmaps[0], KVA))]
     assert b.walk(0, KVA) == Translation(PA(0), PROT_R, False)
     assert (b.pmap_resident_count(0), b.pmap_wired_count(0)) == (1, 0)
     b.pmap_kremove(KVA, 0x1000)  # leaves managed mappings
@@ -458,7 +458,7 @@ def test_page_protect_read_and_none():
     assert b.walk(2, 0x00400000) == Translation(PA(0), PROT_R, True)
     assert held(b, 1) == (0, 0)
     assert held(b, 2) == (1, 2)
-    assert [pv[:2] for pv in b.pvh_list[0x100]] == [(2, 0x00400000)]
+    assert [pv[:2] for pv in b.pv_entries(0x100)] == [(2, 0x00400000)]
     assert messages(b) == []
 
 
@@ -698,13 +698,13 @@ def test_invariant_pv_missing_entry():
 
 def test_invariant_pv_stale_entry():
     b = _broken_setup()
-    b.pvh_list.setdefault(0x105, []).append((1, 0x00402000, 3))
+    b.pvh_list.setdefault(0x105, {})[(1, 0x00402000)] = 3
     _fires(b, "alpha-pv-mappings", Touched(pas=frozenset({PA(5)})))
 
 
 def test_invariant_pv_wrong_pte_pointer():
     b = _broken_setup()
-    b.pvh_list[0x100][0] = (1, 0x00400000, 2)
+    b.pvh_list[0x100][(1, 0x00400000)] = 2
     _fires(b, "alpha-pv-mappings", Touched(pas=frozenset({PA(0)})))
 
 

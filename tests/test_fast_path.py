@@ -22,8 +22,8 @@ PLUGINS = Path(__file__).parent / "plugins"
 BUILTINS = ["alpha-ref", "arm32-leaky", "arm32-refcount"]
 # Every test-only backend that runs to the end of a stream (bug-hang and bug-exit do not).
 BROKEN = ["bug-wrongpa", "bug-wrongpa-once", "bug-modloss", "bug-two", "bug-wiredcount", "bug-protect-raises",
-          "bug-ptfree", "bug-extra", "bug-kpt-free", "bug-protect-past-eva",
-          "shrinkbug-extract", "shrinkbug-wiredpp", "shrinkbug-destroy"]
+          "bug-ptfree", "bug-extra", "bug-kpt-free", "bug-protect-past-eva", "bug-pv-unlink", "bug-ref-reset",
+          "bug-pv-flags", "shrinkbug-extract", "shrinkbug-wiredpp", "shrinkbug-destroy"]
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import time
 
-from difftest import ENOMEM, hookimpl
+from difftest import ENOMEM, PROT_W, hookimpl
 from difftest.machine import PAGE_SIZE
 from impls.arm32 import Arm32Refcount
-from impls.arm32_core import Pmap
+from impls.arm32_core import PGSHIFT, PT_H, PT_W, Pmap, pv_key
 
 
 class WrongPaOnReplace(Arm32Refcount):
@@ -162,6 +162,63 @@ class ExtraMapping(Arm32Refcount):
         return res
 
 
+class UnlinksAnotherPv(Arm32Refcount):
+    """Unmapping one mapping of a page that has others unlinks the page's oldest other pv
+    entry instead of its own (the counters as if right): the page keeps a pv entry for
+    the mapping just removed, and a live mapping of it has none."""
+
+    name = "bug-pv-unlink"
+    description = "test-only: a remove on a shared page unlinks another mapping's pv entry"
+    run_by_default = False
+
+    def pmap_remove_pv(self, pm, va, page):
+        pvh = self._pv[page]
+        key = pv_key(pm.id, va)
+        if len(pvh) > 1:
+            del pvh[next(k for k in pvh if k != key)]
+            flags = pvh[key]
+            if flags & PT_W:
+                pm.wired -= 1
+            return flags
+        return super().pmap_remove_pv(pm, va, page)
+
+
+class EnterResetsReferenced(Arm32Refcount):
+    """An enter with no access type clears the page's referenced attribute (PT_H), but
+    leaves the page's other mappings valid: they now let the MMU read a page that is not
+    marked referenced (REF/MOD emulation broken for every other mapping of the page)."""
+
+    name = "bug-ref-reset"
+    description = "test-only: an enter without access clears the page's referenced bit"
+    run_by_default = False
+
+    def pmap_enter(self, pmap, va, pa, prot, access, wired, canfail):
+        res = super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
+        if res != ENOMEM and not access:
+            self._attrs[pa >> PGSHIFT] &= ~PT_H
+        return res
+
+
+class EnterMarksAnotherWired(Arm32Refcount):
+    """An enter with a write access of a page that has other mappings sets the wired flag
+    (PT_W) in the pv entry of the page's oldest mapping: if that one is not wired, its
+    pv_flags no longer match its PTE.  Nothing the harness compares changes until that mapping goes; only
+    the pv-match invariant sees it, and on a page with more than WALK_WHOLE mappings only
+    the next audit does (or the next op on that mapping or on the whole page): the per-op
+    check of such a page looks at the op's own places."""
+
+    name = "bug-pv-flags"
+    description = "test-only: a write enter on a shared page marks another mapping wired in its pv entry"
+    run_by_default = False
+
+    def pmap_enter(self, pmap, va, pa, prot, access, wired, canfail):
+        res = super().pmap_enter(pmap, va, pa, prot, access, wired, canfail)
+        pvh = self._pv.get(pa >> PGSHIFT, {})
+        if res != ENOMEM and access & PROT_W and len(pvh) > 1:
+            pvh[next(iter(pvh))] |= PT_W
+        return res
+
+
 class ProtectHangs(Arm32Refcount):
     name = "bug-hang"
     description = "test-only: pmap_protect never returns"
@@ -182,8 +239,8 @@ class ProtectKillsProcess(Arm32Refcount):
 
 
 ALL = (WrongPaOnReplace, WrongPaOnce, LosesModOnRemove, TwoBugs, UnwireKeepsCount, EnomemLeavesATrace,
-       ProtectRaises, FreesLivePt, FreesLiveKernelPt, ProtectPastEva, ExtraMapping, ProtectHangs,
-       ProtectKillsProcess)
+       ProtectRaises, FreesLivePt, FreesLiveKernelPt, ProtectPastEva, ExtraMapping, UnlinksAnotherPv,
+       EnterResetsReferenced, EnterMarksAnotherWired, ProtectHangs, ProtectKillsProcess)
 
 
 @hookimpl
