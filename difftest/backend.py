@@ -415,7 +415,7 @@ class Touched:
         return self.pas if self.whole_pages is None else self.whole_pages
 
 
-_CHECK_MEMOS: "weakref.WeakKeyDictionary[Backend, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_CHECK_MEMOS: dict[int, dict[str, Any]] = {}  # id(backend) -> its memos, while it lives
 
 
 def check_memo(backend: Backend, key: str, make: Callable[[], Any]) -> Any:
@@ -424,10 +424,16 @@ def check_memo(backend: Backend, key: str, make: Callable[[], Any]) -> Any:
     check may skip when it can prove it needless, e.g. the attributes a page had when its
     mappings were last checked: a page whose attributes lost no bit since then needs no
     walk of its other mappings.  Never a source of violations itself: a memo missing or
-    behind only costs a walk."""
-    memos = _CHECK_MEMOS.get(backend)
+    behind only costs a walk.  Kept per backend object (two backends that compare equal
+    have a memo each); a backend that cannot be weakly referenced (``__slots__`` without
+    ``__weakref__``) gets a fresh ``make()`` every time: no memo, every walk made."""
+    memos = _CHECK_MEMOS.get(id(backend))
     if memos is None:
-        memos = _CHECK_MEMOS[backend] = {}
+        try:
+            weakref.finalize(backend, _CHECK_MEMOS.pop, id(backend), None)
+        except TypeError:
+            return make()
+        memos = _CHECK_MEMOS[id(backend)] = {}
     got = memos.get(key)
     if got is None:
         got = memos[key] = make()

@@ -4,6 +4,7 @@ and after the command name, entry points by name, and backends that do not run b
 
 from __future__ import annotations
 
+import gc
 import json
 import textwrap
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 import difftest
 from cliutil import assert_one_line_error, clean_env, run_difftest
 from difftest import ENOMEM, FAULT, OK, PROT_R, PROT_W, KnownDivergence
+from difftest import backend as backend_module
+from difftest.backend import check_memo
 from difftest.errors import EXIT_INTERNAL, EXIT_OK
 from difftest.harness import Harness
 from difftest.ops import Access, Create, Enter, normalise_result
@@ -200,3 +203,31 @@ def test_readme_and_plugins_doc_name_every_builtin_entry_point():
     found = run_difftest("backends", "--json", env=clean_env(plugins=None))
     builtin = [b for b in json.loads(found.stdout) if b["distribution"] == "pmap-difftest"]
     assert json.loads(pinned.stdout) == builtin
+
+
+def test_an_invariants_memo_is_its_backends_own_and_never_a_crash():
+    """check_memo keeps a memo per backend object while it lives; backends that compare
+    equal do not share one, and a backend that cannot be weakly referenced gets none (a
+    fresh value each time: its checks walk, as without a memo)."""
+
+    class Equal:  # compares equal to every other, one hash
+        def __eq__(self, other):
+            return True
+
+        def __hash__(self):
+            return 1
+
+    class Slotted:
+        __slots__ = ("x",)
+
+    a, b = Equal(), Equal()
+    check_memo(a, "seen", list).append(1)
+    assert check_memo(a, "seen", list) == [1] and check_memo(b, "seen", list) == []
+    assert check_memo(a, "other", dict) == {}
+    slotted = Slotted()
+    check_memo(slotted, "seen", list).append(1)
+    assert check_memo(slotted, "seen", list) == []
+    key = id(a)
+    del a
+    gc.collect()
+    assert key not in backend_module._CHECK_MEMOS  # gone with its backend
