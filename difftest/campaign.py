@@ -371,7 +371,8 @@ class Campaign:
             self.feedback.replay(k, entry, features)
         seed = entry["seed"] if "seed" in entry else unit_seed(self.config.seed, k)
         self._commit_hits(k, seed, entry["ops"], hits, entry.get("elapsed", 0.0),
-                          replaying=True, out_of_memory=entry.get("oom") or {}, ran=entry.get("backends"))
+                          out_of_memory=entry.get("oom") or {}, ran=entry.get("backends"), at=entry.get("at"),
+                          death=entry.get("death"))
 
     # -- the summary (difftest.journal) ---------------------------------------------------------------
 
@@ -391,6 +392,8 @@ class Campaign:
             "survival": {name: s.to_json() for name, s in self.survival.items()},
             "coverage": tally.to_json(),
             "corpus_runs": self.corpus_runs,
+            "timeline": [[t, n, s] for t, n, s in self.timeline],
+            "worker_deaths": self.worker_deaths,
         }
         if self.feedback is not None:
             state["feedback"] = self.feedback.to_json({r.first_k for r in self.records.values()}, tally.encode)
@@ -414,6 +417,9 @@ class Campaign:
             if self.feedback is not None:
                 self.feedback.restore(doc["feedback"], self.coverage.decode)
             self.corpus_runs = dict(doc["corpus_runs"])
+            # (a summary written before these were kept has neither)
+            self.timeline = [(float(t), int(n), str(sig)) for t, n, sig in doc.get("timeline", ())]
+            self.worker_deaths = [dict(d) for d in doc.get("worker_deaths", ())]
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise BadInput(f"{self.out / 'summary.json'}: not a campaign summary "
                            f"({type(exc).__name__}: {short(str(exc), 60)})") from None
@@ -486,17 +492,20 @@ class Campaign:
     def _commit(self, res: UnitResult) -> list[SignatureRecord]:
         self._in_commit = True  # an interrupt in here leaves memory ahead of the journal
         hits = {sig: [n, first] for sig, (n, first) in sorted(res.hits.items())}
+        at = round(self.elapsed(), 3)  # (the journal's "at", and the time of a first sighting)
         new = self._commit_hits(res.k, res.seed, res.ops, hits, res.elapsed, out_of_memory=res.out_of_memory,
-                                ran=res.backends)
+                                ran=res.backends, at=at, death=res.death)
         for rec in new:
             self._write_divergence(rec)
         # The journal's line (difftest.journal): counts, and a divergence only at its first sighting.
         entry = {"k": res.k, "ops": res.ops, **self.signatures.encode(hits), "elapsed": round(res.elapsed, 4),
-                 "at": round(self.elapsed(), 3)}
+                 "at": at}
         if res.out_of_memory:
             entry["oom"] = dict(sorted(res.out_of_memory.items()))
         if res.backends is not None:
             entry["backends"] = list(res.backends)
+        if res.death is not None:
+            entry["death"] = res.death
         if res.stats is not None:
             self._stream_stats[res.k] = res.stats
         if res.traced is not None:
@@ -529,12 +538,16 @@ class Campaign:
         return None if self.feedback is None else self.feedback.recipe_for(k)
 
     def _commit_hits(self, k: int, seed: int, ops: int, hits: dict[str, Any], elapsed: float,
-                     replaying: bool = False, out_of_memory: dict[str, int] | None = None,
-                     ran: Sequence[str] | None = None) -> list[SignatureRecord]:
+                     out_of_memory: dict[str, int] | None = None, ran: Sequence[str] | None = None,
+                     at: float | None = None, death: dict[str, Any] | None = None) -> list[SignatureRecord]:
+        """Count stream k (run now, or read back from the journal); ``at``: the campaign's
+        time when it was committed (a journal line before there was one has none)."""
         self.committed.append(k)
         self._committed_set.add(k)
         self.ops += ops
         self.stream_seconds += elapsed
+        if death is not None:
+            self.worker_deaths.append({"stream": k, "seed": seed, **death})
         if hits:
             self.hit_sets[frozenset(hits)] += 1
         for name in (self.config.backends if ran is None else ran):
@@ -546,8 +559,8 @@ class Campaign:
                 rec = SignatureRecord(signature=sig, first_k=k, first_seed=seed, first=first)
                 self.records[sig] = rec
                 new.append(rec)
-                if not replaying:
-                    self.timeline.append((self.elapsed(), len(self.committed), sig))
+                if at is not None:
+                    self.timeline.append((at, len(self.committed), sig))
             rec.streams += 1
             rec.events += n
         return new
@@ -863,8 +876,6 @@ class Campaign:
                 if solo == "hung":
                     hung.append(name)
         seed = unit_seed(self.config.seed, k)
-        self.worker_deaths.append({"stream": k, "seed": seed, "backends": culprits,
-                                   "killed_by_watchdog": hung})
         res = UnitResult(k=k, seed=seed, ops=0, elapsed=0.0, backends=())
         others = tuple(n for n in self.config.backends if n not in culprits)
         if culprits and others:
@@ -875,6 +886,8 @@ class Campaign:
         for name in culprits or ["?"]:
             res.hits.update([_worker_death_hit(name if culprits else None, k, seed,
                                                name in hung if culprits else whole == "hung")])
+        # Counted, and journaled, when the stream is committed (a --resume reads it back).
+        res.death = {"backends": culprits, "killed_by_watchdog": hung}
         return res
 
     def _report_progress(self) -> None:
@@ -1086,10 +1099,12 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     tally = CoverageTally()
     shard_plots: list[dict[str, Any] | None] = []
     owners: dict[str, int] = {}  # signature -> the shard whose first sighting (and reproducer) is kept
+    deaths: list[dict[str, Any]] = []
     for position, d in enumerate(dirs):
         camp = load_run_dir(Path(d))
         config, records, committed, n_ops = camp.config, camp.records, camp.committed, camp.ops
         hit_sets.update(camp.hit_sets)
+        deaths.extend(camp.worker_deaths)
         shard_plots.append(camp.plots)
         for name, surv in camp.survival.items():
             survival.setdefault(name, Survival()).merge(surv)
@@ -1129,8 +1144,8 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
                               streams.dumps(streams.stream_from_json(rec.reproducer)))
     # The merged report is the unsharded campaign's: config says shard 0/1.
     plots = plotdata.merge(shard_plots, plotdata.representative_stream(merged.values(), seen), owners)
-    report = build_campaign_report(config, merged, known, streams_run, ops, hit_sets=hit_sets, survival=survival,
-                                   coverage=tally.to_report(streams_run), plots=plots)
+    report = build_campaign_report(config, merged, known, streams_run, ops, worker_deaths=deaths, hit_sets=hit_sets,
+                                   survival=survival, coverage=tally.to_report(streams_run), plots=plots)
     if missing:  # not the unsharded campaign's report: say what it lacks
         report["campaign"]["shard"] = "+".join(str(i) for i in sorted(shards)) + f"/{base.shard_count}"
         report["campaign"]["shards_missing"] = missing

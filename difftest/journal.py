@@ -66,6 +66,11 @@ def record_problem(entry: Any) -> str | None:
     if "backends" in entry and not (isinstance(entry["backends"], list)
                                     and all(isinstance(b, str) for b in entry["backends"])):
         return "record's 'backends' is not a list of names"
+    death = entry.get("death")
+    if "death" in entry and not (isinstance(death, dict) and all(
+            isinstance(death.get(key), list) and all(isinstance(b, str) for b in death[key])
+            for key in ("backends", "killed_by_watchdog"))):
+        return "record's 'death' is not an object of 'backends' and 'killed_by_watchdog' name lists"
     for key in ("k", "ops"):
         if not _int(entry.get(key)):
             return f"record lacks a non-negative integer {key!r}"

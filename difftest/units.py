@@ -173,6 +173,9 @@ class UnitResult:
     backends: tuple[str, ...] | None = None  # the backends run, when not all of the campaign's
     stats: dict[str, Any] | None = None  # stream_stats of the stream, when the task asked
     traced: Any = None  # the traced run (a RunResult), when the task asked
+    # The stream killed its worker: {"backends": [...], "killed_by_watchdog": [...]} (the
+    # campaign's isolation finds the culprits; its report's worker_deaths entry).
+    death: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

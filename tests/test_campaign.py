@@ -153,6 +153,40 @@ def test_crash_hang_and_dying_worker_are_recorded_and_the_campaign_finishes(tmp_
     assert death["seed"] == unit_seed(3, death["stream"])
 
 
+def test_worker_deaths_and_first_sightings_are_read_back_by_resume(tmp_path):
+    """What a campaign found is not lost with its session: a --resume rebuilds the report
+    from the summary (or, without it, the journal) with the streams that killed their
+    worker and when each signature was first seen."""
+    proc = fuzz(tmp_path, "--backends", "alpha-ref,arm32-leaky,bug-exit", "--streams", "2", "--ops-per-stream",
+                "200", "--seed", "3", "--workers", "1", "--shrink-budget", "0", plugins=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = report_of(tmp_path)
+    deaths = report["worker_deaths"]
+    assert [(d["stream"], d["backends"]) for d in deaths] == [(0, ["bug-exit"]), (1, ["bug-exit"])]
+    first_hits = report["timing"]["first_hits"]
+    assert "crash:bug-exit:stream:worker:worker-died" in [h["signature"] for h in first_hits]
+    env = clean_env([PLUGINS])
+    for without_summary in (False, True):
+        if without_summary:
+            (tmp_path / "out" / "summary.json").unlink()
+        again = run_difftest("-p", "broken_backends", "fuzz", "--no-progress", "--resume", str(tmp_path / "out"),
+                             env=env, cwd=tmp_path)
+        assert again.returncode == 1, again.stdout + again.stderr
+        resumed = report_of(tmp_path)
+        assert resumed["worker_deaths"] == deaths and resumed["timing"]["first_hits"] == first_hits
+        assert comparable(resumed) == comparable(report)
+    # Each of two shards ran one of the streams: merged, both deaths are there.
+    for i in (0, 1):
+        shard = fuzz(tmp_path, "--backends", "alpha-ref,arm32-leaky,bug-exit", "--streams", "2", "--ops-per-stream",
+                     "200", "--seed", "3", "--workers", "1", "--shrink-budget", "0", "--shard", f"{i}/2",
+                     out=f"s{i}", plugins=True)
+        assert shard.returncode == 1, shard.stdout + shard.stderr
+    merged = run_difftest("-p", "broken_backends", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                          "--out", str(tmp_path / "m"), env=env, cwd=tmp_path)
+    assert merged.returncode in (0, 1), merged.stdout + merged.stderr
+    assert report_of(tmp_path, "m")["worker_deaths"] == deaths
+
+
 # -- determinism ------------------------------------------------------------------------------------------
 
 

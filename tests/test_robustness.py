@@ -378,6 +378,11 @@ def clean_run(tmp_path_factory) -> Path:
     (lambda d: _unsummarised(d, b'{"k": 0, "ops": 5, "hits": [[0, 1]]}\n{"k": 1}\n'),
      "journal.jsonl:1: record's hit 0 names no signature declared before"),
     (lambda d: _appended(d, '{"k": 7}\n{"k": 8}\n'), "journal.jsonl:3: record lacks"),  # past the summary
+    (lambda d: _appended(d, '{"k": 7, "ops": 1, "hits": [], "death": {"backends": 3}}\n'),
+     "journal.jsonl:3: record's 'death' is not an object"),
+    (lambda d: (d / "summary.json").write_text(json.dumps({**json.loads((d / "summary.json").read_text()),
+                                                          "worker_deaths": 5})),
+     "summary.json: not a campaign summary"),
     (lambda d: (d / "journal.jsonl").write_text('{"k": 0}\n'), "journal.jsonl does not continue"),
     (lambda d: (d / "summary.json").write_text("{garbage"), "summary.json: not a campaign summary"),
     (lambda d: (d / "corpus" / "junk.record.json").write_text("{garbage"), "junk.record.json: not a corpus record"),
