@@ -229,10 +229,11 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
     try:
         factory = local_process_pool
         if scheduler is not None:
-            from difftest.cluster import connect
+            from difftest.cluster import connect, worker_wait
 
+            wait = worker_wait()  # (a bad value is said before connecting)
             cluster = factory = connect(scheduler)
-            cluster.prepare(config.plugins)
+            cluster.prepare(config.plugins, wait)
             workers = workers or cluster.threads()
         campaign = Campaign(config, out_dir, known, workers=workers or os.cpu_count() or 1, budget=budget_s,
                             executor_factory=factory, progress=update, resume=bool(resume), corpus=corpus)

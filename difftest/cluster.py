@@ -27,6 +27,7 @@ when a Dask campaign runs: it is the optional ``dask`` extra.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import sys
 import threading
 import time
@@ -38,6 +39,10 @@ from difftest.units import EXIT_ORPHANED as EXIT_ABANDONED, WorkerLost
 from difftest.errors import BadInput, short
 
 ENV_SCHEDULER = "DIFFTEST_DASK_SCHEDULER"
+# How long a campaign waits for a scheduler that has no worker yet (seconds): workers
+# started with it may still be joining; past that, no worker is bad input, not a hang.
+ENV_WORKER_WAIT = "DIFFTEST_DASK_WORKER_WAIT"
+DEFAULT_WORKER_WAIT = 60.0
 RUNNING_POLL = 0.5  # seconds between asking the scheduler which tasks are processing
 
 
@@ -186,10 +191,19 @@ class DaskCluster:
         info = self.client.scheduler_info()
         return sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
 
-    def prepare(self, plugins: tuple[str, ...]) -> None:
-        """Make the campaign runnable on every worker: plugin modules that are single
-        files here are uploaded; then each worker must load every plugin with this
-        version of difftest (BadInput naming the first that cannot)."""
+    def prepare(self, plugins: tuple[str, ...], worker_wait: float = DEFAULT_WORKER_WAIT) -> None:
+        """Make the campaign runnable on every worker: at least one worker, waited for up
+        to ``worker_wait`` seconds (BadInput past that: a campaign on no worker would wait
+        all night); plugin modules that are single files here are uploaded; then each
+        worker must load every plugin with this version of difftest (BadInput naming the
+        first that cannot)."""
+        if not self.threads():
+            try:
+                self.client.wait_for_workers(1, timeout=worker_wait)
+            except (TimeoutError, OSError):
+                raise BadInput(f"--scheduler {short(self.address)}: no Dask worker joined within {worker_wait:g} s "
+                               f"(start some: dask worker {short(self.address)}; wait longer: {ENV_WORKER_WAIT}="
+                               "SECONDS)") from None
         for name in plugins:
             module = sys.modules.get(name)
             path = Path(getattr(module, "__file__", "") or "")
@@ -205,6 +219,20 @@ class DaskCluster:
 
     def close(self) -> None:
         self.client.close()
+
+
+def worker_wait() -> float:
+    """Seconds to wait for a first worker: ``DIFFTEST_DASK_WORKER_WAIT``, else 60."""
+    text = os.environ.get(ENV_WORKER_WAIT)
+    if text is None or not text.strip():
+        return DEFAULT_WORKER_WAIT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise BadInput(f"{ENV_WORKER_WAIT}={short(text)} is not a number of seconds")
+    return value
 
 
 def connect(address: str) -> DaskCluster:

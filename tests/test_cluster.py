@@ -106,6 +106,22 @@ def test_a_worker_killed_mid_campaign_loses_and_doubles_nothing(tmp_path, cluste
     assert report["worker_deaths"] == []  # the scheduler ran its stream again elsewhere: not the stream's doing
 
 
+def test_a_scheduler_without_workers_is_one_line_not_a_night_of_waiting(tmp_path):
+    """A scheduler no worker joined: the campaign waits DIFFTEST_DASK_WORKER_WAIT seconds
+    for one, then says so in one line, exit 2, leaving no OUT/ behind."""
+    with distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as lc:
+        args = ["fuzz", "--no-progress", "--streams", "2", "--ops-per-stream", "100", "--executor", "dask",
+                "--scheduler", lc.scheduler_address]
+        proc = run_difftest(*args, "--out", str(tmp_path / "out"), env=clean_env(DIFFTEST_DASK_WORKER_WAIT="1"),
+                            cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "no Dask worker joined within 1 s" in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "out").exists()
+        bad = run_difftest(*args, "--out", str(tmp_path / "bad"), env=clean_env(DIFFTEST_DASK_WORKER_WAIT="soon"),
+                           cwd=tmp_path, timeout=120)
+        assert bad.returncode == 2 and "DIFFTEST_DASK_WORKER_WAIT='soon' is not a number" in bad.stderr
+
+
 def test_fuzz_on_a_scheduler_from_the_command_line(tmp_path, cluster):
     """The CLI connects to a scheduler named by DIFFTEST_DASK_SCHEDULER; a bad address or
     a missing one is one line, exit 2."""
