@@ -27,7 +27,8 @@ declared geometry, so pressure never creates a divergence by itself.
 from __future__ import annotations
 
 from difftest.backend import Geometry, Level
-from difftest.machine import KERNEL_PMAP, PAGE_SIZE, Tag
+from difftest.contract import MANAGED, PA, PROT, WIRED, ContractState
+from difftest.machine import KERNEL_PMAP, Tag
 from difftest.ops import (
     PROT_R,
     PROT_W,
@@ -68,195 +69,59 @@ ALPHA_LIKE = Geometry(
 )
 
 
-# The tags whose frames a pmap holds (what ContractState.needed_pt_l1 counts).
-_COUNTED = (Tag.PT, Tag.L1)
-_INDEX_SPAN = 4 * MIB  # a geometry with no level below its top: mappings indexed by 4 MiB
-_PROBE_LIMIT = 32 * PAGE_SIZE  # ranges up to this size are probed page by page
-
 # Ops no frame model follows (queries, MMU accesses, updates).
 _IGNORED = frozenset({Access, Extract, ClearModify, ClearReference, IsModified, IsReferenced, Update})
 
 
 class FrameModel:
-    """Frames one pmap shape holds along a stream, from ``free_frames`` down.
+    """Frames one pmap shape holds along a stream, from ``free_frames`` down: the frames
+    the harness's contract model (``ContractState``) says its live mappings need under the
+    shape's geometry, plus bootstrap and the kernel's tables (never freed).  This is the
+    shape that frees tables as they empty; ``LeakyFrameModel`` the one that does not."""
 
-    Its state is only what the frames follow, kept lean (it moves with every op of a
-    pressure stream, three times): per pmap its mappings (va -> (pa, wired, managed))
-    indexed by leaf table, for each level between the top and the leaves a count of
-    mappings per table, the frames of its tables below the top, and per page its managed
-    mappings (for ``page_protect``).  The frames a pmap holds are what
-    ``ContractState.needed_frames`` says for the same mappings and geometry
-    (tests/test_pressure.py holds the two together).  This is the shape that frees tables
-    as they empty; ``LeakyFrameModel`` the one that does not."""
-
-    __slots__ = ("name", "leaky", "bootstrap", "used", "most_user_frames", "kregions", "touched", "_spans", "maps",
-                 "leaves", "uppers", "lower", "pv", "refs", "_lazy", "_top_frames", "_top_counted", "_create_cost",
-                 "_leaf_span", "_leaf_frames", "_leaf_counted", "_upper_levels")
+    __slots__ = ("name", "leaky", "bootstrap", "used", "most_user_frames", "kregions", "touched", "_spans",
+                 "state", "_create_cost")
 
     def __init__(self, name: str, geometry: Geometry, bootstrap: int) -> None:
         self.name = name
         self.leaky = False
         self.bootstrap = bootstrap
         self.used = bootstrap  # frames held: bootstrap, user tables, kernel tables
-        top = geometry.levels[0]
-        self._lazy = geometry.top_level == "lazy"
-        self._top_frames = top.frames
-        self._top_counted = top.frames if top.tag in _COUNTED else 0
-        self._create_cost = 0 if self._lazy else top.frames
-        # (span, frames, frames counted as held) of each level below the top; the last are
-        # the leaves, the ones between are counted per table
-        lower = [(lvl.span, lvl.frames, lvl.frames if lvl.tag in _COUNTED else 0) for lvl in geometry.levels[1:]]
-        self._spans = tuple((span, frames) for span, frames, _ in lower)
-        self._leaf_span, self._leaf_frames, self._leaf_counted = lower.pop() if lower else (_INDEX_SPAN, 0, 0)
-        self._upper_levels = tuple(lower)
+        self.state = ContractState(geometry)
+        self._create_cost = self.state.create_frames()
+        self._spans = tuple((lvl.span, lvl.frames) for lvl in geometry.levels[1:])
         # the most frames an enter to a user pmap can take (a lazy top level, a table of
         # every level below it)
-        self.most_user_frames = (top.frames if self._lazy else 0) + sum(frames for _, frames in self._spans)
-        self.maps: dict[int, dict[int, tuple[int, bool, bool]]] = {KERNEL_PMAP: {}}
-        self.leaves: dict[int, dict[int, dict[int, None]]] = {KERNEL_PMAP: {}}  # pmap -> leaf table -> VAs
-        # pmap -> (span, frames, frames counted, mappings per table) of each level between
-        self.uppers: dict[int, list[tuple[int, int, int, dict[int, int]]]] = {KERNEL_PMAP: self._new_uppers()}
-        self.lower: dict[int, int] = {KERNEL_PMAP: 0}  # pmap -> frames of its tables below the top
-        self.pv: dict[int, dict[tuple[int, int], None]] = {}  # pa -> managed (pmap, va)
-        self.refs: dict[int, int] = {KERNEL_PMAP: 1}
+        top = geometry.levels[0]
+        self.most_user_frames = (top.frames if geometry.top_level == "lazy" else 0) + sum(f for _, f in self._spans)
         self.kregions: set[tuple[int, int]] = set()  # kernel tables: never freed
         self.touched: dict[int, set[int]] = {}  # (LeakyFrameModel) pmap -> 4 MiB regions ever mapped
 
-    def _new_uppers(self) -> list[tuple[int, int, int, dict[int, int]]]:
-        return [(span, frames, counted, {}) for span, frames, counted in self._upper_levels]
-
-    # -- the state ---------------------------------------------------------------------------
-
-    def put(self, pmap: int, va: int, pa: int, wired: bool, managed: bool) -> None:
-        table = self.maps[pmap]
-        old = table.get(va)
-        table[va] = (pa, wired, managed)
-        if old is not None:  # a place already mapped: its tables stay
-            if old[2] and managed and old[0] == pa:
-                return
-            if old[2]:
-                self._pv_remove(old[0], pmap, va)
-            if managed:
-                self.pv.setdefault(pa, {})[(pmap, va)] = None
-            return
-        leaves = self.leaves[pmap]
-        key = va // self._leaf_span
-        leaf = leaves.get(key)
-        if leaf is None:  # a new leaf table
-            leaves[key] = {va: None}
-            self.lower[pmap] += self._leaf_counted
-        else:
-            leaf[va] = None
-        for span, _, counted, counter in self.uppers[pmap]:
-            key = va // span
-            n = counter.get(key, 0)
-            counter[key] = n + 1
-            if not n:  # a new table of this level
-                self.lower[pmap] += counted
-        if managed:
-            entries = self.pv.get(pa)
-            if entries is None:
-                self.pv[pa] = {(pmap, va): None}
-            else:
-                entries[(pmap, va)] = None
-
-    def delete(self, pmap: int, va: int) -> None:
-        old = self.maps[pmap].pop(va, None)
-        if old is None:
-            return
-        if old[2]:
-            self._pv_remove(old[0], pmap, va)
-        leaves = self.leaves[pmap]
-        key = va // self._leaf_span
-        leaf = leaves[key]
-        del leaf[va]
-        if not leaf:  # a leaf table no longer needed
-            del leaves[key]
-            self.lower[pmap] -= self._leaf_counted
-        for span, _, counted, counter in self.uppers[pmap]:
-            key = va // span
-            left = counter[key] - 1
-            if left:
-                counter[key] = left
-            else:
-                del counter[key]
-                self.lower[pmap] -= counted
-
-    def _pv_remove(self, pa: int, pmap: int, va: int) -> None:
-        entries = self.pv.get(pa)
-        if entries is not None:
-            entries.pop((pmap, va), None)
-            if not entries:
-                del self.pv[pa]
-
-    def in_range(self, pmap: int, sva: int, eva: int) -> list[int]:
-        """VAs with a mapping in [sva, eva) (in no particular order)."""
-        if eva - sva <= _PROBE_LIMIT:
-            table = self.maps[pmap]
-            return [va for va in range(sva, eva, PAGE_SIZE) if va in table]
-        leaves = self.leaves[pmap]
-        span = self._leaf_span
-        lo, hi = sva // span, (eva - 1) // span
-        keys = [k for k in range(lo, hi + 1) if k in leaves] if hi - lo + 1 <= len(leaves) else \
-            [k for k in leaves if lo <= k <= hi]
-        return [va for k in keys for va in leaves[k] if sva <= va < eva]
-
-    def forget_pmap(self, pmap: int) -> None:
-        for va in list(self.maps[pmap]):
-            self.delete(pmap, va)
-        del self.maps[pmap], self.leaves[pmap], self.uppers[pmap], self.lower[pmap], self.refs[pmap]
-
-    # -- frames ------------------------------------------------------------------------------
-
     def _user_frames(self, pmap: int) -> int:
-        table = self.maps.get(pmap)
-        if table is None:
-            return 0
-        top = self._top_counted if table or not self._lazy or pmap == KERNEL_PMAP else 0
-        return top + self.lower[pmap]
+        return sum(self.state.needed_pt_l1(pmap))
 
     def extra(self, pmap: int, va: int) -> int:
         """Frames an enter at (pmap, va) takes now."""
         if pmap == KERNEL_PMAP:
             return self._kernel_extra(va)
-        table = self.maps[pmap]
-        return 0 if va in table else self._new_place(pmap, va, table)
+        return self.state.extra_frames_for(pmap, va)
 
     def _kernel_extra(self, va: int) -> int:
         return sum(f for i, (span, f) in enumerate(self._spans) if (i, va // span) not in self.kregions)
 
-    def _new_place(self, pmap: int, va: int, table: dict[int, tuple[int, bool, bool]]) -> int:
-        """Frames an enter at an unmapped (user pmap, va) takes."""
-        need = self._top_frames if self._lazy and not table else 0
-        if va // self._leaf_span not in self.leaves[pmap]:
-            need += self._leaf_frames
-        for span, frames, _, counter in self.uppers[pmap]:
-            if va // span not in counter:
-                need += frames
-        return need
-
     def create(self, pmap: int) -> None:
-        self.maps[pmap] = {}
-        self.leaves[pmap] = {}
-        self.uppers[pmap] = self._new_uppers()
-        self.lower[pmap] = 0
-        self.refs[pmap] = 1
+        self.state.create(pmap)
         self.used += self._create_cost
 
     def create_cost(self) -> int:
         return self._create_cost
 
     def enter(self, pmap: int, va: int, pa: int, wired: bool, free_frames: int) -> None:
-        """``apply`` of an enter on a user pmap, in one call (the most common op)."""
-        table = self.maps[pmap]
-        if va in table:  # a place already mapped: no new table
-            if 0 <= free_frames - self.used:
-                self.put(pmap, va, pa, wired, True)
-            return
-        need = self._new_place(pmap, va, table)
+        """``apply`` of an enter on a user pmap (the most common op)."""
+        need = self.state.extra_frames_for(pmap, va)
         if need > free_frames - self.used:
             return  # ENOMEM (canfail): nothing changes in this model
-        self.put(pmap, va, pa, wired, True)
+        self.state.put(pmap, va, (pa, PROT_R, wired, True))  # (any prot: frames do not follow it)
         self.used += need  # exactly the tables the enter makes
 
     def kernel_enter(self, va: int, free_frames: int) -> bool:
@@ -271,49 +136,51 @@ class FrameModel:
         return True
 
     def apply(self, op: Op, free_frames: int) -> None:
+        st = self.state
         t = type(op)
         if t is Enter and op.pmap != KERNEL_PMAP:
             self.enter(op.pmap, op.va, op.pa, bool(op.wired), free_frames)
         elif t is Enter or t is KEnter:
             if self.kernel_enter(op.va, free_frames):
-                self.put(KERNEL_PMAP, op.va, op.pa, True, t is Enter)
+                st.put(KERNEL_PMAP, op.va, (op.pa, PROT_R, True, t is Enter))
         elif t is Remove or (t is Protect and not op.prot & PROT_R):
-            self._drop(op.pmap, self.in_range(op.pmap, op.sva, op.eva))
+            self._drop(op.pmap, st.in_range(op.pmap, op.sva, op.eva))
         elif t is Collect:
             # The built-ins' collect drops every non-wired user mapping and with them the
             # tables (the leaky shape frees nothing: LeakyFrameModel)
             if op.pmap != KERNEL_PMAP:
-                self._drop(op.pmap, [va for va, m in self.maps[op.pmap].items() if not m[1]])
+                self._drop(op.pmap, [va for va, m in st.maps[op.pmap].items() if not m[WIRED]])
         elif t is Unwire:
-            m = self.maps[op.pmap].get(op.va)
-            if m is not None and m[1]:
-                self.put(op.pmap, op.va, m[0], False, m[2])
+            m = st.get(op.pmap, op.va)
+            if m is not None and m[WIRED]:
+                st.put(op.pmap, op.va, (m[PA], m[PROT], False, m[MANAGED]))
         elif t is KRemove:
-            for va in self.in_range(KERNEL_PMAP, op.va, op.va + op.size):
-                self.delete(KERNEL_PMAP, va)
+            for va in st.in_range(KERNEL_PMAP, op.va, op.va + op.size):
+                st.delete(KERNEL_PMAP, va)
         elif t is PageProtect:
             if not op.prot & (PROT_R | PROT_W):
-                for pmap, va in list(self.pv.get(op.pa, ())):
+                for pmap, va in st.mappings_of(op.pa):
                     self._drop(pmap, [va])
         elif t is Reference:
-            self.refs[op.pmap] += 1
+            st.refs[op.pmap] += 1
         elif t is Destroy:
-            self.refs[op.pmap] -= 1
-            if self.refs[op.pmap] == 0:
+            st.refs[op.pmap] -= 1
+            if st.refs[op.pmap] == 0:
                 before = self._user_frames(op.pmap)
-                self.forget_pmap(op.pmap)
+                st.forget_pmap(op.pmap)
                 self.used -= before
 
     def _drop(self, pmap: int, vas: list[int]) -> None:
         if not vas:
             return
+        st = self.state
         if pmap == KERNEL_PMAP:
             for va in vas:
-                self.delete(pmap, va)
+                st.delete(pmap, va)
             return
         before = self._user_frames(pmap)
         for va in vas:
-            self.delete(pmap, va)
+            st.delete(pmap, va)
         self.used += self._user_frames(pmap) - before
 
 
@@ -322,12 +189,13 @@ class LeakyFrameModel(FrameModel):
     top level and one table per 4 MiB region it ever mapped, whatever it maps now.  So this
     model keeps no mappings at all, only those regions (and the kernel's tables)."""
 
-    __slots__ = ()
+    __slots__ = ("refs",)
 
     def __init__(self, name: str, geometry: Geometry, bootstrap: int) -> None:
         super().__init__(name, geometry, bootstrap)
         self.leaky = True
         self.most_user_frames = 1
+        self.refs: dict[int, int] = {}  # user pmap -> references
 
     def _user_frames(self, pmap: int) -> int:
         return self._create_cost + len(self.touched.get(pmap, ()))
