@@ -106,6 +106,48 @@ def test_a_worker_killed_mid_campaign_loses_and_doubles_nothing(tmp_path, cluste
     assert report["worker_deaths"] == []  # the scheduler ran its stream again elsewhere: not the stream's doing
 
 
+def test_workers_that_join_mid_campaign_get_streams_and_change_nothing(tmp_path, local_report, monkeypatch):
+    """A cluster of one worker, a second one started once the first stream is committed:
+    the campaign's window grows to it (two worker threads kept busy), the new worker runs
+    streams, and the report is the local one's (the window never changes the report)."""
+    from difftest import cluster as dask_cluster
+
+    # The scheduler is asked at every turn of the campaign's loop (2 s apart otherwise):
+    # the streams left once the worker has joined are few.
+    monkeypatch.setattr(dask_cluster, "WINDOW_POLL", 0.0)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as lc, \
+            distributed.Client(lc, set_as_default=False) as client:
+        client.wait_for_workers(1, timeout=120)
+        joined: list[int] = []
+
+        def add_a_worker(state: dict) -> None:
+            if not joined and state["streams"] >= 1:
+                lc.scale(2)  # the campaign's loop waits here: a worker's start is no race
+                client.wait_for_workers(2, timeout=120)
+                joined.append(state["streams"])
+
+        with distributed.get_task_stream(client=client) as tasks:
+            report = Campaign(_config(), tmp_path / "dask", workers=1, executor_factory=dask_cluster.DaskCluster(client),
+                              progress=add_a_worker).run()
+        ran_streams = {t["worker"] for t in tasks.data if t["key"].startswith("run_unit")}
+    assert joined and joined[0] < report["streams"], "the worker joined after the last stream: nothing to see"
+    assert [w["workers"] for w in report["timing"]["workers_timeline"]] == [1, 2]
+    assert report["timing"]["workers"] == 2
+    assert len(ran_streams) == 2, ran_streams  # the worker that joined ran streams too
+    assert comparable(report) == comparable(local_report)
+
+
+def test_workers_caps_the_threads_a_dask_campaign_keeps_busy(cluster):
+    """``--workers N`` on a cluster: at most N of its worker threads (a share of a shared
+    cluster), fewer when it has fewer; without it, all of them."""
+    from difftest.cluster import DaskCluster
+
+    _, client = cluster
+    client.wait_for_workers(2, timeout=120)
+    assert [DaskCluster(client, max_threads=cap).slots() for cap in (None, 1, 2, 5)] == [2, 1, 2, 2]
+
+
 def test_a_scheduler_without_workers_is_one_line_not_a_night_of_waiting(tmp_path):
     """A scheduler no worker joined: the campaign waits DIFFTEST_DASK_WORKER_WAIT seconds
     for one, then says so in one line, exit 2, leaving no OUT/ behind."""
