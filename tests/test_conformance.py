@@ -21,15 +21,6 @@ PLUGINS = Path(__file__).parent / "plugins"
 LEAK_CLASS = "pt-frames-held>needed"
 
 
-@pytest.fixture(scope="module")
-def registry():
-    sys.path.insert(0, str(PLUGINS))
-    try:
-        yield PluginHost().load(["broken_backends"])
-    finally:
-        sys.path.remove(str(PLUGINS))
-
-
 def battery(registry, name: str, **kw) -> dict[str, object]:
     conf = Conformance(registry, name, **kw)
     return {check.name: conf.run(check) for check in CHECKS}
