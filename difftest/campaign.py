@@ -242,6 +242,8 @@ class Campaign:
         self._stream_stats: dict[int, dict[str, Any]] = {}
         self._whole_stream: tuple[int, dict[str, Any], int] | None = None  # (k, stream k as JSON, its ops)
         self._stream_text: tuple[dict[str, Any], str] | None = None  # (a reproducer, its stream file text)
+        # signature -> (streams, events) its OUT/divergences file was last written with
+        self._written_counts: dict[str, tuple[int, int]] = {}
         self._stats_asked: list[int] = []  # streams whose statistics are (or were) known or asked
         self._traced_runs: dict[int, Any] = {}  # stream k -> its run with the trace on (the plots')
         self._committed_set: set[int] = set()
@@ -460,6 +462,16 @@ class Campaign:
         doc = {name: getattr(rec, name) for name in SIGNATURE_RECORD_FIELDS}  # to_json() without its deep copy
         atomic_write_text(self.out / "divergences" / f"{slug(rec.signature)}.json",
                           self._with_reproducer(doc, rec, indent=2))
+        self._written_counts[rec.signature] = (rec.streams, rec.events)
+
+    def _settle_divergence_files(self) -> None:
+        """At the campaign's end: write again each ``OUT/divergences`` file whose counts
+        (``streams``, ``events``) moved since it was written.  A file is written when its
+        signature is first seen and when its shrink ends, which depends on the workers'
+        timing; its final counts then depend only on the streams run, as the report's do."""
+        for sig, rec in sorted(self.records.items()):
+            if self._written_counts.get(sig) != (rec.streams, rec.events):
+                self._write_divergence(rec)
 
     def _write_corpus(self, rec: SignatureRecord) -> None:
         doc = {"signature": rec.signature, "first_k": rec.first_k, "reproducer": rec.reproducer,
@@ -663,6 +675,7 @@ class Campaign:
                 self._collect_shrinks()
                 self._report_progress()
             executor = self._finish_shrinks(executor)
+            self._settle_divergence_files()
             self._record_plots(executor)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
             interrupted = True
