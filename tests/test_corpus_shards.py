@@ -16,7 +16,7 @@ import pytest
 
 from cliutil import assert_one_line_error, clean_env, run_difftest
 from difftest.corpus import shard_of
-from test_reports import check_against_docs
+from reportdocs import check_against_docs
 
 pytestmark = pytest.mark.slow
 
