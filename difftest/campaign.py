@@ -129,7 +129,8 @@ def stream_texts(report: dict[str, Any]) -> dict[int, str]:
 
 
 def report_text(report: dict[str, Any]) -> str:
-    """``report.json``'s text: ``json.dumps(report, indent=2)``, its reproducers one op a line."""
+    """``report.json``'s text: ``json.dumps(report, indent=2)``, its reproducers one op a line and its
+    lists of numbers on one line (``streams.json_with_streams``)."""
     return streams.json_with_streams(report, 2, stream_texts(report))
 
 

@@ -436,7 +436,7 @@ def merge_cmd(dirs, out, corpus_dir, as_json) -> int:
         click.echo(f"difftest: warning: corpus {report['corpus']['path']} not written: merge again with every shard",
                    err=True)
     if as_json:
-        click.echo(json.dumps(report, indent=2, allow_nan=False))
+        click.echo(report_text(report))
     else:
         click.echo(f"{report['streams']} streams, {report['ops']} ops from {len(dirs)} shard(s)")
         click.echo(summary_table(report) if report["bugs"] else "no divergences")
