@@ -3,10 +3,13 @@ space grows with heavily shared pages.
 
     python benchmarks/bench_overhead.py [--streams 10] [--ops 2000] [--repeats 5] [--seed 1] [--no-pressure]
 
-Three ways of running the same ops on the same backends (the default set):
+Ways of running the same ops on the same backends (the default set):
 
 * ``bare``: a plain loop calling the backends' pmap(9) functions, nothing observed (the
   backends' own time, the floor);
+* ``minimal``: the least a differential harness can check per op (``MinimalRun``: the
+  contract model, results, the touched translations, held frames; nothing judged, no
+  audits): a yardstick for what any harness must cost over the backends;
 * ``default``: ``Harness.run`` built as ``difftest fuzz`` builds it by default, less the
   counting of the backends' calls for the coverage features;
 * ``fuzz``: what a ``difftest fuzz`` worker does per stream besides generating it: that
@@ -42,28 +45,30 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from difftest.machine import USER_MAX, USER_MIN, OutOfMemory, PhysPool
+from difftest.machine import KERNEL_PMAP, USER_MAX, USER_MIN, OutOfMemory, PhysPool, Tag
 from difftest import ops as o
 from difftest.plugins import PluginHost
 from difftest.harness import Harness
 from difftest.streams import Stream, make_stream
 
 PAGE = 4096
+_KIND_BIT = {"r": o.PROT_R, "w": o.PROT_W, "x": o.PROT_X}
 SHARE = 600  # mappings per shared data page at 10,000 live mappings
 
 
 # -- the backends' own work ---------------------------------------------------------------
 
-def _bare_calls(b: Any, op: Any, refs: dict[int, int], next_pmap: list[int]) -> None:
+def _bare_calls(b: Any, op: Any, refs: dict[int, int], next_pmap: list[int]) -> Any:
+    """Call ``b``'s pmap(9) function for ``op``; returns its result."""
     t = type(op)
     if t is o.Enter:
-        b.pmap_enter(op.pmap, op.va, op.pa, op.prot, op.access, op.wired, op.canfail)
+        return b.pmap_enter(op.pmap, op.va, op.pa, op.prot, op.access, op.wired, op.canfail)
     elif t is o.Remove:
         b.pmap_remove(op.pmap, op.sva, op.eva)
     elif t is o.Access:
-        b.pmap_access(op.pmap, op.va, op.kind)
+        return b.pmap_access(op.pmap, op.va, op.kind)
     elif t is o.Extract:
-        b.pmap_extract(op.pmap, op.va)
+        return b.pmap_extract(op.pmap, op.va)
     elif t is o.Protect:
         b.pmap_protect(op.pmap, op.sva, op.eva, op.prot)
     elif t is o.Unwire:
@@ -94,6 +99,7 @@ def _bare_calls(b: Any, op: Any, refs: dict[int, int], next_pmap: list[int]) -> 
         b.pmap_destroy(op.pmap)
     elif t is o.Update:
         b.pmap_update(op.pmap)
+    return None
 
 
 class BareRun:
@@ -109,17 +115,20 @@ class BareRun:
             template = PhysPool(stream.phys_pages)
             template.reserve_data(data)
         self.live = []
+        self.pools = []  # (each backend's, in the order of specs)
         for spec in specs:
             if template is not None:
                 pool = template.copy()
             else:
                 pool = PhysPool(stream.phys_pages)
                 pool.reserve_data(data)
+            self.pools.append(pool)
             self.live.append(spec.factory(pool))
         self.refs: dict[int, int] = {0: 1}
         self.next_pmap = [0]
 
-    def step(self, index: int, op: Any) -> None:
+    def book(self, op: Any) -> type:
+        """The stream's own bookkeeping of ``op`` (pmap ids, references); returns its type."""
         t = type(op)
         refs = self.refs
         if t is o.Create:
@@ -129,6 +138,11 @@ class BareRun:
             refs[op.pmap] += 1
         elif t is o.Destroy:
             refs[op.pmap] -= 1
+        return t
+
+    def step(self, index: int, op: Any) -> None:
+        self.book(op)
+        refs = self.refs
         for b in self.live:
             try:
                 _bare_calls(b, op, refs, self.next_pmap)
@@ -141,6 +155,143 @@ def run_bare(specs: Sequence[Any], stream: Stream) -> None:
     for i, op in enumerate(stream.ops):
         run.step(i, op)
 
+
+
+class MinimalRun:
+    """The least a differential harness can check per op, as a yardstick for the harness:
+    what the issue that asked for a fast path called cheap and decisive, and nothing else.
+
+    Per op and backend: the backend's pmap(9) call (as ``BareRun``); the contract model
+    (``ContractState``, the harness's own) applying the op; the op's result where the
+    contract fixes one (enter, access, extract); the touched translations read in one
+    fused backend call (``walk_fields_many``) and compared in one go; the frames the pmap
+    holds against those it needs, read only when a frame moved (as the harness does).
+    Nothing is judged, attributed, resynced or audited; no page attributes, no counters,
+    no pool checks, no invariants, no ENOMEM legality: a difference is only counted
+    (``differences``).  That is the floor under any harness that finds PR 5666 (held
+    frames) and wrong translations, written as plain as it gets."""
+
+    def __init__(self, specs: Sequence[Any], stream: Stream) -> None:
+        from difftest.backend import fused_reader
+        from difftest.contract import ContractState
+
+        self.bare = BareRun(specs, stream)
+        self.lanes = [(b, ContractState(spec.geometry), fused_reader(b, "walk_fields_many"), pool, {})
+                      for b, pool, spec in zip(self.bare.live, self.bare.pools, specs)]
+        self.differences = 0
+
+    def step(self, index: int, op: Any) -> None:
+        bare = self.bare
+        t = bare.book(op)
+        refs = bare.refs
+        for lane in self.lanes:
+            b = lane[0]
+            if b not in bare.live:
+                continue
+            try:
+                self._apply(lane, op, t, refs)
+            except OutOfMemory:
+                bare.live = [x for x in bare.live if x is not b]
+
+    def _apply(self, lane: tuple, op: Any, t: type, refs: dict[int, int]) -> None:
+        b, st, read_many, pool, seen = lane
+        next_pmap = self.bare.next_pmap
+        vas: Sequence[int] = ()
+        pmap = getattr(op, "pmap", 0)
+        if t is o.Enter:
+            if _bare_calls(b, op, refs, next_pmap) == o.OK:
+                st.enter(pmap, op.va, op.pa, op.prot, op.access, op.wired)
+            vas = (op.va,)
+        elif t is o.Remove:
+            vas = st.remove(pmap, op.sva, op.eva)[0]
+            _bare_calls(b, op, refs, next_pmap)
+        elif t is o.Protect:
+            vas = st.protect(pmap, op.sva, op.eva, op.prot)[0]
+            _bare_calls(b, op, refs, next_pmap)
+        elif t is o.Access:
+            allowed, m = st.access_allowed(pmap, op.va, _KIND_BIT[op.kind])
+            if (_bare_calls(b, op, refs, next_pmap) == o.OK) != allowed:
+                self.differences += 1
+            elif allowed:
+                st.accessed(m, op.kind == "w")
+            vas = (op.va,)
+        elif t is o.Extract:
+            m = st.get(pmap, op.va)
+            if _bare_calls(b, op, refs, next_pmap) != (None if m is None else m[0]):
+                self.differences += 1
+            vas = (op.va,)
+        elif t is o.Unwire:
+            _bare_calls(b, op, refs, next_pmap)
+            st.unwire(pmap, op.va)
+            vas = (op.va,)
+        elif t is o.PageProtect or t is o.Collect:
+            if t is o.Collect:
+                vas, _, optional = st.collect(pmap)
+                keys = [(pmap, va) for va in vas]
+            else:
+                keys, optional = st.page_protect(op.pa, op.prot)
+                optional = set(optional)
+            _bare_calls(b, op, refs, next_pmap)
+            for p, va in keys:  # what the backend may drop and did, followed
+                if (va if t is o.Collect else (p, va)) in optional and read_many(p, [va])[0] is None:
+                    st.delete(p, va)
+            for p, va in keys:
+                self._compare(read_many, st, p, [va])
+            self._frames(st, pool, seen, pmap if t is o.Collect else None)
+            return
+        elif t is o.KEnter:
+            _bare_calls(b, op, refs, next_pmap)
+            st.kenter(op.va, op.pa, op.prot)
+            pmap, vas = KERNEL_PMAP, (op.va,)
+        elif t is o.KRemove:
+            vas = st.kremove(op.va, op.size)
+            _bare_calls(b, op, refs, next_pmap)
+            pmap = KERNEL_PMAP
+        elif t is o.Create:
+            pmap = next_pmap[0]
+            st.create(pmap)
+            _bare_calls(b, op, refs, next_pmap)
+        elif t is o.Destroy:
+            last = refs[pmap] == 0
+            if last:
+                st.empty(pmap)
+            _bare_calls(b, op, refs, next_pmap)
+            if last:
+                st.forget_pmap(pmap)
+                return
+        else:  # reference, update, the page-attribute queries and clears
+            if t is o.ClearModify:
+                st.mod.discard(op.pa)
+            elif t is o.ClearReference:
+                st.ref.discard(op.pa)
+            _bare_calls(b, op, refs, next_pmap)
+            return
+        if vas:
+            self._compare(read_many, st, pmap, vas)
+        self._frames(st, pool, seen, pmap)
+
+    def _compare(self, read_many: Callable, st: Any, pmap: int, vas: Sequence[int]) -> None:
+        get = st.maps.get(pmap, {}).get
+        if read_many(pmap, vas) != [(m := get(va)) and m[:3] for va in vas]:
+            self.differences += 1
+
+    def _frames(self, st: Any, pool: Any, seen: dict[int, int], pmap: int | None) -> None:
+        if pmap is None or pmap not in st.maps:
+            return
+        stamp = pool.allocs + pool.frees + getattr(st, "need_epoch", 0)
+        if seen.get(pmap) != stamp:
+            seen[pmap] = stamp
+            held = (pool.held(pmap, Tag.PT), pool.held(pmap, Tag.L1))
+            needed = (st.needed_frames(pmap, Tag.PT), st.needed_frames(pmap, Tag.L1))
+            # (a backend may keep the kernel's page-table pages: more of them, never fewer)
+            if held != needed and not (pmap == KERNEL_PMAP and held >= needed):
+                self.differences += 1
+
+
+def run_minimal(specs: Sequence[Any], stream: Stream) -> None:
+    run = MinimalRun(specs, stream)
+    for i, op in enumerate(stream.ops):
+        run.step(i, op)
 
 # -- workloads ------------------------------------------------------------------------------
 
@@ -326,9 +477,11 @@ def main(argv: list[str] | None = None) -> int:
 
     bare = lambda s: run_bare(specs, s)  # noqa: E731
     fuzz = fuzz_worker(default)
-    modes: dict[str, Callable[[Stream], Any]] = {"bare": bare, "default": default.run, "fuzz": fuzz}
-    starts: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: BareRun(specs, s), "default": default.start,
-                                                  "fuzz": fuzz.start}
+    modes: dict[str, Callable[[Stream], Any]] = {"bare": bare, "minimal": lambda s: run_minimal(specs, s),
+                                                 "default": default.run, "fuzz": fuzz}
+    starts: dict[str, Callable[[Stream], Any]] = {"bare": lambda s: BareRun(specs, s),
+                                                  "minimal": lambda s: MinimalRun(specs, s),
+                                                  "default": default.start, "fuzz": fuzz.start}
     if not args.skip_precise:
         checkpoint = Harness.from_registry(host.registry, [s.name for s in specs], default.reference,
                                            invariants_per_op=False, checkpoint_every=default.checkpoint_every)

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 from difftest import __version__, plotdata, streams
 from difftest.bugs import Member, group, representative, streams_hit
 from difftest.baseline import match_bug, match_known
-from difftest.corpus import Corpus, slug
+from difftest.corpus import Corpus, changed_entry, shard_of, slug
 from difftest.divergence import KnownDivergence
 from difftest.errors import BadInput, NothingToRun, short
 from difftest.features import CoverageTally
@@ -130,7 +130,8 @@ def stream_texts(report: dict[str, Any]) -> dict[int, str]:
 
 
 def report_text(report: dict[str, Any]) -> str:
-    """``report.json``'s text: ``json.dumps(report, indent=2)``, its reproducers one op a line."""
+    """``report.json``'s text: ``json.dumps(report, indent=2)``, its reproducers one op a line and its
+    lists of numbers on one line (``streams.json_with_streams``)."""
     return streams.json_with_streams(report, 2, stream_texts(report))
 
 
@@ -236,6 +237,8 @@ class Campaign:
         self.feedback = (FeedbackPool(config.seed, config.shard_index, config.shard_count)
                          if config.feedback else None)
         self.corpus = corpus
+        if corpus is not None:  # a shard replays its share of the corpus (difftest.corpus.shard_of)
+            corpus.shard = (config.shard_index, config.shard_count)
         self.corpus_runs: dict[str, dict[str, Any]] = {}  # corpus entry -> what replaying it did
         self.plots: dict[str, Any] | None = None  # what the reports' plots draw (difftest/plotdata.py)
         # stream k -> its statistics, taken by the worker that ran it, for the streams the
@@ -243,6 +246,8 @@ class Campaign:
         self._stream_stats: dict[int, dict[str, Any]] = {}
         self._whole_stream: tuple[int, dict[str, Any], int] | None = None  # (k, stream k as JSON, its ops)
         self._stream_text: tuple[dict[str, Any], str] | None = None  # (a reproducer, its stream file text)
+        # signature -> (streams, events) its OUT/divergences file was last written with
+        self._written_counts: dict[str, tuple[int, int]] = {}
         self._stats_asked: list[int] = []  # streams whose statistics are (or were) known or asked
         self._traced_runs: dict[int, Any] = {}  # stream k -> its run with the trace on (the plots')
         self._committed_set: set[int] = set()
@@ -259,6 +264,17 @@ class Campaign:
             self._load_state(repair=not read_only)
         else:
             self._start_dir()
+        if resume and corpus is not None and config.shard_count > 1:
+            self._check_shard_corpus(corpus)
+
+    def _check_shard_corpus(self, corpus: Corpus) -> None:
+        """A resumed shard replays its share of the corpus it started from: the merge of
+        the shards judges against that one (``difftest.corpus``)."""
+        seen = campaign_corpus(self.out).entries
+        change = None if seen is None else changed_entry(seen, corpus.fingerprint())
+        if change:
+            raise BadInput(f"--corpus {corpus.path}: {change} since this shard started (merged already?): "
+                           "resume it on the corpus it started from")
 
     # -- files --------------------------------------------------------------------------------
 
@@ -271,6 +287,8 @@ class Campaign:
             {"format": CAMPAIGN_FORMAT, "config": self.config.to_json(),
              "known": [asdict(k) for k in self.known], "version": __version__,
              "corpus": str(self.corpus.path) if self.corpus is not None else None,
+             # the state of the corpus replayed: a merge of shards judges against that one
+             "corpus_entries": self.corpus.fingerprint() if self.corpus is not None else None,
              "budget": self.budget}, indent=2))
 
     def _load_state(self, repair: bool = True) -> None:
@@ -448,6 +466,16 @@ class Campaign:
         doc = {name: getattr(rec, name) for name in SIGNATURE_RECORD_FIELDS}  # to_json() without its deep copy
         atomic_write_text(self.out / "divergences" / f"{slug(rec.signature)}.json",
                           self._with_reproducer(doc, rec, indent=2))
+        self._written_counts[rec.signature] = (rec.streams, rec.events)
+
+    def _settle_divergence_files(self) -> None:
+        """At the campaign's end: write again each ``OUT/divergences`` file whose counts
+        (``streams``, ``events``) moved since it was written.  A file is written when its
+        signature is first seen and when its shrink ends, which depends on the workers'
+        timing; its final counts then depend only on the streams run, as the report's do."""
+        for sig, rec in sorted(self.records.items()):
+            if self._written_counts.get(sig) != (rec.streams, rec.events):
+                self._write_divergence(rec)
 
     def _write_corpus(self, rec: SignatureRecord) -> None:
         doc = {"signature": rec.signature, "first_k": rec.first_k, "reproducer": rec.reproducer,
@@ -664,6 +692,7 @@ class Campaign:
                 self._collect_shrinks()
                 self._report_progress()
             executor = self._finish_shrinks(executor)
+            self._settle_divergence_files()
             self._record_plots(executor)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
             interrupted = True
@@ -688,15 +717,15 @@ class Campaign:
         if not self.committed:
             raise NothingToRun("no stream was run (is the budget too small?)")
         report = self.report()
-        if self.corpus is not None:
-            self.corpus.update(report["bugs"])
-            report["corpus"] = self.corpus.summary()
+        if self.corpus is not None and self.config.shard_count == 1:
+            self.corpus.write_back(report)  # (a shard leaves that to the merge of the shards)
         return report
 
     def _replay_corpus(self, executor: cf.Executor) -> cf.Executor:
-        """Replay the corpus's reproducers first (those not replayed before a --resume),
-        under the watchdog.  Returns the executor to go on with (a fresh one after a
-        worker died or hung: the entries then in flight are replayed again one by one)."""
+        """Replay the corpus's reproducers first (of a shard, its share; those not replayed
+        before a --resume), under the watchdog.  Returns the executor to go on with (a fresh
+        one after a worker died or hung: the entries then in flight are replayed again one
+        by one)."""
         if self.corpus is None:
             return executor
         todo = [e for e in self.corpus.runnable(self.config.backends) if e.name not in self.corpus_runs]
@@ -1095,14 +1124,40 @@ def read_campaign_meta(path: Path) -> tuple[CampaignConfig, list[KnownDivergence
     return config, known
 
 
+@dataclass(frozen=True)
+class CorpusUse:
+    """The ``--corpus`` a campaign directory was started with: its path (None: none) and
+    the corpus's state then (``Corpus.fingerprint``; None when not recorded)."""
+
+    path: str | None
+    entries: dict[str, str] | None
+
+
+def campaign_corpus(path: Path) -> CorpusUse:
+    """The ``--corpus`` of a campaign directory (``campaign.json``; read after
+    ``read_campaign_meta``, which refuses a damaged one)."""
+    meta_path = Path(path) / "campaign.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        corpus, entries = meta.get("corpus"), meta.get("corpus_entries")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise BadInput(f"{path}: not a campaign directory ({meta_path.name}: {short(str(exc))})") from None
+    if not (corpus is None or isinstance(corpus, str)) or not (
+            entries is None or isinstance(entries, dict) and all(isinstance(v, str) for v in entries.values())):
+        raise BadInput(f"{meta_path}: 'corpus' or 'corpus_entries' is not what a campaign writes")
+    return CorpusUse(corpus, entries)
+
+
 def load_run_dir(path: Path) -> "Campaign":
     """Read a campaign directory back (read-only): config, records, committed streams, ops."""
     config, known = read_campaign_meta(path)
     return Campaign(config, Path(path), known, read_only=True)
 
 
-def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
-    """Combine shard outputs into one report, equal to the unsharded run's."""
+def merge_runs(dirs: Sequence[Path], out: Path, corpus_dir: Path | None = None) -> dict[str, Any]:
+    """Combine shard outputs into one report, equal to the unsharded run's; with a corpus
+    (``corpus_dir``, or the one the shards were started with), judged against it with
+    every shard's replays and written back to it, as the unsharded campaign does."""
     if not dirs:
         raise BadInput("merge needs at least one campaign directory")
     merged: dict[str, SignatureRecord] = {}
@@ -1118,9 +1173,11 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     shard_plots: list[dict[str, Any] | None] = []
     owners: dict[str, int] = {}  # signature -> the shard whose first sighting (and reproducer) is kept
     deaths: list[dict[str, Any]] = []
+    corpus_runs: dict[int, dict[str, dict[str, Any]]] = {}  # shard -> what replaying its share did
     for position, d in enumerate(dirs):
         camp = load_run_dir(Path(d))
         config, records, committed, n_ops = camp.config, camp.records, camp.committed, camp.ops
+        corpus_runs[config.shard_index] = camp.corpus_runs
         hit_sets.update(camp.hit_sets)
         deaths.extend(camp.worker_deaths)
         shard_plots.append(camp.plots)
@@ -1151,6 +1208,7 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
                 reproducer=first.reproducer, reproducer_ops=first.reproducer_ops, shrink_error=first.shrink_error,
                 head=first.head)
     assert base is not None
+    corpus = _merge_corpus(shards, base.shard_count, corpus_dir, corpus_runs)
     missing = [i for i in range(base.shard_count) if i not in shards]
     config = CampaignConfig(**{**asdict(base), "shard_index": 0, "shard_count": 1,
                                "backends": base.backends, "plugins": base.plugins})
@@ -1163,12 +1221,57 @@ def merge_runs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     # The merged report is the unsharded campaign's: config says shard 0/1.
     plots = plotdata.merge(shard_plots, plotdata.representative_stream(merged.values(), seen), owners)
     report = build_campaign_report(config, merged, known, streams_run, ops, worker_deaths=deaths, hit_sets=hit_sets,
-                                   survival=survival, coverage=tally.to_report(streams_run), plots=plots)
+                                   survival=survival, corpus=corpus, coverage=tally.to_report(streams_run),
+                                   plots=plots)
+    if corpus is not None and not missing:  # (lacking shards, it is not the campaign's verdict: merge again)
+        corpus.write_back(report)
     if missing:  # not the unsharded campaign's report: say what it lacks
         report["campaign"]["shard"] = "+".join(str(i) for i in sorted(shards)) + f"/{base.shard_count}"
         report["campaign"]["shards_missing"] = missing
     atomic_write_text(out / "report.json", report_text(report))
     return report
+
+
+def _merge_corpus(shards: dict[int, Path], shard_count: int, given: Path | None,
+                  corpus_runs: dict[int, dict[str, dict[str, Any]]]) -> Corpus | None:
+    """The corpus a merge judges against (None: the shards ran without one), its
+    ``outcomes`` each entry's replay in the shard whose share it is (``shard_of``).  Bad
+    input: shards with different corpora or different states of one, a corpus given to
+    shards run without one, a corpus missing, damaged or changed since the shards read it."""
+    uses = {i: campaign_corpus(d) for i, d in sorted(shards.items())}
+    first, use = next(iter(uses.items()))
+    for i, other in uses.items():
+        if (other.path is None) != (use.path is None):
+            with_, without = (shards[first], shards[i]) if use.path else (shards[i], shards[first])
+            raise BadInput(f"{without}: started without --corpus, {with_} with one: not shards of one campaign")
+        if given is None and other.path != use.path:
+            raise BadInput(f"{shards[i]}: started with --corpus {other.path}, {shards[first]} with --corpus "
+                           f"{use.path}: give merge --corpus DIR if they are copies of one corpus")
+        change = changed_entry(use.entries, other.entries) if use.entries is not None and other.entries is not None \
+            else None
+        if change:
+            raise BadInput(f"{shards[i]}: started from another state of the corpus than {shards[first]} ({change})")
+    if use.path is None:
+        if given is not None:
+            raise BadInput(f"--corpus {given}: the shards were started without --corpus (they replayed none)")
+        return None
+    if shard_count == 1:  # a whole campaign: it judged its corpus and wrote it back itself
+        if given is not None:
+            raise BadInput(f"--corpus {given}: {shards[first]} is not a shard (it wrote its corpus back itself)")
+        return None
+    path = Path(given) if given is not None else Path(use.path)
+    seen = next((u.entries for u in uses.values() if u.entries is not None), None)
+    if not path.exists() and seen:
+        raise BadInput(f"--corpus {path}: no such directory (the shards replayed a corpus of {len(seen)} "
+                       f"entries there)")
+    corpus = Corpus.open(path)
+    change = None if seen is None else changed_entry(seen, corpus.fingerprint())
+    if change:
+        raise BadInput(f"--corpus {corpus.path}: {change} since the shards read it "
+                       "(merged already? that merge's report judged it)")
+    corpus.outcomes = {name: outcome for i, runs in corpus_runs.items() for name, outcome in runs.items()
+                       if shard_of(name, shard_count) == i}
+    return corpus
 
 
 def _check_shard(d: Path, config: CampaignConfig, base: CampaignConfig, first: Path,

@@ -16,7 +16,7 @@ import click
 
 from difftest.baseline import load_baseline
 from difftest.features import warnings
-from difftest.campaign import JOURNAL, Campaign, merge_runs, read_campaign_meta, report_text
+from difftest.campaign import JOURNAL, Campaign, campaign_corpus, merge_runs, read_campaign_meta, report_text
 from difftest.cli_base import Context, cli, generator_options, pass_ctx, progress_bar, split_names
 from difftest.cluster import ENV_SCHEDULER
 from difftest.units import CampaignConfig, local_process_pool, parse_duration, parse_shard
@@ -144,7 +144,8 @@ def _progress_bar(enabled: bool, total: int | None, budget: float | None = None)
 @click.option("--report", "report_formats", multiple=True, metavar="FORMAT",
               help="Also write OUT/report.FORMAT with a registered report writer (repeatable).")
 @click.option("--corpus", "corpus_dir", default=None, type=click.Path(file_okay=False),
-              help="A directory of reproducers kept between runs: replayed first, new bugs added.")
+              help="A directory of reproducers kept between runs: replayed first, new bugs added "
+                   "(a shard replays its share and writes nothing: difftest merge does).")
 @click.option("--compare", "previous", default=None, metavar="PREVIOUS_RUN_DIR", type=click.Path(),
               help="Mark each signature new, still open, fixed, regressed or known against an earlier run.")
 @click.option("--executor", "executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
@@ -222,7 +223,7 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
 
         before, _ = load_report(previous, what="--compare")
     if resume and corpus_dir is None:
-        corpus_dir = _campaign_corpus(out_dir)
+        corpus_dir = campaign_corpus(out_dir).path
     corpus = Corpus.open(corpus_dir) if corpus_dir else None
     fresh = not resume and not out_dir.exists()
     campaign: Campaign | None = None
@@ -385,14 +386,6 @@ def _remove_failed_start(out_dir: Path, default_parent: bool) -> None:
             out_dir.parent.rmdir()  # difftest-out/, when it held only this run
 
 
-def _campaign_corpus(out_dir: Path) -> str | None:
-    """The --corpus a campaign directory was started with."""
-    try:
-        return json.loads((out_dir / "campaign.json").read_text(encoding="utf-8")).get("corpus")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def print_summary(report: dict, out_dir: Path) -> None:
     """What a campaign found, bugs first, within SUMMARY_WIDTH columns."""
     t = report.get("timing", {})
@@ -410,10 +403,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
         click.echo("no divergences")
     for line in survival_lines(report):
         click.echo(line)
-    corpus = report.get("corpus")
-    if corpus:
-        click.echo(f"corpus {corpus['path']}: {corpus['replayed']} of {corpus['entries']} reproducers replayed, "
-                   f"{corpus['diverged']} still diverge, {corpus['added']} added")
+    if report.get("corpus"):
+        click.echo(corpus_line(report["corpus"]))
     for gone in report["no_longer_seen"]:
         click.echo(_clip(f"no longer seen (fixed?): {gone['signature']}  [{gone['reason']}]", SUMMARY_WIDTH))
     for death in report["worker_deaths"]:
@@ -422,20 +413,37 @@ def print_summary(report: dict, out_dir: Path) -> None:
     click.echo(f"report: {out_dir / 'report.json'}")
 
 
+def corpus_line(corpus: dict) -> str:
+    """What replaying the corpus did, and what was written back to it (a shard writes nothing)."""
+    replayed = f"{corpus['replayed']} of {corpus['entries']} reproducers replayed"
+    if "shard" in corpus:
+        return (f"corpus {corpus['path']}: {replayed} ({corpus['other_shards']} by the other shards), "
+                f"{corpus['diverged']} still diverge; shard {corpus['shard']}: not written (the merge writes it)")
+    return f"corpus {corpus['path']}: {replayed}, {corpus['diverged']} still diverge, {corpus['added']} added"
+
+
 @cli.command("merge")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--corpus", "corpus_dir", default=None, type=click.Path(file_okay=False),
+              help="The corpus the shards replayed (default: the one they were started with): judged with "
+                   "their replays and written back, once.")
 @click.option("--json", "as_json", is_flag=True)
-def merge_cmd(dirs, out, as_json) -> int:
+def merge_cmd(dirs, out, corpus_dir, as_json) -> int:
     """Combine the outputs of campaign shards into one report."""
-    report = merge_runs([Path(d) for d in dirs], Path(out))
+    report = merge_runs([Path(d) for d in dirs], Path(out), Path(corpus_dir) if corpus_dir else None)
     for i in report["campaign"].get("shards_missing", []):
         click.echo(f"difftest: warning: missing shard {i} of {report['campaign']['shard'].split('/')[-1]}",
                    err=True)
+    if report["campaign"].get("shards_missing") and report.get("corpus"):
+        click.echo(f"difftest: warning: corpus {report['corpus']['path']} not written: merge again with every shard",
+                   err=True)
     if as_json:
-        click.echo(json.dumps(report, indent=2, allow_nan=False))
+        click.echo(report_text(report))
     else:
         click.echo(f"{report['streams']} streams, {report['ops']} ops from {len(dirs)} shard(s)")
         click.echo(summary_table(report) if report["bugs"] else "no divergences")
+        if report.get("corpus"):
+            click.echo(corpus_line(report["corpus"]))
         click.echo(f"report: {Path(out) / 'report.json'}")
     return EXIT_DIVERGENCES if report["summary"]["failing_bugs"] else EXIT_OK

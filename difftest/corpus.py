@@ -14,7 +14,16 @@ One entry per bug, two files named after the bug's head (``slug``):
 
 A campaign replays the entries whose backend it runs (the others are *not judged*, and kept
 as they are), then fuzzes; at the end it judges its bugs against the entries (``judge``)
-and writes the corpus back (``update``): new bugs become entries, statuses change.
+and writes the corpus back (``write_back``): new bugs become entries, statuses change.
+
+A campaign split in shards (``--shard i/N``) replays each entry in exactly one shard: entry
+NAME in shard ``shard_of(NAME, N)``, the first 8 bytes of the SHA-256 of NAME (a big-endian
+number) modulo N: a rule of the entry alone, so that an entry's shard depends neither on
+timing nor on the rest of the corpus.  Shards do not write the corpus: each journals what
+replaying its share did (``corpus_runs``), and ``difftest merge`` judges the merged bugs with
+every shard's outcomes, as the unsharded campaign would, and writes the corpus back once.
+Each shard records the state of the corpus it started from (``fingerprint``, in its
+``campaign.json``), so that a merge can tell that it judges against that very corpus.
 
 Statuses of a bug in a ``--corpus`` campaign (``bugs[].status``), in order of precedence:
 
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +48,27 @@ from typing import Any, Sequence
 
 from difftest.baseline import match_bug
 from difftest.divergence import KnownDivergence
-from difftest.errors import BadInput, StreamError
+from difftest.errors import BadInput, StreamError, short
 from difftest.jsonstream import read_json_file
 from difftest.streams import atomic_write_text, dumps, stream_from_json, stream_to_json
 
 CORPUS_FORMAT = "difftest.corpus/1"
+
+
+def shard_of(name: str, shard_count: int) -> int:
+    """The shard (0 .. shard_count - 1) whose campaign replays corpus entry ``name``."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % shard_count
+
+
+def changed_entry(before: dict[str, str], now: dict[str, str]) -> str | None:
+    """How a corpus changed between two ``fingerprint``s, for an error line: "entry NAME
+    added" (removed, changed), the first such name; None when it did not."""
+    names = sorted(n for n in set(before) | set(now) if before.get(n) != now.get(n))
+    if not names:
+        return None
+    name = names[0]
+    what = "added" if name not in before else "removed" if name not in now else "changed"
+    return f"entry {short(name, 120)} {what}"
 
 
 def slug(signature: str) -> str:
@@ -65,6 +91,11 @@ class CorpusEntry:
         return {"format": CORPUS_FORMAT, "head": self.head, "backend": self.backend, "kind": self.kind,
                 "members": sorted(set(self.members)), "status": self.status, "stream": f"{self.name}.stream.json"}
 
+    def digest(self) -> str:
+        """What the entry says (its record and its reproducer), in 16 hex digits."""
+        text = json.dumps([self.record(), self.stream], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @dataclass
 class Corpus:
@@ -73,11 +104,13 @@ class Corpus:
     # entry name -> what replaying it did: {"diverged": bool, "signatures": [...], "head": key or None}
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     added: int = 0
+    shard: tuple[int, int] = (0, 1)  # (index, count) of the campaign that uses it: a shard replays its share
 
     @classmethod
     def open(cls, path: str | Path) -> "Corpus":
-        """Read DIR (made when missing); a malformed entry is bad input naming the file."""
-        root = Path(path)
+        """Read DIR (made when written); a malformed entry is bad input naming the file.
+        The path is kept absolute: a merge run elsewhere finds the shards' corpus."""
+        root = Path(os.path.abspath(path))
         if root.exists() and not root.is_dir():
             raise BadInput(f"--corpus {root}: not a directory")
         corpus = cls(root)
@@ -86,7 +119,13 @@ class Corpus:
         return corpus
 
     def runnable(self, backends: Sequence[str]) -> list[CorpusEntry]:
-        return [e for e in self.entries if e.backend in backends]
+        """The entries this campaign replays: those of its backends, and of a shard, its share."""
+        index, count = self.shard
+        return [e for e in self.entries if e.backend in backends and shard_of(e.name, count) == index]
+
+    def fingerprint(self) -> dict[str, str]:
+        """Every entry's name and digest: the state of the corpus a campaign started from."""
+        return {e.name: e.digest() for e in self.entries}
 
     def _entry_for(self, bug: dict[str, Any]) -> CorpusEntry | None:
         members = set(bug["members"])
@@ -136,16 +175,30 @@ class Corpus:
         return out
 
     def summary(self) -> dict[str, Any]:
+        """The report's ``corpus``.  A shard's says which shard it is and how many entries
+        the other shards replay (judged by the merge); its ``not_run`` is of its share."""
+        index, count = self.shard
         before = self.entries[: len(self.entries) - self.added]
-        replayed = [e for e in before if e.name in self.outcomes]
-        return {
+        mine = [e for e in before if shard_of(e.name, count) == index]
+        replayed = [e for e in mine if e.name in self.outcomes]
+        doc: dict[str, Any] = {
             "path": str(self.path),
             "entries": len(before),
             "replayed": len(replayed),
             "diverged": sum(1 for e in replayed if self.outcomes[e.name]["diverged"]),
-            "not_run": [{"head": e.head, "backend": e.backend} for e in before if e.name not in self.outcomes],
+            "not_run": [{"head": e.head, "backend": e.backend} for e in mine if e.name not in self.outcomes],
             "added": self.added,
         }
+        if count > 1:
+            doc["shard"] = f"{index}/{count}"
+            doc["other_shards"] = len(before) - len(mine)
+        return doc
+
+    def write_back(self, report: dict[str, Any]) -> None:
+        """The end of a campaign (or of a merge of its shards): write the corpus back after
+        the report's bugs, and give the report its ``corpus`` section."""
+        self.update(report["bugs"])
+        report["corpus"] = self.summary()
 
     def update(self, bugs: Sequence[dict[str, Any]]) -> int:
         """Write the corpus back: statuses of the entries this campaign judged, an entry for

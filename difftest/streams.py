@@ -445,10 +445,10 @@ def dumps_doc(doc: dict[str, Any]) -> str:
 
 def json_with_streams(doc: Any, indent: int, texts: dict[int, str]) -> str:
     """``json.dumps(doc, indent=indent)``, but with each stream document in ``doc`` whose
-    ``id`` is in ``texts`` written as that text (its ``dumps_doc``, one op a line): the same
-    JSON value, its ops encoded at C speed rather than by the indenting encoder."""
-    if not texts:
-        return json.dumps(doc, indent=indent, allow_nan=False)
+    ``id`` is in ``texts`` written as that text (its ``dumps_doc``, one op a line), and each
+    list of numbers, booleans and nulls (a plot's series) on one line: the same JSON value,
+    its ops encoded at C speed rather than by the indenting encoder, and a report's plots
+    not one number a line."""
     found: list[str] = []
 
     def swap(value: Any) -> Any:
@@ -458,13 +458,22 @@ def json_with_streams(doc: Any, indent: int, texts: dict[int, str]) -> str:
                 return f"{_STREAM_MARK}{len(found) - 1}"
             return {k: swap(v) for k, v in value.items()}
         if isinstance(value, list):
+            if value and all(type(v) in _ONE_LINE_ITEMS for v in value):
+                found.append(json.dumps(value, allow_nan=False))
+                return f"{_STREAM_MARK}{len(found) - 1}"
             return [swap(v) for v in value]
         return value
 
     text = json.dumps(swap(doc), indent=indent, allow_nan=False)
-    # The markers cannot occur in the other values (see _STREAM_MARK): each is one stream.
+    if not found:
+        return text
+    # The markers cannot occur in the other values (see _STREAM_MARK): each is one stream
+    # or one list.
     mark = json.dumps(_STREAM_MARK)[:-1]
     return re.sub(re.escape(mark) + r'(\d+)"', lambda m: found[int(m.group(1))], text)
+
+
+_ONE_LINE_ITEMS = frozenset({int, float, bool, type(None)})
 
 
 # Stands for a stream while the rest of a document is encoded: with the process id and a

@@ -534,3 +534,22 @@ def test_one_bad_field_is_refused_naming_its_op_and_field(stream, data):
 
 def test_prot_strings_are_canonical():
     assert [prot_str(p) for p in range(8)] == ["", "r", "w", "rw", "x", "rx", "wx", "rwx"]
+
+
+def test_json_with_streams_writes_lists_of_numbers_on_one_line_and_streams_one_op_a_line():
+    stream = streams.make_stream([Create(), Enter(1, 0x1000, 0x2000, 1)])
+    stream_doc = streams.stream_to_json(stream)
+    doc = {"series": [3, 7, 9], "mixed": [1, 2.5, None, True, False], "empty": [], "names": ["a", "b"],
+           "pairs": [[0, 1], [2, 3]], "reproducer": stream_doc, "nested": {"held": [0, 0, 1]}}
+    text = streams.json_with_streams(doc, 2, {id(stream_doc): streams.dumps_doc(stream_doc)})
+    assert json.loads(text) == doc
+    lines = text.splitlines()
+    assert '  "series": [3, 7, 9],' in lines
+    assert '  "mixed": [1, 2.5, null, true, false],' in lines
+    assert '    "held": [0, 0, 1]' in lines
+    assert '    [0, 1],' in lines and '    [2, 3]' in lines  # a list of lists: each inner one on a line
+    assert '  "empty": [],' in lines
+    assert '    "a",' in lines  # strings keep the indented form
+    # the stream as its file's text: one op a line
+    assert sum(1 for line in lines if line.lstrip().startswith('{"op": ')) == 2
+    assert streams.json_with_streams({"x": [1]}, 2, {}) == '{\n  "x": [1]\n}'

@@ -249,15 +249,19 @@ def difftest_register_backends(register):
         register(cls)
 
 
-@hookimpl
-def difftest_register_invariants(register):
-    # The bugs live in subclasses of arm32-refcount: its invariants apply to them too,
-    # registered under their names (as a third party would reuse them).
+def register_refcount_invariants(register, classes) -> None:
+    """The bugs live in subclasses of arm32-refcount: its invariants apply to them too,
+    registered under their names (as a third party would reuse them)."""
     from dataclasses import replace
 
     from impls.arm32 import INVARIANTS, REFCOUNT
 
-    names = tuple(cls.name for cls in ALL)
+    names = tuple(cls.name for cls in classes)
     for inv in INVARIANTS:
         if inv.applies_to(REFCOUNT):
             register(replace(inv, backends=names))
+
+
+@hookimpl
+def difftest_register_invariants(register):
+    register_refcount_invariants(register, ALL)
