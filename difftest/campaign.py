@@ -79,6 +79,7 @@ from difftest.units import (  # the worker side; names kept importable from here
     UnitTask,
     Watchdog,
     watchdog_limits,
+    worker_slots,
     _worker_death_hit,
 )
 
@@ -223,6 +224,8 @@ class Campaign:
         self.hit_sets: Counter[frozenset[str]] = Counter()
         self.survival: dict[str, Survival] = {name: Survival() for name in config.backends}
         self.timeline: list[tuple[float, int, str]] = []  # (elapsed, streams, signature) of new hits
+        # (elapsed, n) each time the campaign first kept n worker threads busy (a cluster grows)
+        self.workers_timeline: list[tuple[float, int]] = []
         self.started = time.monotonic()
         self.prior_elapsed = 0.0
         self._shrinks: dict[cf.Future, str] = {}
@@ -596,6 +599,14 @@ class Campaign:
     def elapsed(self) -> float:
         return self.prior_elapsed + time.monotonic() - self.started
 
+    def _slots(self, executor: cf.Executor) -> int:
+        """Worker threads to keep busy now (``units.worker_slots``: ``workers`` for a local
+        pool, a cluster's threads as they are now), noted when it is more than ever before."""
+        n = worker_slots(executor, self.workers)
+        if not self.workers_timeline or n > self.workers_timeline[-1][1]:
+            self.workers_timeline.append((round(self.elapsed(), 3), n))
+        return n
+
     # -- the loop -----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -623,9 +634,14 @@ class Campaign:
             for rec in sorted(self.records.values(), key=lambda r: r.first_k):
                 if rec.reproducer is None:
                     self._submit_shrink(executor, rec)
-            sched = UnitScheduler(units, self.feedback, lookahead=2 * self.workers)
+            sched = UnitScheduler(units, self.feedback, lookahead=2 * self._slots(executor))
             while True:
-                while not exhausted and len(pending) < 2 * self.workers:
+                # Two streams in flight per worker thread, as many as there are now: a
+                # cluster's workers that join late get streams too.  Which worker runs a
+                # stream changes nothing: results are committed in stream order below.
+                window = 2 * self._slots(executor)
+                sched.lookahead = window
+                while not exhausted and len(pending) < window:
                     if deadline is not None and time.monotonic() >= deadline:
                         exhausted = True
                         sched.stop()
@@ -936,7 +952,9 @@ class Campaign:
             self.corpus.outcomes = dict(self.corpus_runs)
         return build_campaign_report(
             self.config, self.records, self.known, streams_run=len(self.committed), ops=self.ops,
-            timing={"elapsed": round(self.elapsed(), 3), "workers": self.workers,
+            timing={"elapsed": round(self.elapsed(), 3),
+                    "workers": self.workers_timeline[-1][1] if self.workers_timeline else self.workers,
+                    "workers_timeline": [{"elapsed": t, "workers": n} for t, n in self.workers_timeline],
                     "executor": getattr(self.executor_factory, "label", "local"),
                     "stream_seconds": round(self.stream_seconds, 3),
                     "ops_per_second": round(self.ops / self.elapsed(), 1) if self.elapsed() > 0 else None,

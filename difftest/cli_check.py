@@ -51,6 +51,9 @@ CAMPAIGN_OPS = 500  # ops per campaign stream: many short streams, quick to shri
 @click.option("--reference", default=None, metavar="NAME", help="The judge (default: alpha-ref).")
 @click.option("--budget", default="30s", show_default=True, metavar="DURATION",
               help="Time for the whole check (the campaign gets what the battery leaves).")
+@click.option("--streams", "n_streams", default=None, type=click.IntRange(1), metavar="N",
+              help="Run exactly N campaign streams, however long the battery took: the same check "
+                   "on a loaded machine (--budget then only sizes the shrinks).")
 @click.option("--seed", default=1, show_default=True, type=int, help="The campaign's seed.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes for the campaign.")
@@ -60,8 +63,8 @@ CAMPAIGN_OPS = 500  # ops per campaign stream: many short streams, quick to shri
               help="Seconds one check may run before it is a hang.")
 @click.option("--json", "as_json", is_flag=True, help="Print one difftest.check/1 document.")
 @pass_ctx
-def check_backend_cmd(ctx: Context, name: str, reference: str | None, budget: str, seed: int, workers: int,
-                      out: str | None, check_timeout: float, as_json: bool) -> int:
+def check_backend_cmd(ctx: Context, name: str, reference: str | None, budget: str, n_streams: int | None,
+                      seed: int, workers: int, out: str | None, check_timeout: float, as_json: bool) -> int:
     """Run the conformance battery and a short campaign against one backend."""
     started = time.monotonic()
     budget_s = parse_duration(budget)
@@ -83,8 +86,10 @@ def check_backend_cmd(ctx: Context, name: str, reference: str | None, budget: st
         rows = [CheckResult("bootstrap", "the backends boot and create a pmap", FAIL, 0, reason=probed.problem)]
     else:
         rows = _battery(conf, out_dir, plugins, check_timeout, replay, probed)
-        rows += _campaign(conf, out_dir, seed, workers, budget_s - (time.monotonic() - started), plugins,
-                          replay, probed)
+        # With --streams the campaign is sized in streams, not by the time the battery left
+        # (which depends on the machine's load), and so are its shrinks: the same check anywhere.
+        left = budget_s if n_streams else budget_s - (time.monotonic() - started)
+        rows += _campaign(conf, out_dir, seed, workers, left, n_streams, plugins, replay, probed)
     ok = conforming(rows)
     doc = {"format": CHECK_FORMAT, "backend": conf.backend, "reference": conf.reference,
            "capabilities": conf.capabilities, "conforming": ok, "out": str(out_dir),
@@ -113,15 +118,18 @@ def _battery(conf: Conformance, out_dir: Path, plugins: tuple[str, ...], check_t
     ]
 
 
-def _campaign(conf: Conformance, out_dir: Path, seed: int, workers: int, budget: float,
+def _campaign(conf: Conformance, out_dir: Path, seed: int, workers: int, budget: float, n_streams: int | None,
               plugins: tuple[str, ...], replay, probed: Probe) -> list[CheckResult]:
-    if budget < 1.0:
+    """The campaign's rows: ``n_streams`` streams, or as many as fit in ``budget`` seconds
+    (SKIP under one second).  Its shrinks get a quarter of ``budget``, 5 at most."""
+    if n_streams is None and budget < 1.0:
         return [CheckResult("campaign", "a short differential campaign", SKIP, 0,
                             reason="no time left in --budget")]
     config = CampaignConfig(backends=tuple(conf.backends_run), reference=conf.reference, seed=seed,
                             ops_per_stream=CAMPAIGN_OPS, shrink_budget=min(5.0, budget / 4),
-                            plugins=plugins)
-    campaign = Campaign(config, out_dir / "campaign", conf.known, workers=workers, budget=budget)
+                            plugins=plugins, streams=n_streams)
+    campaign = Campaign(config, out_dir / "campaign", conf.known, workers=workers,
+                        budget=None if n_streams else budget)
     try:
         report = campaign.run()
     except NothingToRun:

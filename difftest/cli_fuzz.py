@@ -117,7 +117,8 @@ def _progress_bar(enabled: bool, total: int | None, budget: float | None = None)
               help="Run exactly N streams (deterministic: the same report at any --workers).")
 @click.option("--ops-per-stream", default=2000, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=None, type=int, help="Campaign seed (default: from the clock; printed).")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Worker processes (default: cores).")
+@click.option("--workers", default=None, type=click.IntRange(1), help="Worker processes (default: cores); with --executor dask, the most worker "
+                   "threads used (default: all, as many as join).")
 @click.option("--generator", default="random", show_default=True, help="A registered stream generator.")
 @click.option("--feedback/--no-feedback", default=True, show_default=True,
               help="Coverage feedback: keep streams that reach new features in a feedback pool and spend "
@@ -233,9 +234,11 @@ def fuzz_cmd(ctx: Context, backends, reference, budget, n_streams, ops_per_strea
             from difftest.cluster import connect, worker_wait
 
             wait = worker_wait()  # (a bad value is said before connecting)
-            cluster = factory = connect(scheduler)
+            # --workers caps the cluster's threads the campaign keeps busy; without it, all of
+            # them, as many as join while it runs (docs/CLUSTER.md)
+            cluster = factory = connect(scheduler, max_threads=workers)
             cluster.prepare(config.plugins, wait)
-            workers = workers or cluster.threads()
+            workers = cluster.slots()
         campaign = Campaign(config, out_dir, known, workers=workers or os.cpu_count() or 1, budget=budget_s,
                             executor_factory=factory, progress=update, resume=bool(resume), corpus=corpus)
         with _sigterm_as_interrupt():

@@ -15,7 +15,9 @@ on and that executor lacks:
   fails with ``units.WorkerLost`` and the campaign isolates that stream as it does a
   dead local worker (the culprit is named by running it alone, then per backend);
 - ``abandon(futures)``: the watchdog's way to end a hung task: the task is cancelled and
-  its worker restarted by its nanny (a worker without a nanny is left running it).
+  its worker restarted by its nanny (a worker without a nanny is left running it);
+- ``slots()``: the worker threads to keep busy now, which change as workers join and
+  leave (``DaskCluster.slots``): the campaign keeps twice that many streams in flight.
 
 The client is the only writer of ``OUT/``: workers return results and never touch files.
 Workers need the project and every plugin importable (installed, or a plugin module
@@ -32,7 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from difftest import __version__
 from difftest.units import EXIT_ORPHANED as EXIT_ABANDONED, WorkerLost
@@ -44,6 +46,9 @@ ENV_SCHEDULER = "DIFFTEST_DASK_SCHEDULER"
 ENV_WORKER_WAIT = "DIFFTEST_DASK_WORKER_WAIT"
 DEFAULT_WORKER_WAIT = 60.0
 RUNNING_POLL = 0.5  # seconds between asking the scheduler which tasks are processing
+# Seconds between asking the scheduler how many worker threads it has (one round trip):
+# workers that join as the campaign runs get streams within that time.
+WINDOW_POLL = 2.0
 
 
 def _dask() -> Any:
@@ -82,11 +87,16 @@ class DaskExecutor(cf.Executor):
     #: a dead worker fails only its own task (a local process pool breaks as a whole)
     breaks_whole_pool = False
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, slots: Callable[[], int] | None = None) -> None:
         self._client = client
+        self._slots = slots
         self._tasks: dict[cf.Future, Any] = {}  # ours -> the dask future
         self._lock = threading.Lock()
         self._polled = 0.0
+
+    def slots(self) -> int | None:
+        """Worker threads to keep busy now (None: not known, the campaign's ``workers``)."""
+        return None if self._slots is None else self._slots()
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future:
         task = self._client.submit(fn, *args, pure=False, **kwargs)
@@ -176,20 +186,41 @@ class DaskExecutor(cf.Executor):
 
 class DaskCluster:
     """The executor factory of a Dask campaign: ``DaskCluster(client)(n)`` is an executor
-    on the client's cluster (``n`` only sizes how many tasks the campaign keeps queued)."""
+    on the client's cluster (``n`` is ignored: the campaign keeps as many tasks in flight
+    as ``slots()`` says, twice the cluster's worker threads as they are now).
 
-    def __init__(self, client: Any, address: str = "") -> None:
+    ``max_threads`` (``--workers``) caps the threads the campaign keeps busy: on a shared
+    cluster it takes no more than that, however many workers join."""
+
+    def __init__(self, client: Any, address: str = "", max_threads: int | None = None) -> None:
         self.client = client
         self.address = address or str(getattr(client.scheduler, "address", ""))
         self.label = "dask"  # the report's timing.executor
+        self.max_threads = max_threads
+        self._threads = 0
+        self._polled = -float("inf")
 
     def __call__(self, workers: int) -> cf.Executor:
-        return DaskExecutor(self.client)
+        return DaskExecutor(self.client, self.slots)
 
     def threads(self) -> int:
-        """Worker threads in the cluster now (the campaign's default ``--workers``)."""
-        info = self.client.scheduler_info()
-        return sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
+        """Worker threads in the cluster now (one scheduler round trip)."""
+        return sum(self.client.nthreads().values())
+
+    def slots(self) -> int:
+        """Worker threads the campaign keeps busy now: the cluster's, asked again at most
+        every ``WINDOW_POLL`` seconds (workers join late: an autoscaler, batch jobs that
+        start when they are given nodes; and leave), at most ``max_threads``, at least 1
+        (a cluster left without workers: what is in flight waits for one)."""
+        now = time.monotonic()
+        if now - self._polled >= WINDOW_POLL:
+            self._polled = now
+            try:
+                self._threads = self.threads()
+            except (OSError, TimeoutError):
+                pass  # the scheduler is out of reach for now: the last count holds
+        n = self._threads if self.max_threads is None else min(self._threads, self.max_threads)
+        return max(1, n)
 
     def prepare(self, plugins: tuple[str, ...], worker_wait: float = DEFAULT_WORKER_WAIT) -> None:
         """Make the campaign runnable on every worker: at least one worker, waited for up
@@ -235,8 +266,9 @@ def worker_wait() -> float:
     return value
 
 
-def connect(address: str) -> DaskCluster:
-    """A client of the scheduler at ``address`` (BadInput when it cannot be reached within
+def connect(address: str, max_threads: int | None = None) -> DaskCluster:
+    """A client of the scheduler at ``address``, keeping at most ``max_threads`` of its
+    worker threads busy (None: all of them, as many as join; BadInput when it cannot be reached within
     Dask's ``distributed.comm.timeouts.connect``, 30 s unless configured: for example
     ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``)."""
     distributed = _dask()
@@ -245,4 +277,4 @@ def connect(address: str) -> DaskCluster:
     except (OSError, TimeoutError, ValueError) as exc:
         raise BadInput(f"--scheduler {short(address)}: cannot reach a Dask scheduler there "
                        f"({short(str(exc), 80)})") from None
-    return DaskCluster(client, address)
+    return DaskCluster(client, address, max_threads)

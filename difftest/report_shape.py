@@ -64,6 +64,7 @@ TIMING: dict[str, Check] = {
     "ops_per_second": _or_none(_num), "budget": _or_none(_num), "executor": _str,
 }
 FIRST_HIT: dict[str, Check] = {"elapsed": _num, "streams": _int(), "signature": _str}
+WORKERS_SEEN: dict[str, Check] = {"elapsed": _num, "workers": _int()}
 ENTRY: dict[str, Check] = {
     "op_kind": _str, "field": _str, "class": _str, "known_reason": _or_none(_str), "count": _int(),
     "events": _int(), "first": _dict, "reproducer_ops": _or_none(_int()), "reproducer_path": _or_none(_str),
@@ -234,10 +235,11 @@ def nested_problem(doc: dict[str, Any]) -> str | None:
             if problem:
                 return problem
     timing = doc.get("timing") or {}
-    if "first_hits" in timing:
-        problem = _objects(timing["first_hits"], FIRST_HIT, "timing.first_hits")
-        if problem:
-            return problem
+    for key, checks in (("first_hits", FIRST_HIT), ("workers_timeline", WORKERS_SEEN)):
+        if key in timing:
+            problem = _objects(timing[key], checks, f"timing.{key}")
+            if problem:
+                return problem
     for key, checks in (("worker_deaths", DEATH), ("no_longer_seen", GONE)):
         if key in doc:
             problem = _objects(doc[key], checks, key)

@@ -481,6 +481,14 @@ def mark_running(executor: cf.Executor) -> None:
         mark()
 
 
+def worker_slots(executor: cf.Executor, workers: int) -> int:
+    """How many tasks ``executor`` runs at once now: a cluster's executor says (its worker
+    threads, which change as workers join and leave); a local pool runs ``workers``."""
+    slots = getattr(executor, "slots", None)
+    n = slots() if slots is not None else None
+    return workers if n is None else n
+
+
 class Watchdog:
     """Notes when each task starts running and tells which ran past its limit."""
 

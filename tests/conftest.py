@@ -10,11 +10,14 @@ the modules of ``ONE_WORKER_MODULES``."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cliutil import pinned_plugin_env
+from difftest.plugins import PluginHost
 
 _saved: dict[str, str | None] = {}
 
@@ -31,6 +34,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """The plugin registry with the built-ins and the test-only broken backends
+    (``tests/plugins/broken_backends.py``), loaded as a user's plugin module is.  A module
+    that needs other test plugins defines its own ``registry``, which overrides this one."""
+    plugins = str(Path(__file__).parent / "plugins")
+    sys.path.insert(0, plugins)
+    try:
+        yield PluginHost().load(["broken_backends"])
+    finally:
+        sys.path.remove(plugins)
 
 
 #: Modules whose tests share an expensive module-scoped fixture (three campaigns and their

@@ -3,6 +3,7 @@ nannies, on loopback), real streams, real backends; the report must be the local
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from difftest.campaign import Campaign, CampaignConfig
 from difftest.units import unit_seed
 
 distributed = pytest.importorskip("distributed")
+dask_config = pytest.importorskip("dask").config
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,25 +34,39 @@ def comparable(report: dict) -> dict:
     return doc
 
 
-def _local_cluster():
-    """Two single-threaded worker processes (the campaign's tasks are not thread-safe)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as lc:
-        with distributed.Client(lc, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=120)
-            yield lc, client
+@contextlib.contextmanager
+def _local_cluster(n_workers: int = 2, allowed_failures: int = 3):
+    """Single-threaded worker processes (the campaign's tasks are not thread-safe); the
+    scheduler gives a task up once it killed ``allowed_failures`` + 1 workers.
+
+    A LocalCluster closes a worker's nanny for good when the worker it restarts has not
+    joined the scheduler within ``distributed.deploy.lost-worker-timeout`` (15 s): on a
+    loaded machine a new worker process takes longer than that to start, and a campaign
+    whose stream kills workers was left with none, waiting for ever.  Here nannies wait."""
+    with dask_config.set({"distributed.deploy.lost-worker-timeout": "600s",
+                          "distributed.scheduler.allowed-failures": allowed_failures}), \
+            distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                     dashboard_address=None) as lc, \
+            distributed.Client(lc, set_as_default=False) as client:
+        client.wait_for_workers(n_workers, timeout=120)
+        yield lc, client
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    yield from _local_cluster()
+    with _local_cluster() as lc_client:
+        yield lc_client
 
 
 @pytest.fixture
 def own_cluster():
     """A cluster of its own for a test that kills many workers (their nannies restart
-    them, but a loaded machine may leave one down for longer than the next test waits)."""
-    yield from _local_cluster()
+    them, but a loaded machine may leave one down for longer than the next test waits).
+    Its scheduler gives a task up after 2 workers died running it (Dask's default: 4):
+    the campaign's isolation of a stream that kills every worker then kills 6, not 12,
+    each started again by a nanny, seconds apiece on a loaded machine."""
+    with _local_cluster(allowed_failures=1) as lc_client:
+        yield lc_client
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +122,45 @@ def test_a_worker_killed_mid_campaign_loses_and_doubles_nothing(tmp_path, cluste
     assert report["worker_deaths"] == []  # the scheduler ran its stream again elsewhere: not the stream's doing
 
 
+def test_workers_that_join_mid_campaign_get_streams_and_change_nothing(tmp_path, local_report, monkeypatch):
+    """A cluster of one worker, a second one started once the first stream is committed:
+    the campaign's window grows to it (two worker threads kept busy), the new worker runs
+    streams, and the report is the local one's (the window never changes the report)."""
+    from difftest import cluster as dask_cluster
+
+    # The scheduler is asked at every turn of the campaign's loop (2 s apart otherwise):
+    # the streams left once the worker has joined are few.
+    monkeypatch.setattr(dask_cluster, "WINDOW_POLL", 0.0)
+    with _local_cluster(n_workers=1) as (lc, client):
+        joined: list[int] = []
+
+        def add_a_worker(state: dict) -> None:
+            if not joined and state["streams"] >= 1:
+                lc.scale(2)  # the campaign's loop waits here: a worker's start is no race
+                client.wait_for_workers(2, timeout=120)
+                joined.append(state["streams"])
+
+        with distributed.get_task_stream(client=client) as tasks:
+            report = Campaign(_config(), tmp_path / "dask", workers=1, executor_factory=dask_cluster.DaskCluster(client),
+                              progress=add_a_worker).run()
+        ran_streams = {t["worker"] for t in tasks.data if t["key"].startswith("run_unit")}
+    assert joined and joined[0] < report["streams"], "the worker joined after the last stream: nothing to see"
+    assert [w["workers"] for w in report["timing"]["workers_timeline"]] == [1, 2]
+    assert report["timing"]["workers"] == 2
+    assert len(ran_streams) == 2, ran_streams  # the worker that joined ran streams too
+    assert comparable(report) == comparable(local_report)
+
+
+def test_workers_caps_the_threads_a_dask_campaign_keeps_busy(cluster):
+    """``--workers N`` on a cluster: at most N of its worker threads (a share of a shared
+    cluster), fewer when it has fewer; without it, all of them."""
+    from difftest.cluster import DaskCluster
+
+    _, client = cluster
+    client.wait_for_workers(2, timeout=120)
+    assert [DaskCluster(client, max_threads=cap).slots() for cap in (None, 1, 2, 5)] == [2, 1, 2, 2]
+
+
 def test_a_scheduler_without_workers_is_one_line_not_a_night_of_waiting(tmp_path):
     """A scheduler no worker joined: the campaign waits DIFFTEST_DASK_WORKER_WAIT seconds
     for one, then says so in one line, exit 2, leaving no OUT/ behind."""
@@ -143,15 +198,17 @@ def test_fuzz_on_a_scheduler_from_the_command_line(tmp_path, cluster):
 
 
 def test_a_stream_that_kills_every_worker_is_attributed_as_locally(tmp_path, own_cluster):
-    """The scheduler gives up on a stream after it killed 4 workers; the campaign then
-    names the backend as it does for a local worker's death: the same report."""
+    """The scheduler gives up on a stream after it killed both workers, twice each (the
+    campaign's isolation runs it again); the campaign then names the backend as it does
+    for a local worker's death: the same report."""
     lc, _ = own_cluster
     plugins = Path(__file__).parent / "plugins"  # broken_backends.py: uploaded to the workers
     args = ["-p", "broken_backends", "fuzz", "--no-progress", "--backends", "alpha-ref,bug-exit,bug-protect-raises",
             "--streams", "1", "--ops-per-stream", "200", "--seed", "3", "--shrink-budget", "0", "--workers", "2"]
     local = run_difftest(*args, "--out", str(tmp_path / "local"), env=clean_env([plugins]), cwd=tmp_path)
+    # (each of the 6 worker deaths waits for a nanny to start a new worker: up to 10 s on a loaded machine)
     dask = run_difftest(*args, "--out", str(tmp_path / "dask"), "--executor", "dask", "--scheduler",
-                        lc.scheduler_address, env=clean_env([plugins]), cwd=tmp_path)
+                        lc.scheduler_address, env=clean_env([plugins]), cwd=tmp_path, timeout=240)
     assert local.returncode == dask.returncode == 1, local.stderr + dask.stderr
     reports = [json.loads((tmp_path / out / "report.json").read_text()) for out in ("local", "dask")]
     for report in reports:

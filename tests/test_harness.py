@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from dataclasses import replace
-from pathlib import Path
-
-import pytest
 
 from cliutil import clean_env, run_difftest
 from difftest.harness import Harness
@@ -36,25 +32,12 @@ from difftest.ops import (
     Remove,
     Unwire,
 )
-from difftest.plugins import PluginHost
 from difftest.streams import dumps, make_stream
 
-PLUGINS = Path(__file__).parent / "plugins"
 RW = PROT_R | PROT_W
 BUILTINS = ["alpha-ref", "arm32-leaky", "arm32-refcount"]
 VA = 0x00400000
 PA = 0x00200000
-
-
-@pytest.fixture(scope="module")
-def registry():
-    sys.path.insert(0, str(PLUGINS))
-    try:
-        host = PluginHost()
-        host.load(["broken_backends"])
-        yield host.registry
-    finally:
-        sys.path.remove(str(PLUGINS))
 
 
 def run(registry, ops, backends=None, reference=None, phys_pages=8192, **kw):

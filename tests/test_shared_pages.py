@@ -18,7 +18,6 @@ from difftest.machine import PAGE_SIZE, PhysPool
 from difftest.ops import OK, PROT_R, PROT_W, Create, Enter, Extract, PageProtect, Remove
 from difftest.streams import make_stream
 from impls import alpha, arm32
-from tests.test_harness import registry  # noqa: F401  (the fixture: the test-only broken backends loaded)
 
 VA, PA = 0x00400000, 0x00200000
 RW = PROT_R | PROT_W
