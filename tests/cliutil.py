@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 from typing import Mapping, Sequence
+
+import pytest
 
 # What the ``difftest`` console script does (pip writes the same two lines).
 CONSOLE_SCRIPT = "import sys; sys.argv[0] = 'difftest'; from difftest.cli import run; run()"
@@ -86,3 +90,31 @@ def assert_one_line_error(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def run_on_a_tty(*args: str, env: dict[str, str]) -> tuple[int, bytes]:
+    """Run difftest with stdout and stderr on a pseudo-terminal; return (status, output)."""
+    try:
+        master, slave = pty.openpty()
+    except OSError as exc:  # a container without /dev/ptmx
+        pytest.skip(f"no pseudo-terminal: {exc}")
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, *args], env=env,
+                                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+        os.close(slave)
+        chunks = []
+        while True:
+            ready, _, _ = select.select([master], [], [], 30)
+            if not ready:
+                proc.kill()
+                break
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return proc.wait(timeout=30), b"".join(chunks)
+    finally:
+        os.close(master)

@@ -156,7 +156,7 @@ def test_replay_refuses_a_bad_file_before_running_any(tmp_path, capsys):
 
 def test_replay_progress_bar_on_a_terminal_only(tmp_path):
     from tests.cliutil import clean_env
-    from tests.test_cli import run_on_a_tty
+    from cliutil import run_on_a_tty
 
     path = tmp_path / "a.json"
     streams.save(_leaky_stream(1500), path)  # 6000 ops

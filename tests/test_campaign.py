@@ -369,7 +369,7 @@ def test_unit_seeds_are_stable():
 
 
 def test_progress_bar_on_a_terminal_only(tmp_path):
-    from test_cli import run_on_a_tty
+    from cliutil import run_on_a_tty
 
     args = ["fuzz", "--streams", "6", "--ops-per-stream", "300", "--workers", "1", "--seed", "2"]
     status, output = run_on_a_tty(*args, "--out", str(tmp_path / "tty"), env=clean_env(TERM="xterm"))

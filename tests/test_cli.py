@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
-import select
 import signal
 import subprocess
 import sys
@@ -16,7 +14,7 @@ from importlib.metadata import version
 import pytest
 
 import difftest
-from cliutil import CONSOLE_SCRIPT, PLUGIN_DISTS, assert_one_line_error, clean_env, run_difftest
+from cliutil import CONSOLE_SCRIPT, PLUGIN_DISTS, assert_one_line_error, clean_env, run_difftest, run_on_a_tty
 from difftest import cli, streams
 from difftest.cli import main
 from difftest.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
@@ -147,34 +145,6 @@ def test_styled_is_plain_with_no_color(monkeypatch):
     assert cli.styled("divergence", fg="red", bold=True) == "divergence"
     monkeypatch.delenv("NO_COLOR")
     assert "\x1b[" in cli.styled("divergence", fg="red")
-
-
-def run_on_a_tty(*args: str, env: dict[str, str]) -> tuple[int, bytes]:
-    """Run difftest with stdout and stderr on a pseudo-terminal; return (status, output)."""
-    try:
-        master, slave = pty.openpty()
-    except OSError as exc:  # a container without /dev/ptmx
-        pytest.skip(f"no pseudo-terminal: {exc}")
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, *args], env=env,
-                                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
-        os.close(slave)
-        chunks = []
-        while True:
-            ready, _, _ = select.select([master], [], [], 30)
-            if not ready:
-                proc.kill()
-                break
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return proc.wait(timeout=30), b"".join(chunks)
-    finally:
-        os.close(master)
 
 
 @pytest.mark.parametrize(
