@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 from typing import Sequence
 
@@ -93,7 +92,9 @@ def replay_cmd(ctx: Context, files: tuple[str, ...], backends: tuple[str, ...], 
     report = report_from_runs(runs, sources=files, reproducers=reproducers, shrink_notes=notes)
     mark_known(report, load_baseline(baseline) if baseline else list(ctx.registry.known))
     if as_json:
-        click.echo(json.dumps(report, indent=2, allow_nan=False))
+        from difftest.campaign import report_text  # (what report.json holds: the same encoding)
+
+        click.echo(report_text(report))
     else:
         _print_replay(report, runs, files)
     failing = [e for e in report["divergences"] if strict or not e["known"]]
